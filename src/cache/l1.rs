@@ -1,0 +1,384 @@
+//! L1: moka (TinyLFU or LRU), bounded by entries and/or bytes, TTL per entry,
+//! and a table of version counters the JS layer reads to know when its
+//! per-thread front cache is stale.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::policy::{EvictionPolicy, Expiry};
+use moka::sync::Cache;
+
+use super::codec::Val;
+use crate::runtime::now_ms;
+
+/// Number of version slots (a power of two). 64 Ki slots = 256 KiB per cache.
+pub const SLOTS: usize = 1 << 16;
+
+pub struct Entry {
+  pub val: Val,
+  /// Absolute time (crate clock, ms) when the value expires; INFINITY = never.
+  pub expires_at: f64,
+  /// Until when an expired value may still be served stale by getOrSet.
+  pub stale_until: f64,
+  /// How long moka keeps it (TTL capped by l1TtlMs, plus staleMs).
+  pub keep_for: Option<Duration>,
+  pub tags: Option<Box<[String]>>,
+  pub weight: u32,
+}
+
+struct EntryExpiry;
+
+impl Expiry<String, Arc<Entry>> for EntryExpiry {
+  fn expire_after_create(&self, _k: &String, v: &Arc<Entry>, _now: Instant) -> Option<Duration> {
+    v.keep_for
+  }
+  fn expire_after_update(&self, _k: &String, v: &Arc<Entry>, _now: Instant, _d: Option<Duration>) -> Option<Duration> {
+    v.keep_for
+  }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct L1Config {
+  pub max_entries: u64,
+  pub max_bytes: Option<u64>,
+  pub idle: Option<Duration>,
+  pub lru: bool,
+}
+
+pub struct L1 {
+  pub cache: Cache<String, Arc<Entry>>,
+  versions: Arc<Versions>,
+  pub evictions: Arc<AtomicU64>,
+  hasher: ahash_like::Builder,
+  weighed: bool,
+}
+
+/// The version table, shared (read-only) with JS through an external
+/// ArrayBuffer. Every write, delete, eviction or expiry of a key bumps its
+/// slot, so a front-cache entry captured at version v is valid iff the slot
+/// still reads v.
+pub struct Versions {
+  pub slots: Box<[AtomicU32]>,
+}
+
+impl Versions {
+  fn new() -> Self {
+    Versions {
+      slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+    }
+  }
+  #[inline]
+  pub fn bump(&self, slot: usize) {
+    self.slots[slot].fetch_add(1, Ordering::Release);
+  }
+  #[inline]
+  pub fn get(&self, slot: usize) -> u32 {
+    self.slots[slot].load(Ordering::Acquire)
+  }
+  pub fn bump_all(&self) {
+    for s in self.slots.iter() {
+      s.fetch_add(1, Ordering::Release);
+    }
+  }
+}
+
+mod ahash_like {
+  //! FNV-1a: a fixed, cheap hash for 16-to-64-byte keys (slot selection only).
+  #[derive(Clone, Default)]
+  pub struct Builder;
+  pub struct H(u64);
+  impl std::hash::Hasher for H {
+    fn finish(&self) -> u64 {
+      self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+      for b in bytes {
+        self.0 ^= *b as u64;
+        self.0 = self.0.wrapping_mul(0x100000001b3);
+      }
+    }
+  }
+  impl std::hash::BuildHasher for Builder {
+    type Hasher = H;
+    fn build_hasher(&self) -> H {
+      H(0xcbf29ce484222325)
+    }
+  }
+}
+
+impl L1 {
+  pub fn new(cfg: &L1Config) -> L1 {
+    let versions = Arc::new(Versions::new());
+    let evictions = Arc::new(AtomicU64::new(0));
+    let v2 = versions.clone();
+    let ev2 = evictions.clone();
+    let hasher = ahash_like::Builder;
+    let h2 = hasher.clone();
+    let mut b = Cache::builder()
+      .expire_after(EntryExpiry)
+      .eviction_listener(move |k: Arc<String>, _v: Arc<Entry>, cause: RemovalCause| {
+        v2.bump(slot_of(&h2, &k));
+        if cause == RemovalCause::Size {
+          ev2.fetch_add(1, Ordering::Relaxed);
+        }
+      });
+    let weighed = cfg.max_bytes.is_some();
+    if let Some(max_bytes) = cfg.max_bytes {
+      // Both bounds at once: capacity S = maxEntries * 1024; an entry weighs
+      // max(1024, ceil(bytes * S / maxBytes)). Total weight <= S implies
+      // count <= maxEntries and bytes <= maxBytes.
+      let s = cfg.max_entries.saturating_mul(1024);
+      b = b.max_capacity(s);
+      let _ = max_bytes;
+    } else {
+      b = b.max_capacity(cfg.max_entries);
+    }
+    if weighed {
+      b = b.weigher(|_k: &String, v: &Arc<Entry>| v.weight);
+    }
+    if let Some(idle) = cfg.idle {
+      b = b.time_to_idle(idle);
+    }
+    if cfg.lru {
+      b = b.eviction_policy(EvictionPolicy::lru());
+    }
+    L1 {
+      cache: b.build(),
+      versions,
+      evictions,
+      hasher,
+      weighed,
+    }
+  }
+
+  pub fn versions(&self) -> Arc<Versions> {
+    self.versions.clone()
+  }
+
+  #[inline]
+  pub fn slot(&self, key: &str) -> usize {
+    slot_of(&self.hasher, key)
+  }
+
+  pub fn is_weighed(&self) -> bool {
+    self.weighed
+  }
+
+  /// A live (not expired) entry.
+  pub fn get_live(&self, key: &str) -> Option<Arc<Entry>> {
+    let e = self.cache.get(key)?;
+    if e.expires_at <= now_ms() {
+      return None;
+    }
+    Some(e)
+  }
+
+  /// An entry that may be expired but is still inside its stale window.
+  pub fn get_any(&self, key: &str) -> Option<Arc<Entry>> {
+    let e = self.cache.get(key)?;
+    if e.stale_until <= now_ms() {
+      return None;
+    }
+    Some(e)
+  }
+
+  pub fn insert(&self, key: String, e: Entry) {
+    let slot = self.slot(&key);
+    self.cache.insert(key, Arc::new(e));
+    self.versions.bump(slot);
+  }
+
+  pub fn remove(&self, key: &str) -> bool {
+    let r = self.cache.remove(key).is_some();
+    self.versions.bump(self.slot(key));
+    r
+  }
+
+  pub fn clear(&self) {
+    self.cache.invalidate_all();
+    self.cache.run_pending_tasks();
+    self.versions.bump_all();
+  }
+
+  pub fn keys_matching(&self, mut pred: impl FnMut(&str, &Entry) -> bool) -> Vec<String> {
+    self
+      .cache
+      .iter()
+      .filter(|(k, v)| pred(k, v))
+      .map(|(k, _)| (*k).clone())
+      .collect()
+  }
+}
+
+fn slot_of(h: &ahash_like::Builder, key: &str) -> usize {
+  let mut s = h.build_hasher();
+  key.hash(&mut s);
+  (s.finish() as usize) & (SLOTS - 1)
+}
+
+/// Glob match as Redis MATCH does: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+  let (mut p, mut i) = (0usize, 0usize);
+  let (mut star_p, mut star_i) = (usize::MAX, 0usize);
+  while i < s.len() {
+    if p < pat.len() {
+      match pat[p] {
+        b'*' => {
+          star_p = p;
+          star_i = i;
+          p += 1;
+          continue;
+        }
+        b'?' => {
+          p += 1;
+          i += 1;
+          continue;
+        }
+        b'[' => {
+          if let Some((matched, next)) = class_match(pat, p, s[i]) {
+            if matched {
+              p = next;
+              i += 1;
+              continue;
+            }
+          }
+        }
+        b'\\' if p + 1 < pat.len() => {
+          if pat[p + 1] == s[i] {
+            p += 2;
+            i += 1;
+            continue;
+          }
+        }
+        c => {
+          if c == s[i] {
+            p += 1;
+            i += 1;
+            continue;
+          }
+        }
+      }
+    }
+    if star_p != usize::MAX {
+      p = star_p + 1;
+      star_i += 1;
+      i = star_i;
+      continue;
+    }
+    return false;
+  }
+  while p < pat.len() && pat[p] == b'*' {
+    p += 1;
+  }
+  p == pat.len()
+}
+
+fn class_match(pat: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+  let mut p = start + 1;
+  let neg = p < pat.len() && pat[p] == b'^';
+  if neg {
+    p += 1;
+  }
+  let mut matched = false;
+  while p < pat.len() && pat[p] != b']' {
+    if pat[p] == b'\\' && p + 1 < pat.len() {
+      p += 1;
+      if pat[p] == c {
+        matched = true;
+      }
+    } else if p + 2 < pat.len() && pat[p + 1] == b'-' && pat[p + 2] != b']' {
+      let (lo, hi) = (pat[p].min(pat[p + 2]), pat[p].max(pat[p + 2]));
+      if lo <= c && c <= hi {
+        matched = true;
+      }
+      p += 2;
+    } else if pat[p] == c {
+      matched = true;
+    }
+    p += 1;
+  }
+  if p >= pat.len() {
+    return None;
+  }
+  Some((matched != neg, p + 1))
+}
+
+/// Escape glob metacharacters (for a key prefix inside a MATCH pattern).
+pub fn glob_escape(s: &str) -> String {
+  let mut o = String::with_capacity(s.len());
+  for c in s.chars() {
+    if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+      o.push('\\');
+    }
+    o.push(c);
+  }
+  o
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn entry(v: &str, ttl: Option<f64>) -> Entry {
+    let now = now_ms();
+    Entry {
+      val: Val::Str(v.into()),
+      expires_at: ttl.map(|t| now + t).unwrap_or(f64::INFINITY),
+      stale_until: ttl.map(|t| now + t).unwrap_or(f64::INFINITY),
+      keep_for: ttl.map(|t| Duration::from_secs_f64(t / 1000.0)),
+      tags: None,
+      weight: 1024,
+    }
+  }
+
+  #[test]
+  fn versions_bump_on_every_change() {
+    let l1 = L1::new(&L1Config { max_entries: 100, max_bytes: None, idle: None, lru: false });
+    let s = l1.slot("k");
+    let v0 = l1.versions.get(s);
+    l1.insert("k".into(), entry("a", None));
+    let v1 = l1.versions.get(s);
+    assert_ne!(v0, v1);
+    assert!(matches!(&l1.get_live("k").unwrap().val, Val::Str(x) if x == "a"));
+    assert!(l1.remove("k"));
+    assert_ne!(l1.versions.get(s), v1);
+    assert!(l1.get_live("k").is_none());
+  }
+
+  #[test]
+  fn bounded_by_entries() {
+    let l1 = L1::new(&L1Config { max_entries: 50, max_bytes: None, idle: None, lru: true });
+    for i in 0..500 {
+      l1.insert(format!("k{i}"), entry("v", None));
+    }
+    l1.cache.run_pending_tasks();
+    assert!(l1.cache.entry_count() <= 50, "{}", l1.cache.entry_count());
+    assert!(l1.evictions.load(Ordering::Relaxed) >= 450);
+  }
+
+  #[test]
+  fn expiry_follows_the_clock() {
+    let l1 = L1::new(&L1Config { max_entries: 10, max_bytes: None, idle: None, lru: false });
+    l1.insert("t".into(), entry("v", Some(60_000.0)));
+    assert!(l1.get_live("t").is_some());
+    crate::runtime::advance_clock_ms(61_000.0);
+    assert!(l1.get_live("t").is_none());
+  }
+
+  #[test]
+  fn glob() {
+    assert!(glob_match(b"user:*", b"user:1"));
+    assert!(!glob_match(b"user:*", b"usr:1"));
+    assert!(glob_match(b"a?c", b"abc"));
+    assert!(glob_match(b"[ab]x", b"bx"));
+    assert!(!glob_match(b"[^ab]x", b"bx"));
+    assert!(glob_match(b"k[0-9]", b"k7"));
+    assert!(glob_match(b"*", b""));
+    assert!(glob_match(b"a\\*", b"a*"));
+    assert!(!glob_match(b"a\\*", b"ab"));
+    assert_eq!(glob_escape("p*:"), "p\\*:");
+  }
+}

@@ -1,0 +1,3 @@
+//! CacheManager.
+pub mod codec;
+pub mod l1;

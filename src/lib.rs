@@ -1,0 +1,15 @@
+//! hotpath: native performance primitives for Node.js services.
+#![deny(clippy::all)]
+
+pub mod error;
+pub mod redis;
+pub mod runtime;
+pub mod cache;
+
+use napi_derive::napi;
+
+/// Move hotpath's clock forward by `ms` (tests only: TTLs, windows).
+#[napi(js_name = "__advanceClock")]
+pub fn advance_clock(ms: f64) {
+  runtime::advance_clock_ms(ms);
+}

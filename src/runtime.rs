@@ -1,0 +1,174 @@
+//! The one tokio runtime, the process-wide registry behind `name?: string`,
+//! and the clock every component reads time from.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::error::{HpError, HpResult};
+
+static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// The one runtime for all background work is napi-rs' tokio runtime (the one
+/// its `async fn` methods run on); this is a handle to it. napi-rs starts it
+/// when the addon loads; outside Node (`cargo test`) it is started here.
+pub fn handle() -> &'static tokio::runtime::Handle {
+  HANDLE.get_or_init(|| {
+    napi::bindgen_prelude::start_async_runtime();
+    napi::bindgen_prelude::block_on(async { tokio::runtime::Handle::current() })
+  })
+}
+
+/// Spawn background work on the one runtime.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+  F: std::future::Future + Send + 'static,
+  F::Output: Send + 'static,
+{
+  handle().spawn(fut)
+}
+
+// ---------------------------------------------------------------- clock
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+static MOCK_OFFSET_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Monotonic milliseconds since the first call in this process (fractional).
+/// Tests may move it forward with [`advance_clock_ms`]; nothing else does.
+pub fn now_ms() -> f64 {
+  let base = EPOCH.get_or_init(Instant::now);
+  base.elapsed().as_secs_f64() * 1000.0 + f64::from_bits(MOCK_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Move the clock forward (tests only; exported to JS as `__advanceClock`).
+pub fn advance_clock_ms(ms: f64) {
+  let mut cur = MOCK_OFFSET_MS.load(Ordering::Relaxed);
+  loop {
+    let next = (f64::from_bits(cur) + ms).to_bits();
+    match MOCK_OFFSET_MS.compare_exchange(cur, next, Ordering::SeqCst, Ordering::Relaxed) {
+      Ok(_) => return,
+      Err(c) => cur = c,
+    }
+  }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> f64 {
+  std::time::SystemTime::now()
+    .duration_since(std::time::UNIX_EPOCH)
+    .map(|d| d.as_secs_f64() * 1000.0)
+    .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------- registry
+
+struct Entry {
+  fingerprint: String,
+  state: Arc<dyn Any + Send + Sync>,
+  handles: usize,
+}
+
+static REGISTRY: OnceLock<Mutex<HashMap<(&'static str, String), Entry>>> = OnceLock::new();
+
+fn registry() -> &'static Mutex<HashMap<(&'static str, String), Entry>> {
+  REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Attach to the named instance of `class`, creating it with `make` when it
+/// does not exist. Every thread of the process (main or `worker_threads`)
+/// shares this map. An existing name with another `fingerprint` (the
+/// normalised options) is `ERR_INVALID_ARG`.
+pub fn attach<T, F>(class: &'static str, name: &str, fingerprint: String, make: F) -> HpResult<Arc<T>>
+where
+  T: Send + Sync + 'static,
+  F: FnOnce() -> HpResult<Arc<T>>,
+{
+  if name.is_empty() {
+    return Err(HpError::invalid("name must be a non-empty string, got \"\""));
+  }
+  let mut map = registry().lock();
+  let key = (class, name.to_string());
+  if let Some(e) = map.get_mut(&key) {
+    if e.fingerprint != fingerprint {
+      return Err(HpError::invalid(format!(
+        "a {class} named \"{name}\" already exists with other options ({}); got ({fingerprint})",
+        e.fingerprint
+      )));
+    }
+    let state = e
+      .state
+      .clone()
+      .downcast::<T>()
+      .map_err(|_| HpError::invalid(format!("{class} \"{name}\": registry type mismatch")))?;
+    e.handles += 1;
+    return Ok(state);
+  }
+  let state = make()?;
+  map.insert(
+    key,
+    Entry {
+      fingerprint,
+      state: state.clone(),
+      handles: 1,
+    },
+  );
+  Ok(state)
+}
+
+/// Drop one handle of a named instance. Returns true when it was the last one
+/// (the caller then shuts the shared state down).
+pub fn detach(class: &'static str, name: &str) -> bool {
+  let mut map = registry().lock();
+  let key = (class, name.to_string());
+  match map.get_mut(&key) {
+    Some(e) if e.handles > 1 => {
+      e.handles -= 1;
+      false
+    }
+    Some(_) => {
+      map.remove(&key);
+      true
+    }
+    None => true,
+  }
+}
+
+/// How many handles a named instance has (0 when it does not exist).
+pub fn handles(class: &'static str, name: &str) -> usize {
+  registry()
+    .lock()
+    .get(&(class, name.to_string()))
+    .map(|e| e.handles)
+    .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn attach_shares_state_and_checks_options() {
+    let a: Arc<Mutex<u32>> = attach("T", "one", "x=1".into(), || Ok(Arc::new(Mutex::new(1)))).unwrap();
+    let b: Arc<Mutex<u32>> = attach("T", "one", "x=1".into(), || panic!("must not make twice")).unwrap();
+    *a.lock() = 7;
+    assert_eq!(*b.lock(), 7);
+    assert_eq!(handles("T", "one"), 2);
+    let err = attach::<Mutex<u32>, _>("T", "one", "x=2".into(), || Ok(Arc::new(Mutex::new(0)))).unwrap_err();
+    assert_eq!(err.code, crate::error::Code::InvalidArg);
+    assert!(!detach("T", "one"));
+    assert!(detach("T", "one"));
+    assert_eq!(handles("T", "one"), 0);
+  }
+
+  #[test]
+  fn clock_is_monotonic_and_advances() {
+    let a = now_ms();
+    advance_clock_ms(1000.0);
+    let b = now_ms();
+    assert!(b - a >= 1000.0);
+  }
+}
