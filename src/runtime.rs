@@ -32,6 +32,37 @@ where
   handle().spawn(fut)
 }
 
+// ---------------------------------------------------------------- promises
+
+/// Run `fut` on the runtime and return a JS Promise for its result. An `Err`
+/// rejects with an `Error` whose `code` is the `ERR_*` name (built on the JS
+/// thread, so the code survives; napi-rs' own path would only carry a Status).
+pub fn promise<'e, T, F>(env: &'e napi::Env, fut: F) -> napi::Result<napi::bindgen_prelude::Object<'e>>
+where
+  T: napi::bindgen_prelude::ToNapiValue + Send + 'static,
+  F: std::future::Future<Output = HpResult<T>> + Send + 'static,
+{
+  type Resolver<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
+  let (deferred, promise) = env.create_deferred::<T, Resolver<T>>()?;
+  spawn(async move {
+    let r = fut.await;
+    deferred.resolve(Box::new(move |env: napi::Env| r.map_err(|e| js_error(&env, e))));
+  });
+  Ok(promise)
+}
+
+/// A JS `Error` carrying our code, wrapped so napi-rs rejects/throws with that
+/// very object.
+pub fn js_error(env: &napi::Env, e: HpError) -> napi::Error {
+  let err: napi::Error<crate::error::Code> = e.into();
+  let raw = match unsafe { napi::bindgen_prelude::ToNapiValue::to_napi_value(env.raw(), err) } {
+    Ok(v) => v,
+    Err(e) => return e,
+  };
+  let unknown = unsafe { napi::bindgen_prelude::Unknown::from_raw_unchecked(env.raw(), raw) };
+  napi::Error::from(unknown)
+}
+
 // ---------------------------------------------------------------- clock
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -3,7 +3,7 @@
 //! per-thread front cache is stale.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,7 @@ pub struct L1 {
   pub cache: Cache<String, Arc<Entry>>,
   versions: Arc<Versions>,
   pub evictions: Arc<AtomicU64>,
+  bytes: Arc<AtomicI64>,
   hasher: ahash_like::Builder,
   weighed: bool,
 }
@@ -115,12 +116,15 @@ impl L1 {
     let evictions = Arc::new(AtomicU64::new(0));
     let v2 = versions.clone();
     let ev2 = evictions.clone();
+    let bytes = Arc::new(AtomicI64::new(0));
+    let b2 = bytes.clone();
     let hasher = ahash_like::Builder;
     let h2 = hasher.clone();
     let mut b = Cache::builder()
       .expire_after(EntryExpiry)
-      .eviction_listener(move |k: Arc<String>, _v: Arc<Entry>, cause: RemovalCause| {
+      .eviction_listener(move |k: Arc<String>, v: Arc<Entry>, cause: RemovalCause| {
         v2.bump(slot_of(&h2, &k));
+        b2.fetch_sub((k.len() + v.val.weight()) as i64, Ordering::Relaxed);
         if cause == RemovalCause::Size {
           ev2.fetch_add(1, Ordering::Relaxed);
         }
@@ -149,6 +153,7 @@ impl L1 {
       cache: b.build(),
       versions,
       evictions,
+      bytes,
       hasher,
       weighed,
     }
@@ -185,8 +190,14 @@ impl L1 {
     Some(e)
   }
 
+  /// Bytes (key + value) of the entries in L1.
+  pub fn bytes(&self) -> i64 {
+    self.bytes.load(Ordering::Relaxed).max(0)
+  }
+
   pub fn insert(&self, key: String, e: Entry) {
     let slot = self.slot(&key);
+    self.bytes.fetch_add((key.len() + e.val.weight()) as i64, Ordering::Relaxed);
     self.cache.insert(key, Arc::new(e));
     self.versions.bump(slot);
   }

@@ -1,0 +1,15 @@
+'use strict'
+// The package entry (CommonJS). index.js is the loader `napi build`
+// generates; the classes here are the JS-facing layer over its engines.
+const native = require('../index.js')
+const { CacheManager } = require('./cache')
+const { CODES } = require('./errors')
+const { advance } = require('./clock')
+
+module.exports = {
+  CacheManager,
+  ERROR_CODES: CODES,
+  /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
+  __advanceClock: advance,
+  __native: native,
+}

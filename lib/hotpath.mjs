@@ -1,0 +1,6 @@
+// The package entry (ES modules): the same classes as the CommonJS entry.
+import { createRequire } from 'node:module'
+const require = createRequire(import.meta.url)
+const hotpath = require('./hotpath.js')
+export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
+export default hotpath
