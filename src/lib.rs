@@ -9,7 +9,7 @@ pub mod cache;
 use napi_derive::napi;
 
 /// Move hotpath's clock forward by `ms` (tests only: TTLs, windows).
-#[napi(js_name = "__advanceClock")]
+#[napi(js_name = "__advanceClock", skip_typescript)]
 pub fn advance_clock(ms: f64) {
   runtime::advance_clock_ms(ms);
 }

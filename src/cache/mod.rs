@@ -571,7 +571,7 @@ impl NativeCache {
   }
 
   /// L1 read. `countMiss`: count a miss here (false when L2 is asked next).
-  #[napi]
+  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
@@ -595,7 +595,7 @@ impl NativeCache {
 
   /// L1 read for getOrSet: also returns a value inside its stale window
   /// (scratch state 1) and flags one due for refresh-ahead (state 2).
-  #[napi]
+  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
@@ -660,7 +660,7 @@ impl NativeCache {
 
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
   /// no L2), `false` when L2 failed (counted in l2Errors).
-  #[napi]
+  #[napi(ts_return_type = "Promise<boolean>")]
   pub fn set<'e>(&self, env: &'e Env, key: String, kind: u32, payload: Either3<String, f64, Buffer>, ttl_ms: Option<f64>, tags: Option<Vec<String>>) -> Result<Object<'e>, Code> {
     self.open()?;
     let val = to_js(val_from_js(kind, payload))?;
@@ -673,7 +673,7 @@ impl NativeCache {
   }
 
   /// Many writes; one pipeline to L2.
-  #[napi]
+  #[napi(ts_return_type = "Promise<boolean>")]
   pub fn set_many<'e>(&self, env: &'e Env, keys: Vec<String>, kinds: Vec<u32>, payloads: Vec<Either3<String, f64, Buffer>>, ttl_ms: Option<f64>, tags: Option<Vec<String>>) -> Result<Object<'e>, Code> {
     self.open()?;
     if keys.len() != kinds.len() || keys.len() != payloads.len() {
@@ -695,7 +695,7 @@ impl NativeCache {
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
-  #[napi]
+  #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
@@ -703,7 +703,7 @@ impl NativeCache {
   }
 
   /// L1 for each key, then one MGET for all misses.
-  #[napi]
+  #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     let inner = self.open()?;
     let mut out: Vec<Option<Val>> = Vec::with_capacity(keys.len());
@@ -758,14 +758,14 @@ impl NativeCache {
     .map_err(crate::error::from_napi)
   }
 
-  #[napi]
+  #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) }).map_err(crate::error::from_napi)
   }
 
-  #[napi]
+  #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_pattern<'e>(&self, env: &'e Env, glob: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
@@ -791,7 +791,7 @@ impl NativeCache {
     .map_err(crate::error::from_napi)
   }
 
-  #[napi]
+  #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_tag<'e>(&self, env: &'e Env, tag: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
@@ -838,7 +838,7 @@ impl NativeCache {
 
   /// Remaining TTL: L1 if it has the key, else L2. Infinity for no expiry;
   /// undefined (as -2 here) when absent.
-  #[napi]
+  #[napi(ts_return_type = "Promise<number>")]
   pub fn remaining_ttl_ms<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     let inner = self.open()?;
     if let Some(e) = inner.l1.get_live(&key) {
@@ -863,7 +863,7 @@ impl NativeCache {
     .map_err(crate::error::from_napi)
   }
 
-  #[napi]
+  #[napi(ts_return_type = "Promise<void>")]
   pub fn clear<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
@@ -900,7 +900,7 @@ impl NativeCache {
 
   /// Wait for the flight on `key` led elsewhere. Resolves to the value, to a
   /// JSON error string, or to `[]` when the flight is already over.
-  #[napi]
+  #[napi(ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn flight_wait<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     let inner = self.open()?;
     let rx = inner.flights.lock().get(&key).map(|tx| tx.subscribe());
@@ -961,7 +961,7 @@ impl NativeCache {
 
   /// Close this handle. The shared state (write-behind queue, subscription)
   /// shuts down with its last handle, after pending writes reach Redis.
-  #[napi]
+  #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
     let first = !self.closed.swap(true, Ordering::SeqCst);
     let last = first

@@ -1,0 +1,21 @@
+// `npm run bench [component ...]`: every component's benchmark (or the named
+// ones), one process, then benchmark/results.json.
+import { save } from './harness.ts'
+
+const all = ['cache', 'ratelimiter', 'batch', 'bufferpool', 'workerqueue']
+const want = process.argv.slice(2).length ? process.argv.slice(2) : all
+for (const name of want) {
+  let mod: { default: () => Promise<void> }
+  try {
+    mod = await import(`./${name}.ts`)
+  } catch (e: any) {
+    if (e?.code === 'ERR_MODULE_NOT_FOUND' && e.message.includes(`${name}.ts`)) {
+      console.log(`\n(skipping ${name}: benchmark/${name}.ts not there yet)`)
+      continue
+    }
+    throw e
+  }
+  console.log(`\n## ${name}`)
+  await mod.default()
+}
+save()
