@@ -339,6 +339,9 @@ class CacheManager {
     const payload = encPayload
     const written = this._n.set(key, kind, payload, optTtl, optTags)
     this._n.flightEnd(key, kind, payload)
+    // The value is in L1 now: later misses must not join this flight while
+    // its L2 write finishes.
+    this._flights.delete(key)
     await written
     return value
   }
