@@ -197,7 +197,7 @@ describe('methods', () => {
   test('TTL expiry matches lru-cache', () => {
     const ours = new CacheManager({ ttlMs: 1000 })
     let t = 1_000_000 // lru-cache treats a start time of 0 as "no TTL"
-    const lru = new LRUCache<string, string>({ max: 100, ttl: 1000, perf: { now: () => t } })
+    const lru = new LRUCache<string, string>({ max: 100, ttl: 1000, ttlResolution: 0, perf: { now: () => t } })
     ours.setSync('k', 'v')
     lru.set('k', 'v')
     // Real time passes too (the native clock is monotonic + offset), so stay
