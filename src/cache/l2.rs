@@ -41,11 +41,17 @@ impl L2 {
 
   pub async fn get(&self, key: &str) -> HpResult<Option<(Val, Option<u64>)>> {
     let mut p = redis::pipe();
-    p.cmd("GET").arg(self.value_key(key)).cmd("PTTL").arg(self.value_key(key));
+    p.cmd("GET")
+      .arg(self.value_key(key))
+      .cmd("PTTL")
+      .arg(self.value_key(key));
     let (raw, pttl): (Option<Vec<u8>>, i64) = self.redis.pipe(&p).await?;
     match raw {
       None => Ok(None),
-      Some(b) => Ok(Some((Val::decode(&b)?, if pttl > 0 { Some(pttl as u64) } else { None }))),
+      Some(b) => Ok(Some((
+        Val::decode(&b)?,
+        if pttl > 0 { Some(pttl as u64) } else { None },
+      ))),
     }
   }
 
@@ -66,7 +72,10 @@ impl L2 {
     } else {
       self.redis.query(redis::cmd("MGET").arg(&full)).await?
     };
-    raws.into_iter().map(|r| r.map(|b| Val::decode(&b)).transpose()).collect()
+    raws
+      .into_iter()
+      .map(|r| r.map(|b| Val::decode(&b)).transpose())
+      .collect()
   }
 
   /// One pipeline for all writes.
@@ -109,7 +118,10 @@ impl L2 {
   }
 
   pub async fn pttl(&self, key: &str) -> HpResult<Option<i64>> {
-    let v: i64 = self.redis.query(redis::cmd("PTTL").arg(self.value_key(key))).await?;
+    let v: i64 = self
+      .redis
+      .query(redis::cmd("PTTL").arg(self.value_key(key)))
+      .await?;
     Ok(match v {
       -2 => None,
       -1 => Some(-1),
@@ -138,11 +150,17 @@ impl L2 {
 
   /// Every key written with `tag`, deleted with the tag's set.
   pub async fn del_tag(&self, tag: &str) -> HpResult<Vec<String>> {
-    let members: Vec<String> = self.redis.query(redis::cmd("SMEMBERS").arg(self.tag_key(tag))).await?;
+    let members: Vec<String> = self
+      .redis
+      .query(redis::cmd("SMEMBERS").arg(self.tag_key(tag)))
+      .await?;
     for chunk in members.chunks(500) {
       self.del_many(chunk).await?;
     }
-    let _: Value = self.redis.query(redis::cmd("DEL").arg(self.tag_key(tag))).await?;
+    let _: Value = self
+      .redis
+      .query(redis::cmd("DEL").arg(self.tag_key(tag)))
+      .await?;
     Ok(members)
   }
 
