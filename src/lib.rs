@@ -1,10 +1,11 @@
 //! hotpath: native performance primitives for Node.js services.
 #![deny(clippy::all)]
 
+pub mod cache;
 pub mod error;
+pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
-pub mod cache;
 
 use napi_derive::napi;
 
