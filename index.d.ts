@@ -229,21 +229,28 @@ export declare class NativeCache {
 
 /** The native engine behind `RateLimiter` (see lib/rate_limiter.js). */
 export declare class NativeRateLimiter {
-  constructor(options: RateLimiterOptions)
-  /** The scratch array (Float64 x 4) this handle writes results into. */
+  /**
+   * `onResults` (required with `redis`) receives the decisions of
+   * `checkAsync` calls, in batches: `[id, allowed (0/1), remaining,
+   * retryAfterMs, resetMs, ...]`.
+   */
+  constructor(options: RateLimiterOptions, onResults?: ((arg: Array<number>) => unknown) | undefined | null)
+  /** This handle's index for `rateLimiterCheckSync` (valid on this thread). */
+  get handle(): number
+  /**
+   * The scratch array (Float64 x 4) this handle writes results into:
+   * `[remaining, retryAfterMs, resetMs, waiterId]`.
+   */
   scratch(): ArrayBuffer
   hasRedis(): boolean
-  /** In process: check and consume. Returns `allowed`; the numbers go to scratch. */
-  checkSync(key: string, cost: number): boolean
-  /** In process: would `cost` pass now? Consumes nothing. */
-  peekSync(key: string, cost: number): boolean
+  /**
+   * With Redis: check (and consume when `consume`); the decision comes back
+   * through `onResults` with this `id`. Never fails once sent: when Redis
+   * cannot answer within `commandTimeoutMs`, `onRedisError` decides.
+   */
+  checkAsync(id: number, key: string, cost: number, consume: boolean): void
   /** In process: forget `key`. */
   resetSync(key: string): void
-  /**
-   * With Redis: check (and consume when `consume`). Resolves
-   * `[allowed (0/1), remaining, retryAfterMs, resetMs]`.
-   */
-  check(key: string, cost: number, consume: boolean): Promise<number[]>
   /** Forget `key` in process and on Redis. */
   reset(key: string): Promise<void>
   /**
@@ -328,6 +335,9 @@ export interface CacheStats {
   /** Writes from `setSync` not yet on Redis. */
   pendingWrites: number
 }
+
+/** The raw function behind `RateLimiter.checkSync` (see the module docs). */
+export declare function rateLimiterCheckSync(): (handle: number, key: string, cost: number, consume: boolean) => boolean
 
 /** Options of `new RateLimiter(options)`. */
 export interface RateLimiterOptions {

@@ -837,3 +837,4 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeCache = nativeBinding.NativeCache
 module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
+module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync

@@ -1,13 +1,15 @@
 'use strict'
 // RateLimiter: the JS-facing class over the native engine (src/rate_limiter/).
 //
-// In process, a check is one native call that writes its numbers into a
-// per-handle Float64Array; the result object is built here (a JS literal
-// costs far less than a native object). `check()` answers such checks with
-// Promise.resolve and never goes through the tokio runtime; only Redis
-// checks and waiting `acquire` calls do.
+// In process, a check is one call of a raw Node-API function that writes its
+// numbers into a per-handle Float64Array; the result object is built here (a
+// JS literal costs far less than a native object). `check()` answers such
+// checks with Promise.resolve and never goes through the tokio runtime.
+// With Redis, checks go to the engine with a request id and their decisions
+// come back in batches through one callback (no Promise or threadsafe
+// function per check on the native side).
 
-const { NativeRateLimiter } = require('../index.js')
+const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
 const { CODES, hpError, invalidArg, rangeError, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
@@ -40,6 +42,9 @@ function abortedError(signal) {
 
 const noop = () => {}
 
+// This thread's raw check function: (handle, key, cost, consume) => allowed.
+const nativeCheckSync = rateLimiterCheckSync()
+
 class RateLimiter {
   constructor(options) {
     if (options === undefined) throw invalidArg('options must be an object with limit and windowMs, got undefined')
@@ -51,23 +56,39 @@ class RateLimiter {
     optNumber(options, 'maxKeys', { min: 1, integer: true })
     if (options.name !== undefined) checkKey(options.name, 'name')
     if (options.redis !== undefined) checkOptions(options.redis, 'redis')
+    // Redis decisions arrive here in batches. The callback holds only what
+    // it needs (not `this`), so an unclosed limiter can still be collected.
+    const pending = new Map()
+    const limit = this._limit
+    const onResults = (a) => {
+      for (let i = 0; i < a.length; i += 5) {
+        const resolve = pending.get(a[i])
+        pending.delete(a[i])
+        resolve({ allowed: a[i + 1] === 1, limit, remaining: a[i + 2], retryAfterMs: a[i + 3], resetMs: a[i + 4] })
+      }
+    }
     try {
-      this._n = new NativeRateLimiter(options)
+      this._n = new NativeRateLimiter(options, onResults)
     } catch (e) {
       throw fromNative(e)
     }
+    this._h = this._n.handle
     this._sc = new Float64Array(this._n.scratch())
     this._redis = this._n.hasRedis()
+    this._pending = pending
+    this._nextId = 1
     this._closed = false
+  }
+
+  _ask(key, cost, consume) {
+    const id = this._nextId++
+    this._n.checkAsync(id, key, cost, consume)
+    return new Promise((resolve) => this._pending.set(id, resolve))
   }
 
   _result(allowed) {
     const s = this._sc
     return { allowed, limit: this._limit, remaining: s[0], retryAfterMs: s[1], resetMs: s[2] }
-  }
-
-  _fromArray(a) {
-    return { allowed: a[0] === 1, limit: this._limit, remaining: a[1], retryAfterMs: a[2], resetMs: a[3] }
   }
 
   _args(key, cost) {
@@ -80,14 +101,14 @@ class RateLimiter {
   checkSync(key, cost = 1) {
     this._args(key, cost)
     if (this._redis) throw invalidArg('checkSync is in-process only: a RateLimiter with `redis` checks with check()')
-    return this._result(this._n.checkSync(key, cost))
+    return this._result(nativeCheckSync(this._h, key, cost, true))
   }
 
   check(key, cost = 1) {
     try {
       this._args(key, cost)
-      if (!this._redis) return Promise.resolve(this._result(this._n.checkSync(key, cost)))
-      return this._n.check(key, cost, true).then((a) => this._fromArray(a))
+      if (!this._redis) return Promise.resolve(this._result(nativeCheckSync(this._h, key, cost, true)))
+      return this._ask(key, cost, true)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -97,8 +118,8 @@ class RateLimiter {
   peek(key) {
     try {
       this._args(key, 1)
-      if (!this._redis) return Promise.resolve(this._result(this._n.peekSync(key, 1)))
-      return this._n.check(key, 1, false).then((a) => this._fromArray(a))
+      if (!this._redis) return Promise.resolve(this._result(nativeCheckSync(this._h, key, 1, false)))
+      return this._ask(key, 1, false)
     } catch (err) {
       return Promise.reject(err)
     }

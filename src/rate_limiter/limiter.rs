@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::time::Instant;
 
 use super::local::{self, Decision, LocalStore, Params, Store};
-use super::redis::Remote;
+use super::redis::{Check, Remote, MAX_BATCH};
 use crate::error::{check_finite, check_positive_int, Code, HpError, HpResult};
 use crate::redis::{Redis, RedisConfig};
 use crate::runtime::{self, now_ms};
@@ -159,12 +160,43 @@ pub struct Counters {
 
 /// How long checks skip a failed Redis before trying it again (ms).
 const REDIS_RETRY_MS: f64 = 100.0;
+/// Script calls in flight at once per limiter; checks arriving meanwhile
+/// wait and go together in the next call.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Where a check's decision goes when it comes back from Redis.
+pub trait Sink: Send + Sync {
+  /// Called once per check, on a runtime thread (or at once, in the caller).
+  fn deliver(&self, id: f64, d: &Decision);
+}
+
+pub enum Reply {
+  /// To the JS thread that asked (`id` is its request id).
+  Sink(Arc<dyn Sink>, f64),
+  /// To a task awaiting it.
+  Once(oneshot::Sender<Decision>),
+}
+
+/// A check waiting for Redis.
+pub struct Job {
+  key: String,
+  cost: f64,
+  consume: bool,
+  /// Count a denial in `stats().denied` (an acquire's waiting probes are not).
+  count_denied: bool,
+  /// Settled by then, whatever Redis does (enqueued + commandTimeoutMs).
+  deadline: Instant,
+  reply: Reply,
+}
 
 /// One limiter's shared state (per name, or per unnamed instance).
 pub struct Limiter {
   pub cfg: Config,
   local: Box<dyn LocalStore>,
   remote: Option<Remote>,
+  /// Checks for the Redis batcher.
+  jobs: Option<mpsc::UnboundedSender<Job>>,
+  command_timeout: Duration,
   pub c: Counters,
   /// Limiter clock (ms) before which Redis is not tried (it just failed).
   redis_down_until: AtomicU64,
@@ -194,9 +226,22 @@ impl Limiter {
       Some(rc) => Some(Remote::new(Redis::new(rc.clone())?, cfg.algo, cfg.params)),
       None => None,
     };
+    let (jobs, rx) = match remote {
+      Some(_) => {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
+      }
+      None => (None, None),
+    };
     let l = Arc::new(Limiter {
       local: store(&cfg),
       remote,
+      jobs,
+      command_timeout: cfg
+        .redis
+        .as_ref()
+        .map(|r| r.command_timeout)
+        .unwrap_or_default(),
       c: Counters::default(),
       redis_down_until: AtomicU64::new(0f64.to_bits()),
       queues: Mutex::new(Queues::default()),
@@ -205,6 +250,9 @@ impl Limiter {
       cfg,
     });
     l.spawn_sweeper();
+    if let Some(rx) = rx {
+      runtime::spawn(batcher(Arc::downgrade(&l), rx));
+    }
     Ok(l)
   }
 
@@ -279,29 +327,126 @@ impl Limiter {
   /// One check: Redis when configured (falling back per `onRedisError`),
   /// else in process. Counted when consuming.
   pub async fn check(&self, key: &str, cost: f64, consume: bool) -> Decision {
-    let d = self.decide(key, cost, consume).await;
-    if consume {
-      self.count(&d);
-    }
-    d
+    self.ask(key, cost, consume, true).await
   }
 
-  async fn decide(&self, key: &str, cost: f64, consume: bool) -> Decision {
-    let Some(remote) = &self.remote else {
-      return self.local.check(key, now_ms(), cost, consume);
-    };
-    if now_ms() < f64::from_bits(self.redis_down_until.load(Ordering::Relaxed)) {
-      return self.fallback(key, cost, consume);
+  async fn ask(&self, key: &str, cost: f64, consume: bool, count_denied: bool) -> Decision {
+    if self.remote.is_none() {
+      let d = self.local.check(key, now_ms(), cost, consume);
+      if consume && (d.allowed || count_denied) {
+        self.count(&d);
+      }
+      return d;
     }
-    match remote.check(key, cost, consume).await {
+    let (tx, rx) = oneshot::channel();
+    self.submit(
+      key.to_string(),
+      cost,
+      consume,
+      count_denied,
+      Reply::Once(tx),
+    );
+    match rx.await {
       Ok(d) => d,
-      Err(_) => {
-        self
-          .redis_down_until
-          .store((now_ms() + REDIS_RETRY_MS).to_bits(), Ordering::Relaxed);
-        self.fallback(key, cost, consume)
+      // The batcher is gone (the limiter is being dropped).
+      Err(_) => self.fallback(key, cost, consume),
+    }
+  }
+
+  /// Start a check whose decision goes to `reply`: to Redis (in the next
+  /// script call), or decided at once (in process; Redis known down).
+  pub fn submit(&self, key: String, cost: f64, consume: bool, count_denied: bool, reply: Reply) {
+    let job = Job {
+      key,
+      cost,
+      consume,
+      count_denied,
+      deadline: Instant::now() + self.command_timeout,
+      reply,
+    };
+    let Some(tx) = &self.jobs else {
+      let d = self.local.check(&job.key, now_ms(), job.cost, job.consume);
+      return self.finish(job, d);
+    };
+    if self.redis_down() {
+      let d = self.fallback(&job.key, job.cost, job.consume);
+      return self.finish(job, d);
+    }
+    if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+      let d = self.fallback(&job.key, job.cost, job.consume);
+      self.finish(job, d);
+    }
+  }
+
+  fn finish(&self, job: Job, d: Decision) {
+    if job.consume && (d.allowed || job.count_denied) {
+      self.count(&d);
+    }
+    match job.reply {
+      Reply::Sink(sink, id) => sink.deliver(id, &d),
+      Reply::Once(tx) => {
+        let _ = tx.send(d);
       }
     }
+  }
+
+  fn redis_down(&self) -> bool {
+    now_ms() < f64::from_bits(self.redis_down_until.load(Ordering::Relaxed))
+  }
+
+  fn trip(&self) {
+    self
+      .redis_down_until
+      .store((now_ms() + REDIS_RETRY_MS).to_bits(), Ordering::Relaxed);
+  }
+
+  /// One script call for `jobs` (one slot), bounded by the earliest deadline.
+  async fn run_group(&self, jobs: Vec<Job>, deadline: Instant) {
+    let remote = self.remote.as_ref().expect("remote");
+    let r = {
+      let checks: Vec<Check> = jobs
+        .iter()
+        .map(|j| Check {
+          key: &j.key,
+          cost: j.cost,
+          consume: j.consume,
+        })
+        .collect();
+      tokio::time::timeout_at(deadline, remote.check_many(&checks)).await
+    };
+    match r {
+      Ok(Ok(ds)) => {
+        for (j, d) in jobs.into_iter().zip(ds) {
+          self.finish(j, d);
+        }
+      }
+      _ => {
+        self.trip();
+        for j in jobs {
+          let d = self.fallback(&j.key, j.cost, j.consume);
+          self.finish(j, d);
+        }
+      }
+    }
+  }
+
+  async fn run_batch(&self, jobs: Vec<Job>) {
+    let deadline = jobs.iter().map(|j| j.deadline).min().expect("a job");
+    let remote = self.remote.as_ref().expect("remote");
+    if !remote.is_cluster() {
+      return self.run_group(jobs, deadline).await;
+    }
+    // A script call touches one slot: one call per slot, all at once.
+    let mut groups: Vec<(u16, Vec<Job>)> = Vec::new();
+    for j in jobs {
+      let slot = remote.slot_of(&j.key);
+      match groups.iter_mut().find(|(s, _)| *s == slot) {
+        Some((_, g)) => g.push(j),
+        None => groups.push((slot, vec![j])),
+      }
+    }
+    futures_util::future::join_all(groups.into_iter().map(|(_, g)| self.run_group(g, deadline)))
+      .await;
   }
 
   /// Forget `key` (in process and on Redis).
@@ -459,10 +604,7 @@ impl Limiter {
       let mut done: Option<(Waiter, HpResult<()>)> = None;
       let d = if self.remote.is_some() {
         // Waiting probes are not counted as denials; the admission is.
-        let d = self.decide(&key, cost, true).await;
-        if d.allowed {
-          self.count(&d);
-        }
+        let d = self.ask(&key, cost, true, false).await;
         let mut q = self.queues.lock();
         let Some(kq) = q.by_key.get_mut(&key) else {
           return;
@@ -558,6 +700,40 @@ impl Limiter {
   pub fn shutdown(&self) {
     self.closed.store(true, Ordering::SeqCst);
     self.close_waiters(None);
+  }
+}
+
+/// Collect checks into script calls: one call per batch of checks waiting
+/// together, at most [`MAX_IN_FLIGHT`] calls at once. A check never waits
+/// past its deadline: without a free slot by then, it is decided by
+/// `onRedisError`.
+async fn batcher(weak: std::sync::Weak<Limiter>, mut rx: mpsc::UnboundedReceiver<Job>) {
+  let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+  while let Some(first) = rx.recv().await {
+    let permit = tokio::time::timeout_at(first.deadline, slots.clone().acquire_owned()).await;
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+      match rx.try_recv() {
+        Ok(j) => jobs.push(j),
+        Err(_) => break,
+      }
+    }
+    let Some(l) = weak.upgrade() else { return };
+    match permit {
+      Ok(Ok(permit)) => {
+        runtime::spawn(async move {
+          l.run_batch(jobs).await;
+          drop(permit);
+        });
+      }
+      _ => {
+        l.trip();
+        for j in jobs {
+          let d = l.fallback(&j.key, j.cost, j.consume);
+          l.finish(j, d);
+        }
+      }
+    }
   }
 }
 
@@ -707,6 +883,60 @@ mod tests {
       Code::Closed
     );
     assert_eq!(l.waiting(), 0);
+  }
+
+  struct ChannelSink(Mutex<std::sync::mpsc::Sender<(f64, bool)>>);
+  impl Sink for ChannelSink {
+    fn deliver(&self, id: f64, d: &Decision) {
+      self.0.lock().send((id, d.allowed)).unwrap();
+    }
+  }
+
+  /// Checks sent together go to Redis in batches and each comes back once,
+  /// to its sink, with one exact limit.
+  #[test]
+  fn redis_checks_are_batched_and_each_delivered_once() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+      if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("REDIS_URL must be set in CI");
+      }
+      eprintln!("SKIP redis_checks_are_batched_and_each_delivered_once: REDIS_URL is not set");
+      return;
+    };
+    let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
+      url,
+      key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
+      ..Default::default()
+    })
+    .unwrap();
+    let l = Limiter::new(
+      Config::new(37.0, 60_000.0, Some("sliding-window"), None, Some(rc), None).unwrap(),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let sink: Arc<dyn Sink> = Arc::new(ChannelSink(Mutex::new(tx)));
+    for i in 0..500 {
+      l.submit(
+        "k".into(),
+        1.0,
+        true,
+        true,
+        Reply::Sink(sink.clone(), i as f64),
+      );
+    }
+    let mut got: Vec<(f64, bool)> = (0..500)
+      .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+      .collect();
+    assert!(
+      rx.recv_timeout(Duration::from_millis(50)).is_err(),
+      "one delivery per check"
+    );
+    got.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(got.iter().enumerate().all(|(i, g)| g.0 == i as f64));
+    assert_eq!(got.iter().filter(|g| g.1).count(), 37);
+    assert_eq!(l.c.allowed.load(Ordering::Relaxed), 37);
+    assert_eq!(l.c.denied.load(Ordering::Relaxed), 463);
+    runtime::handle().block_on(l.reset("k")).unwrap();
   }
 
   #[test]

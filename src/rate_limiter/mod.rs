@@ -1,8 +1,10 @@
 //! RateLimiter: the native engine `NativeRateLimiter` (this file, thin) over
 //! the limiter core (`limiter.rs`), the algorithms and in-process store
-//! (`local.rs`) and the Redis scripts (`redis.rs` and the `.lua` files).
-//! `lib/rate_limiter.js` is the JS-facing class.
+//! (`local.rs`) and the Redis scripts (`redis.rs` and the `.lua` files);
+//! `fast.rs` has the per-check paths to JS. `lib/rate_limiter.js` is the
+//! JS-facing class.
 
+pub mod fast;
 pub mod limiter;
 pub mod local;
 pub mod redis;
@@ -12,14 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::UnknownReturnValue;
 use napi_derive::napi;
 
 use crate::error::{Code, HpError, HpResult};
 use crate::redis::{RedisConfig, RedisOptions};
 use crate::runtime;
+use fast::{Handle, Port};
 pub use limiter::Algo;
-use limiter::{Config, Limiter, Settle, CLASS};
-use local::Decision;
+use limiter::{Config, Limiter, Reply, Settle, CLASS};
 
 /// Options of `new RateLimiter(options)`.
 #[napi(object, object_to_js = false)]
@@ -68,22 +71,24 @@ pub struct RateLimiterStats {
   pub waiting: f64,
 }
 
-/// Per-handle scratch the JS layer reads after a sync check:
-/// `[remaining, retryAfterMs, resetMs, waiterId]`.
-struct Scratch(UnsafeCell<[f64; 4]>);
-unsafe impl Sync for Scratch {}
-unsafe impl Send for Scratch {}
-
 static OWNERS: AtomicU64 = AtomicU64::new(1);
 
 /// The native engine behind `RateLimiter` (see lib/rate_limiter.js).
 #[napi(js_name = "NativeRateLimiter")]
 pub struct NativeRateLimiter {
   inner: Arc<Limiter>,
+  h: Arc<Handle>,
+  /// This handle's index in its thread's table (for `rateLimiterCheckSync`).
+  index: u32,
   name: Option<String>,
   owner: u64,
-  closed: AtomicBool,
-  scratch: Arc<Scratch>,
+  port: Option<Arc<Port>>,
+}
+
+impl Drop for NativeRateLimiter {
+  fn drop(&mut self) {
+    fast::unregister(self.index);
+  }
 }
 
 fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
@@ -103,14 +108,16 @@ fn check_key(key: &str) -> HpResult<()> {
   crate::error::check_key("key", key)
 }
 
-fn decision_array(d: Decision) -> Vec<f64> {
-  vec![d.allowed as u8 as f64, d.remaining, d.retry_after, d.reset]
-}
-
 #[napi]
 impl NativeRateLimiter {
+  /// `onResults` (required with `redis`) receives the decisions of
+  /// `checkAsync` calls, in batches: `[id, allowed (0/1), remaining,
+  /// retryAfterMs, resetMs, ...]`.
   #[napi(constructor)]
-  pub fn new(options: RateLimiterOptions) -> Result<Self, Code> {
+  pub fn new(
+    options: RateLimiterOptions,
+    on_results: Option<Function<'_, Vec<f64>, UnknownReturnValue>>,
+  ) -> Result<Self, Code> {
     let o = options;
     let redis = to_js(o.redis.as_ref().map(RedisConfig::from_options).transpose())?;
     let cfg = to_js(Config::new(
@@ -121,55 +128,54 @@ impl NativeRateLimiter {
       redis,
       o.on_redis_error.as_deref(),
     ))?;
+    let port = match (cfg.redis.is_some(), on_results) {
+      (true, Some(f)) => Some(Port::new(f).map_err(crate::error::from_napi)?),
+      (true, None) => {
+        return Err(HpError::invalid("a RateLimiter with `redis` needs onResults").into())
+      }
+      (false, _) => None,
+    };
     let inner = match &o.name {
       Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || {
         Limiter::new(cfg.clone())
       }))?,
       None => to_js(Limiter::new(cfg))?,
     };
+    let h = Arc::new(Handle {
+      limiter: inner.clone(),
+      scratch: UnsafeCell::new([0.0; 4]),
+      closed: AtomicBool::new(false),
+    });
     Ok(NativeRateLimiter {
       inner,
+      index: fast::register(h.clone()),
+      h,
       name: o.name,
       owner: OWNERS.fetch_add(1, Ordering::Relaxed),
-      closed: AtomicBool::new(false),
-      scratch: Arc::new(Scratch(UnsafeCell::new([0.0; 4]))),
+      port,
     })
   }
 
   fn open(&self) -> Result<&Arc<Limiter>, Code> {
-    if self.closed.load(Ordering::Relaxed) {
+    if self.h.closed.load(Ordering::Relaxed) {
       return Err(HpError::closed(CLASS).into());
     }
     Ok(&self.inner)
   }
 
-  fn local_only(&self) -> Result<&Arc<Limiter>, Code> {
-    let inner = self.open()?;
-    if inner.has_redis() {
-      return Err(
-        HpError::invalid(
-          "checkSync is in-process only: a RateLimiter with `redis` checks with check()",
-        )
-        .into(),
-      );
-    }
-    Ok(inner)
+  /// This handle's index for `rateLimiterCheckSync` (valid on this thread).
+  #[napi(getter)]
+  pub fn handle(&self) -> u32 {
+    self.index
   }
 
-  fn write(&self, d: &Decision) -> bool {
-    let s = unsafe { &mut *self.scratch.0.get() };
-    s[0] = d.remaining;
-    s[1] = d.retry_after;
-    s[2] = d.reset;
-    d.allowed
-  }
-
-  /// The scratch array (Float64 x 4) this handle writes results into.
+  /// The scratch array (Float64 x 4) this handle writes results into:
+  /// `[remaining, retryAfterMs, resetMs, waiterId]`.
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
-    let s = self.scratch.clone();
-    let ptr = s.0.get() as *mut u8;
-    unsafe { ArrayBuffer::from_external(&env, ptr, 32, s, |_, s| drop(s)) }
+    let h = self.h.clone();
+    let ptr = h.scratch.get() as *mut u8;
+    unsafe { ArrayBuffer::from_external(&env, ptr, 32, h, |_, h| drop(h)) }
   }
 
   #[napi]
@@ -177,47 +183,37 @@ impl NativeRateLimiter {
     self.inner.has_redis()
   }
 
-  /// In process: check and consume. Returns `allowed`; the numbers go to scratch.
+  /// With Redis: check (and consume when `consume`); the decision comes back
+  /// through `onResults` with this `id`. Never fails once sent: when Redis
+  /// cannot answer within `commandTimeoutMs`, `onRedisError` decides.
   #[napi]
-  pub fn check_sync(&self, key: String, cost: f64) -> Result<bool, Code> {
-    let inner = self.local_only()?;
+  pub fn check_async(
+    &self,
+    env: Env,
+    id: f64,
+    key: String,
+    cost: f64,
+    consume: bool,
+  ) -> Result<(), Code> {
+    let inner = self.open()?;
     to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
-    Ok(self.write(&inner.check_local(&key, cost, true)))
-  }
-
-  /// In process: would `cost` pass now? Consumes nothing.
-  #[napi]
-  pub fn peek_sync(&self, key: String, cost: f64) -> Result<bool, Code> {
-    let inner = self.local_only()?;
-    to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
-    Ok(self.write(&inner.check_local(&key, cost, false)))
+    let Some(port) = &self.port else {
+      return Err(
+        HpError::invalid("checkAsync needs `redis`: in process, use rateLimiterCheckSync").into(),
+      );
+    };
+    port.expect(&env);
+    inner.submit(key, cost, consume, true, Reply::Sink(port.clone(), id));
+    Ok(())
   }
 
   /// In process: forget `key`.
   #[napi]
   pub fn reset_sync(&self, key: String) -> Result<(), Code> {
-    let inner = self.local_only()?;
+    let inner = self.open()?;
     to_js(check_key(&key))?;
     inner.reset_local(&key);
     Ok(())
-  }
-
-  /// With Redis: check (and consume when `consume`). Resolves
-  /// `[allowed (0/1), remaining, retryAfterMs, resetMs]`.
-  #[napi(ts_return_type = "Promise<number[]>")]
-  pub fn check<'e>(
-    &self,
-    env: &'e Env,
-    key: String,
-    cost: f64,
-    consume: bool,
-  ) -> Result<Object<'e>, Code> {
-    let inner = self.open()?.clone();
-    to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
-    runtime::promise(env, async move {
-      Ok(decision_array(inner.check(&key, cost, consume).await))
-    })
-    .map_err(crate::error::from_napi)
   }
 
   /// Forget `key` in process and on Redis.
@@ -260,7 +256,7 @@ impl NativeRateLimiter {
     match queued {
       None => Ok(None),
       Some(id) => {
-        unsafe { (*self.scratch.0.get())[3] = id as f64 };
+        unsafe { (*self.h.scratch.get())[3] = id as f64 };
         Ok(promise)
       }
     }
@@ -292,7 +288,7 @@ impl NativeRateLimiter {
   /// shuts down with its last handle. Idempotent.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
-    if !self.closed.swap(true, Ordering::SeqCst) {
+    if !self.h.closed.swap(true, Ordering::SeqCst) {
       let last = match &self.name {
         Some(n) => runtime::detach(CLASS, n),
         None => true,

@@ -1,6 +1,8 @@
 //! The limit on Redis: one Lua script per algorithm (beside this file),
-//! loaded once and re-sent on NOSCRIPT by `crate::redis`. Every check is one
-//! atomic round trip (EVALSHA) and reads time from the Redis server.
+//! loaded once and re-sent on NOSCRIPT by `crate::redis`. Every check is
+//! atomic and takes one round trip, timed by the Redis server's clock. Checks
+//! that are waiting together go in one script call (one EVALSHA for up to
+//! [`MAX_BATCH`] checks; on a Cluster, one per slot), in order.
 //!
 //! Key layout (documented in docs/ratelimiter.md):
 //! `<keyPrefix>rl:<algorithm>:<limit>:<windowMs>:{<key>}` and, for the
@@ -18,9 +20,16 @@ use super::Algo;
 use crate::error::{HpError, HpResult};
 use crate::redis::Redis;
 
+/// Most checks in one script call.
+pub const MAX_BATCH: usize = 128;
+
 macro_rules! script {
   ($file:literal) => {
-    concat!(include_str!("common.lua"), include_str!($file))
+    concat!(
+      include_str!("common.lua"),
+      include_str!($file),
+      include_str!("footer.lua")
+    )
   };
 }
 
@@ -32,6 +41,37 @@ fn source(algo: Algo) -> &'static str {
     Algo::TokenBucket => script!("token_bucket.lua"),
     Algo::Gcra => script!("gcra.lua"),
   }
+}
+
+/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16384).
+pub fn slot(key: &[u8]) -> u16 {
+  let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+    let rest = &key[open + 1..];
+    rest
+      .iter()
+      .position(|&b| b == b'}')
+      .filter(|&close| close > 0)
+      .map(|close| &rest[..close])
+  });
+  let mut crc: u16 = 0;
+  for &b in tagged.unwrap_or(key) {
+    crc ^= (b as u16) << 8;
+    for _ in 0..8 {
+      crc = if crc & 0x8000 != 0 {
+        (crc << 1) ^ 0x1021
+      } else {
+        crc << 1
+      };
+    }
+  }
+  crc % 16384
+}
+
+/// One check of a batch.
+pub struct Check<'a> {
+  pub key: &'a str,
+  pub cost: f64,
+  pub consume: bool,
 }
 
 pub struct Remote {
@@ -57,8 +97,12 @@ impl Remote {
     }
   }
 
-  /// The Redis keys holding `key`'s state.
-  pub fn keys(&self, key: &str) -> Vec<String> {
+  pub fn is_cluster(&self) -> bool {
+    self.redis.is_cluster()
+  }
+
+  /// The Redis keys holding `key`'s state, appended to `out`.
+  pub fn keys_into(&self, key: &str, out: &mut Vec<String>) {
     let mut k = String::with_capacity(self.base.len() + key.len() + 2);
     k.push_str(&self.base);
     k.push('{');
@@ -66,33 +110,62 @@ impl Remote {
     k.push('}');
     if self.algo == Algo::SlidingWindow {
       let log = format!("{k}:log");
-      vec![k, log]
+      out.push(k);
+      out.push(log);
     } else {
-      vec![k]
+      out.push(k);
     }
   }
 
-  pub async fn check(&self, key: &str, cost: f64, consume: bool) -> HpResult<Decision> {
-    let args = [
-      self.limit.clone(),
-      self.window.clone(),
-      cost.to_string(),
-      if consume { "1" } else { "0" }.to_string(),
-    ];
-    let (allowed, remaining, retry, reset): (i64, String, String, String) = self
-      .redis
-      .eval(&self.script, &self.keys(key), &args)
-      .await?;
+  pub fn keys(&self, key: &str) -> Vec<String> {
+    let mut v = Vec::with_capacity(2);
+    self.keys_into(key, &mut v);
+    v
+  }
+
+  /// The Cluster slot of `key`'s state (all its keys share it).
+  pub fn slot_of(&self, key: &str) -> u16 {
+    slot(self.keys(key)[0].as_bytes())
+  }
+
+  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
+  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+    let per = if self.algo == Algo::SlidingWindow {
+      2
+    } else {
+      1
+    };
+    let mut keys = Vec::with_capacity(checks.len() * per);
+    let mut args = Vec::with_capacity(3 + 2 * checks.len());
+    args.push(self.limit.clone());
+    args.push(self.window.clone());
+    args.push(checks.len().to_string());
+    for c in checks {
+      self.keys_into(c.key, &mut keys);
+      args.push(c.cost.to_string());
+      args.push(if c.consume { "1" } else { "0" }.to_string());
+    }
+    let out: Vec<String> = self.redis.eval(&self.script, &keys, &args).await?;
+    if out.len() != 4 * checks.len() {
+      return Err(HpError::redis(format!(
+        "redis: rate limiter script returned {} values for {} checks",
+        out.len(),
+        checks.len()
+      )));
+    }
     let n = |s: &str| -> HpResult<f64> {
       s.parse::<f64>()
         .map_err(|_| HpError::redis(format!("redis: rate limiter script returned {s:?}")))
     };
-    Ok(Decision::new(
-      allowed == 1,
-      n(&remaining)?,
-      n(&retry)?,
-      n(&reset)?,
-    ))
+    out
+      .chunks_exact(4)
+      .map(|r| Ok(Decision::new(r[0] == "1", n(&r[1])?, n(&r[2])?, n(&r[3])?)))
+      .collect()
+  }
+
+  pub async fn check(&self, key: &str, cost: f64, consume: bool) -> HpResult<Decision> {
+    let mut v = self.check_many(&[Check { key, cost, consume }]).await?;
+    Ok(v.pop().expect("one decision"))
   }
 
   pub async fn reset(&self, key: &str) -> HpResult<()> {
@@ -118,6 +191,25 @@ mod tests {
     })
     .unwrap();
     Remote::new(Redis::new(cfg).unwrap(), algo, Params { limit, window })
+  }
+
+  #[test]
+  fn cluster_slots_follow_the_hash_tag() {
+    // Values from `CLUSTER KEYSLOT`.
+    assert_eq!(slot(b"foo"), 12182);
+    assert_eq!(slot(b"123456789"), 0x31C3 % 16384);
+    assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+    // An empty tag is no tag: the whole name is hashed.
+    assert_ne!(slot(b"{}user1000"), slot(b"user1000"));
+    let r = remote("redis://127.0.0.1:1", Algo::SlidingWindow, 10.0, 1000.0);
+    for k in ["user:1", "a}b", "x{y}z"] {
+      let ks = r.keys(k);
+      assert_eq!(
+        r.slot_of(k),
+        slot(ks[1].as_bytes()),
+        "{k}: the log is in the same slot"
+      );
+    }
   }
 
   #[test]
@@ -184,6 +276,36 @@ mod tests {
           "{algo:?} after reset"
         );
         r.reset("k").await.unwrap();
+      }
+    });
+  }
+
+  /// Many checks in one script call run in order, each atomically.
+  #[test]
+  fn one_call_checks_many_keys_in_order() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      for algo in [Algo::SlidingWindow, Algo::FixedWindow, Algo::Gcra] {
+        let r = remote(&url, algo, 2.0, 60_000.0);
+        let checks: Vec<Check> = ["a", "b", "a", "a", "b", "c"]
+          .iter()
+          .map(|k| Check {
+            key: k,
+            cost: 1.0,
+            consume: true,
+          })
+          .collect();
+        let ds = r.check_many(&checks).await.unwrap();
+        let allowed: Vec<bool> = ds.iter().map(|d| d.allowed).collect();
+        assert_eq!(
+          allowed,
+          vec![true, true, true, false, true, true],
+          "{algo:?}"
+        );
+        assert_eq!(ds[2].remaining, 0.0);
+        for k in ["a", "b", "c"] {
+          r.reset(k).await.unwrap();
+        }
       }
     });
   }

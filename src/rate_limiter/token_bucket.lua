@@ -1,25 +1,28 @@
 -- token-bucket. KEYS[1]: a hash {t = tokens, l = last refill (ms, Redis
 -- server clock)}, expiring when the bucket would be full again.
-local now = clock()
-local rate = limit / window
-local v = redis.call('HMGET', KEYS[1], 't', 'l')
-local tokens = limit
-local last = now
-if v[1] then
-  last = tonumber(v[2])
-  tokens = tonumber(v[1]) + math.max(0, now - last) * rate
-  if tokens > limit then tokens = limit end
-end
-if cost > limit then
-  return {0, num(tokens), 'inf', num((limit - tokens) / rate)}
-end
-if tokens + EPS >= cost then
-  local left = tokens
-  if consume then left = math.max(0, tokens - cost) end
-  if consume and cost > 0 then
-    redis.call('HSET', KEYS[1], 't', num(left), 'l', num(math.max(now, last)))
-    redis.call('PEXPIRE', KEYS[1], math.ceil((limit - left) / rate) + 1)
+local KEYS_PER = 1
+local function check(k1, k2, cost, consume)
+  local now = clock()
+  local rate = limit / window
+  local v = redis.call('HMGET', k1, 't', 'l')
+  local tokens = limit
+  local last = now
+  if v[1] then
+    last = tonumber(v[2])
+    tokens = tonumber(v[1]) + math.max(0, now - last) * rate
+    if tokens > limit then tokens = limit end
   end
-  return {1, num(left), '0', num((limit - left) / rate)}
+  if cost > limit then
+    return {0, num(tokens), 'inf', num((limit - tokens) / rate)}
+  end
+  if tokens + EPS >= cost then
+    local left = tokens
+    if consume then left = math.max(0, tokens - cost) end
+    if consume and cost > 0 then
+      redis.call('HSET', k1, 't', num(left), 'l', num(math.max(now, last)))
+      redis.call('PEXPIRE', k1, math.ceil((limit - left) / rate) + 1)
+    end
+    return {1, num(left), '0', num((limit - left) / rate)}
+  end
+  return {0, num(tokens), num((cost - tokens) / rate), num((limit - tokens) / rate)}
 end
-return {0, num(tokens), num((cost - tokens) / rate), num((limit - tokens) / rate)}
