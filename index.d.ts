@@ -234,7 +234,7 @@ export declare class NativeRateLimiter {
    * `checkAsync` calls, in batches: `[id, allowed (0/1), remaining,
    * retryAfterMs, resetMs, ...]`.
    */
-  constructor(options: RateLimiterOptions, onResults?: ((arg: Array<number>) => unknown) | undefined | null)
+  constructor(options: RateLimiterOptions, onResults?: ((arg: Float64Array) => unknown) | undefined | null)
   /** This handle's index for `rateLimiterCheckSync` (valid on this thread). */
   get handle(): number
   /**

@@ -142,7 +142,7 @@ unsafe extern "C" fn check_sync(
     }
     // The key, into a stack buffer (V8 never splits a character, so a
     // result this close to the end may be cut: then read it whole).
-    let mut buf = [0u8; KEY_BUF];
+    let mut buf = std::mem::MaybeUninit::<[u8; KEY_BUF]>::uninit();
     let mut len = 0usize;
     if sys::napi_get_value_string_utf8(
       env,
@@ -156,7 +156,8 @@ unsafe extern "C" fn check_sync(
     }
     let heap: Vec<u8>;
     let bytes: &[u8] = if len + 4 < KEY_BUF {
-      &buf[..len]
+      // Node-API wrote `len` bytes (and a NUL) at the start of the buffer.
+      std::slice::from_raw_parts(buf.as_ptr() as *const u8, len)
     } else {
       let mut full = 0usize;
       sys::napi_get_value_string_utf8(env, argv[1], ptr::null_mut(), 0, &mut full);
@@ -182,31 +183,39 @@ unsafe extern "C" fn check_sync(
     }
     // Node-API writes valid UTF-8 (lone surrogates become U+FFFD).
     let key = std::str::from_utf8_unchecked(bytes);
-    let h = TABLE.with(|t| t.borrow().get(index as usize).cloned().flatten());
-    let Some(h) = h else {
-      return throw(
-        env,
-        "ERR_INVALID_ARG",
-        &format!("no rate limiter handle {index} on this thread"),
-        false,
-      );
-    };
-    if h.closed.load(Ordering::Relaxed) {
-      return throw(env, "ERR_CLOSED", "RateLimiter is closed", false);
-    }
-    if h.limiter.has_redis() {
-      return throw(
+    let r = TABLE.with(|t| {
+      let t = t.borrow();
+      let h = t.get(index as usize)?.as_ref()?;
+      if h.closed.load(Ordering::Relaxed) {
+        return Some(Err("ERR_CLOSED"));
+      }
+      if h.limiter.has_redis() {
+        return Some(Err("ERR_INVALID_ARG"));
+      }
+      let d = h.limiter.check_local(key, cost, consume);
+      h.write(&d);
+      Some(Ok(d.allowed))
+    });
+    match r {
+      Some(Ok(allowed)) => {
+        let mut out = ptr::null_mut();
+        sys::napi_get_boolean(env, allowed, &mut out);
+        out
+      }
+      Some(Err("ERR_CLOSED")) => throw(env, "ERR_CLOSED", "RateLimiter is closed", false),
+      Some(Err(_)) => throw(
         env,
         "ERR_INVALID_ARG",
         "checkSync is in-process only: a RateLimiter with `redis` checks with check()",
         false,
-      );
+      ),
+      None => throw(
+        env,
+        "ERR_INVALID_ARG",
+        &format!("no rate limiter handle {index} on this thread"),
+        false,
+      ),
     }
-    let d = h.limiter.check_local(key, cost, consume);
-    h.write(&d);
-    let mut out = ptr::null_mut();
-    sys::napi_get_boolean(env, d.allowed, &mut out);
-    out
   }
 }
 
@@ -222,7 +231,7 @@ pub fn check_sync_fn(env: &Env) -> Result<Unknown<'_>> {
 
 // ------------------------------------------------------------------ port
 
-type ResultsFn = ThreadsafeFunction<(), UnknownReturnValue, Vec<f64>, Status, false, true, 0>;
+type ResultsFn = ThreadsafeFunction<(), UnknownReturnValue, Float64Array, Status, false, true, 0>;
 
 struct PortQueue {
   /// `[id, allowed (0/1), remaining, retryAfterMs, resetMs]` per decision.
@@ -243,7 +252,7 @@ pub struct Port {
 
 impl Port {
   /// `on_results(flat)` gets `[id, allowed, remaining, retryAfterMs, resetMs, ...]`.
-  pub fn new(on_results: Function<'_, Vec<f64>, UnknownReturnValue>) -> Result<Arc<Port>> {
+  pub fn new(on_results: Function<'_, Float64Array, UnknownReturnValue>) -> Result<Arc<Port>> {
     let q = Arc::new(PortQueue {
       items: Mutex::new(Vec::new()),
       scheduled: AtomicBool::new(false),
@@ -266,7 +275,7 @@ impl Port {
             sys::napi_unref_threadsafe_function(ctx.env.raw(), q2.raw.load(Ordering::Relaxed))
           };
         }
-        Ok(items)
+        Ok(Float64Array::new(items))
       })?;
     q.raw.store(tsfn.raw(), Ordering::Relaxed);
     Ok(Arc::new(Port { tsfn, q }))

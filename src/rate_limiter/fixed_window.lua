@@ -13,7 +13,7 @@ local function check(k1, k2, cost, consume)
     end
   end
   if cost > limit then
-    return {0, num(limit - count), 'inf', num(reset)}
+    return {0, out(limit - count), 'inf', out(reset)}
   end
   if count + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -25,7 +25,7 @@ local function check(k1, k2, cost, consume)
         redis.call('SET', k1, num(count), 'KEEPTTL')
       end
     end
-    return {1, num(limit - count), '0', num(reset)}
+    return {1, out(limit - count), 0, out(reset)}
   end
-  return {0, num(limit - count), num(reset), num(reset)}
+  return {0, out(limit - count), out(reset), out(reset)}
 end

@@ -8,7 +8,7 @@ local function check(k1, k2, cost, consume)
   if tat < now then tat = now end
   local function rem(x) return (window - (x - now)) / t end
   if cost > limit then
-    return {0, num(rem(tat)), 'inf', num(tat - now)}
+    return {0, out(rem(tat)), 'inf', out(tat - now)}
   end
   local new_tat = tat + cost * t
   local allow_at = new_tat - window
@@ -20,7 +20,7 @@ local function check(k1, k2, cost, consume)
     end
     local r = rem(after)
     if r > limit then r = limit end
-    return {1, num(r), '0', num(after - now)}
+    return {1, out(r), 0, out(after - now)}
   end
-  return {0, num(rem(tat)), num(allow_at - now), num(tat - now)}
+  return {0, out(rem(tat)), out(allow_at - now), out(tat - now)}
 end

@@ -116,7 +116,7 @@ impl NativeRateLimiter {
   #[napi(constructor)]
   pub fn new(
     options: RateLimiterOptions,
-    on_results: Option<Function<'_, Vec<f64>, UnknownReturnValue>>,
+    on_results: Option<Function<'_, Float64Array, UnknownReturnValue>>,
   ) -> Result<Self, Code> {
     let o = options;
     let redis = to_js(o.redis.as_ref().map(RedisConfig::from_options).transpose())?;

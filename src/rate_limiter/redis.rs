@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use redis::Script;
+use redis::{Script, Value};
 
 use super::local::{Decision, Params};
 use super::Algo;
@@ -65,6 +65,21 @@ pub fn slot(key: &[u8]) -> u16 {
     }
   }
   crc % 16384
+}
+
+/// A number of a script's reply: an integer, or text (`inf`, fractions).
+fn number(v: &Value) -> HpResult<f64> {
+  let bad = || HpError::redis(format!("redis: rate limiter script returned {v:?}"));
+  match v {
+    Value::Int(i) => Ok(*i as f64),
+    Value::Double(d) => Ok(*d),
+    Value::BulkString(b) => std::str::from_utf8(b)
+      .ok()
+      .and_then(|s| s.parse().ok())
+      .ok_or_else(bad),
+    Value::SimpleString(s) => s.parse().map_err(|_| bad()),
+    _ => Err(bad()),
+  }
 }
 
 /// One check of a batch.
@@ -145,7 +160,7 @@ impl Remote {
       args.push(c.cost.to_string());
       args.push(if c.consume { "1" } else { "0" }.to_string());
     }
-    let out: Vec<String> = self.redis.eval(&self.script, &keys, &args).await?;
+    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
     if out.len() != 4 * checks.len() {
       return Err(HpError::redis(format!(
         "redis: rate limiter script returned {} values for {} checks",
@@ -153,13 +168,16 @@ impl Remote {
         checks.len()
       )));
     }
-    let n = |s: &str| -> HpResult<f64> {
-      s.parse::<f64>()
-        .map_err(|_| HpError::redis(format!("redis: rate limiter script returned {s:?}")))
-    };
     out
       .chunks_exact(4)
-      .map(|r| Ok(Decision::new(r[0] == "1", n(&r[1])?, n(&r[2])?, n(&r[3])?)))
+      .map(|r| {
+        Ok(Decision::new(
+          number(&r[0])? == 1.0,
+          number(&r[1])?,
+          number(&r[2])?,
+          number(&r[3])?,
+        ))
+      })
       .collect()
   }
 

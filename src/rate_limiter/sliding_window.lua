@@ -4,34 +4,39 @@
 -- the newest entry leaves the window. An entry at t counts against every
 -- check in [t, t + windowMs).
 local KEYS_PER = 2
+local function parse(e)
+  local sep = string.find(e, ' ', 1, true)
+  return tonumber(string.sub(e, 1, sep - 1)), tonumber(string.sub(e, sep + 1))
+end
 local function check(k1, k2, cost, consume)
   local now = clock()
   local sum = tonumber(redis.call('GET', k1) or '0')
   local changed = false
   local empty = false
-  local function parse(e)
-    local sep = string.find(e, ' ', 1, true)
-    return tonumber(string.sub(e, 1, sep - 1)), tonumber(string.sub(e, sep + 1))
-  end
-  -- Drop what left the window, oldest first, a chunk at a time.
-  while true do
-    local head = redis.call('LRANGE', k2, 0, 63)
-    if #head == 0 then
-      empty = true
-      break
+  local oldest = redis.call('LINDEX', k2, 0)
+  if not oldest then
+    empty = true
+  elseif parse(oldest) + window <= now then
+    -- Drop what left the window, oldest first, a chunk at a time.
+    while true do
+      local head = redis.call('LRANGE', k2, 0, 63)
+      if #head == 0 then
+        empty = true
+        break
+      end
+      local n = 0
+      for i = 1, #head do
+        local t, c = parse(head[i])
+        if t + window > now then break end
+        sum = sum - c
+        n = i
+      end
+      if n > 0 then
+        redis.call('LTRIM', k2, n, -1)
+        changed = true
+      end
+      if n < #head then break end
     end
-    local n = 0
-    for i = 1, #head do
-      local t, c = parse(head[i])
-      if t + window > now then break end
-      sum = sum - c
-      n = i
-    end
-    if n > 0 then
-      redis.call('LTRIM', k2, n, -1)
-      changed = true
-    end
-    if n < #head then break end
   end
   if empty then sum = 0 end
   local back_t, back_c
@@ -54,7 +59,7 @@ local function check(k1, k2, cost, consume)
   end
   if cost > limit then
     save()
-    return {0, num(limit - sum), 'inf', num(reset())}
+    return {0, out(limit - sum), 'inf', out(reset())}
   end
   if sum + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -77,7 +82,7 @@ local function check(k1, k2, cost, consume)
       changed = true
     end
     save()
-    return {1, num(limit - sum), '0', num(reset())}
+    return {1, out(limit - sum), 0, out(reset())}
   end
   -- Denied: the cost fits once enough of the oldest units have left.
   local need = sum + cost - limit
@@ -98,5 +103,5 @@ local function check(k1, k2, cost, consume)
     i = i + #chunk
   end
   save()
-  return {0, num(limit - sum), num(retry), num(reset())}
+  return {0, out(limit - sum), out(retry), out(reset())}
 end

@@ -23,7 +23,7 @@ local function check(k1, k2, cost, consume)
     return 0
   end
   if cost > limit then
-    return {0, num(limit - est()), 'inf', num(reset())}
+    return {0, out(limit - est()), 'inf', out(reset())}
   end
   if est() + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -31,7 +31,7 @@ local function check(k1, k2, cost, consume)
       redis.call('HSET', k1, 'i', num(k), 'p', num(prev), 'c', num(curr))
       redis.call('PEXPIRE', k1, math.ceil(2 * window - e) + 1)
     end
-    return {1, num(limit - est()), '0', num(reset())}
+    return {1, out(limit - est()), 0, out(reset())}
   end
   local retry
   if curr + cost <= limit and prev > 0 then
@@ -39,5 +39,5 @@ local function check(k1, k2, cost, consume)
   else
     retry = (window - e) + math.max(0, window * (1 - (limit - cost) / curr))
   end
-  return {0, num(limit - est()), num(retry), num(reset())}
+  return {0, out(limit - est()), out(retry), out(reset())}
 end

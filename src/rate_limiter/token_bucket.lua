@@ -13,7 +13,7 @@ local function check(k1, k2, cost, consume)
     if tokens > limit then tokens = limit end
   end
   if cost > limit then
-    return {0, num(tokens), 'inf', num((limit - tokens) / rate)}
+    return {0, out(tokens), 'inf', out((limit - tokens) / rate)}
   end
   if tokens + EPS >= cost then
     local left = tokens
@@ -22,7 +22,7 @@ local function check(k1, k2, cost, consume)
       redis.call('HSET', k1, 't', num(left), 'l', num(math.max(now, last)))
       redis.call('PEXPIRE', k1, math.ceil((limit - left) / rate) + 1)
     end
-    return {1, num(left), '0', num((limit - left) / rate)}
+    return {1, out(left), 0, out((limit - left) / rate)}
   end
-  return {0, num(tokens), num((cost - tokens) / rate), num((limit - tokens) / rate)}
+  return {0, out(tokens), out((cost - tokens) / rate), out((limit - tokens) / rate)}
 end
