@@ -3,13 +3,11 @@
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { createRequire } from 'node:module'
 import { Redis as IORedis } from 'ioredis'
 import { RateLimiter, __advanceClock } from 'hotpath'
 import type { RateLimiterOptions, RateLimitResult } from 'hotpath'
 import { redisUrl, eventually, OwnCluster } from './helpers.ts'
 
-const require = createRequire(import.meta.url)
 const entry = require.resolve('hotpath')
 
 type Algorithm = NonNullable<RateLimiterOptions['algorithm']>

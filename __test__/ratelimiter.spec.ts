@@ -2,12 +2,10 @@
 // input, the key bound, worker threads, close.
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
-import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
 import { RateLimiter, __advanceClock } from 'hotpath'
 import type { RateLimitResult, RateLimiterOptions } from 'hotpath'
 
-const require = createRequire(import.meta.url)
 const entry = require.resolve('hotpath')
 
 type Algorithm = NonNullable<RateLimiterOptions['algorithm']>
@@ -445,6 +443,32 @@ describe('RateLimiter named and worker threads', () => {
     const c = new RateLimiter({ name, limit: 5, windowMs: 1000 })
     assert.equal(c.checkSync('k').remaining, 4)
     await c.close()
+  })
+})
+
+describe('RateLimiter garbage collection', () => {
+  test('a named limiter collected without close() frees its name', async () => {
+    const gc = (globalThis as any).gc as () => void
+    assert.ok(gc, 'run with --expose-gc')
+    const name = `rl-gc-${process.pid}`
+    ;(() => {
+      const a = new RateLimiter({ name, limit: 1, windowMs: 1000 })
+      a.checkSync('k')
+    })()
+    let other: RateLimiter | null = null
+    const deadline = Date.now() + 10_000
+    while (!other) {
+      gc()
+      await new Promise((r) => setImmediate(r))
+      try {
+        other = new RateLimiter({ name, limit: 2, windowMs: 1000 })
+      } catch (e: any) {
+        assert.equal(e.code, 'ERR_INVALID_ARG')
+        if (Date.now() > deadline) throw new Error('the collected handle never released its name')
+      }
+    }
+    assert.equal(other.checkSync('k').remaining, 1, 'a fresh state with the new options')
+    await other.close()
   })
 })
 

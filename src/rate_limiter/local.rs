@@ -426,6 +426,9 @@ pub trait LocalStore: Send + Sync {
   fn check(&self, key: &str, now: f64, cost: f64, consume: bool) -> Decision;
   fn remove(&self, key: &str);
   fn len(&self) -> usize;
+  fn is_empty(&self) -> bool {
+    self.len() == 0
+  }
   /// Drop every key whose state is fully restored. Returns how many went.
   fn sweep(&self, now: f64) -> usize;
   /// Heap bytes of one key's slot besides its key (for reports).

@@ -86,8 +86,16 @@ pub struct NativeRateLimiter {
 }
 
 impl Drop for NativeRateLimiter {
+  /// Collected without `close()`: free its name so the state can go with the
+  /// last handle. Its waiting `acquire`s, if any, still complete (their
+  /// timers hold the state).
   fn drop(&mut self) {
     fast::unregister(self.index);
+    if !self.h.closed.swap(true, Ordering::SeqCst) {
+      if let Some(n) = &self.name {
+        runtime::detach(CLASS, n);
+      }
+    }
   }
 }
 
