@@ -96,6 +96,58 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
   close(): Promise<void>
 }
 
+/** The answer to a rate-limit check. */
+export interface RateLimitResult {
+  /** Whether the request was admitted (and its cost consumed). */
+  allowed: boolean
+  /** The limiter's `limit`. */
+  limit: number
+  /** Whole units still available now. */
+  remaining: number
+  /** 0 when allowed; else whole ms until this cost would be admitted (rounded up: waiting it is enough). `Infinity` when the cost exceeds the limit and can never be admitted. */
+  retryAfterMs: number
+  /** Whole ms until the limit is fully restored (nothing consumed still counts). */
+  resetMs: number
+}
+
+/** Options of `RateLimiter.acquire`. */
+export interface AcquireOptions {
+  /** Units to take. Default: `1`. A cost above `limit` rejects `ERR_INVALID_ARG` at once. */
+  cost?: number
+  /** Reject `ERR_TIMEOUT` when not admitted within this many ms. Default: wait as long as it takes. */
+  timeoutMs?: number
+  /** Reject `ERR_ABORTED` when it aborts (at once when already aborted); an aborted waiter never consumes. */
+  signal?: AbortSignal
+}
+
+/**
+ * A rate limiter: `sliding-window` (exact), `sliding-window-counter`,
+ * `fixed-window`, `token-bucket` or `gcra`, per key. In process its state is
+ * off the V8 heap and, when named, one limit for every worker thread; with
+ * `redis`, every check is one atomic Lua round trip timed by the Redis
+ * server, so many processes share one exact limit.
+ */
+export declare class RateLimiter {
+  constructor(options: RateLimiterOptions)
+  /** Check and consume `cost` (default 1) if allowed. In process it resolves at once (no native async work). */
+  check(key: string, cost?: number): Promise<RateLimitResult>
+  /** In process only (with `redis` it throws `ERR_INVALID_ARG`): check and consume, synchronously. */
+  checkSync(key: string, cost?: number): RateLimitResult
+  /** Wait until admitted, FIFO per key; waiters are woken by timers on the native runtime. */
+  acquire(key: string, options?: AcquireOptions): Promise<void>
+  /** Would one unit pass now? Consumes nothing. */
+  peek(key: string): Promise<RateLimitResult>
+  /** 0 when one unit would pass now. */
+  retryAfterMs(key: string): Promise<number>
+  /** Forget `key` (in process and on Redis). */
+  reset(key: string): Promise<void>
+  /** `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and, when denied, `Retry-After` (whole seconds, rounded up). */
+  static headers(result: RateLimitResult): Record<string, string>
+  stats(): RateLimiterStats
+  /** Waiting `acquire` calls of this handle reject `ERR_CLOSED`; later calls throw/reject `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 
@@ -175,6 +227,51 @@ export declare class NativeCache {
   isClosed(): boolean
 }
 
+/** The native engine behind `RateLimiter` (see lib/rate_limiter.js). */
+export declare class NativeRateLimiter {
+  /**
+   * `onResults` (required with `redis`) receives the decisions of
+   * `checkAsync` calls, in batches: `[id, allowed (0/1), remaining,
+   * retryAfterMs, resetMs, ...]`.
+   */
+  constructor(options: RateLimiterOptions, onResults?: ((arg: Float64Array) => unknown) | undefined | null)
+  /** This handle's index for `rateLimiterCheckSync` (valid on this thread). */
+  get handle(): number
+  /**
+   * The scratch array (Float64 x 4) this handle writes results into:
+   * `[remaining, retryAfterMs, resetMs, waiterId]`.
+   */
+  scratch(): ArrayBuffer
+  hasRedis(): boolean
+  /**
+   * With Redis: check (and consume when `consume`); the decision comes back
+   * through `onResults` with this `id`. Never fails once sent: when Redis
+   * cannot answer within `commandTimeoutMs`, `onRedisError` decides.
+   */
+  checkAsync(id: number, key: string, cost: number, consume: boolean): void
+  /** In process: forget `key`. */
+  resetSync(key: string): void
+  /** Forget `key` in process and on Redis. */
+  reset(key: string): Promise<void>
+  /**
+   * Wait (FIFO per key) until `cost` is admitted. Returns `null` when it
+   * was admitted at once; else a Promise, and the waiter id (for `cancel`)
+   * is in scratch[3].
+   */
+  acquire(key: string, cost: number, timeoutMs?: number | undefined | null): Promise<void> | null
+  /**
+   * Reject waiter `id` with ERR_ABORTED (its AbortSignal fired). Returns
+   * whether it was still waiting.
+   */
+  cancel(id: number): boolean
+  stats(): RateLimiterStats
+  /**
+   * Close this handle: its waiters reject ERR_CLOSED. The shared state
+   * shuts down with its last handle. Idempotent.
+   */
+  close(): Promise<void>
+}
+
 /** Options of `new CacheManager(options)`. */
 export interface CacheOptions {
   /**
@@ -237,6 +334,61 @@ export interface CacheStats {
   hitRatio: number
   /** Writes from `setSync` not yet on Redis. */
   pendingWrites: number
+}
+
+/** The raw function behind `RateLimiter.checkSync` (see the module docs). */
+export declare function rateLimiterCheckSync(): (handle: number, key: string, cost: number, consume: boolean) => boolean
+
+/** Options of `new RateLimiter(options)`. */
+export interface RateLimiterOptions {
+  /**
+   * Units admitted per window (token bucket / gcra: the burst capacity).
+   * Required, a finite number > 0.
+   */
+  limit: number
+  /**
+   * The window in ms (token bucket / gcra: the time to refill `limit`
+   * units). Required, a finite number > 0.
+   */
+  windowMs: number
+  /** Default: `'sliding-window'` (exact). */
+  algorithm?: 'sliding-window' | 'sliding-window-counter' | 'fixed-window' | 'token-bucket' | 'gcra'
+  /**
+   * Makes the limiter process-wide: every `new RateLimiter({ name, ... })`
+   * with this name, on the main thread or in any worker thread, is one limit.
+   */
+  name?: string
+  /**
+   * One limit across processes and machines: every check is one atomic
+   * round trip (a Lua script) timed by the Redis server's clock.
+   * Default: none (in process).
+   */
+  redis?: RedisOptions
+  /**
+   * With `redis`, when Redis fails or is slower than `commandTimeoutMs`:
+   * `'allow'` (fail open), `'deny'` (fail closed) or `'local'` (this
+   * process's own limit until Redis answers again). Default: `'local'`.
+   */
+  onRedisError?: 'allow' | 'deny' | 'local'
+  /**
+   * Most keys kept in process; past it the keys idle longest (fully
+   * restored ones first) are dropped. Default: `1_000_000`.
+   */
+  maxKeys?: number
+}
+
+/** `RateLimiter.stats()`. */
+export interface RateLimiterStats {
+  /** Checks (and acquires) admitted. */
+  allowed: number
+  /** Checks refused. */
+  denied: number
+  /** Keys held in process (with `redis`: by the `local` fallback). */
+  keys: number
+  /** Checks Redis could not answer (decided by `onRedisError`), and failed resets. */
+  redisErrors: number
+  /** `acquire` calls waiting now. */
+  waiting: number
 }
 
 /** Where shared state lives. Without it every class works in-process. */

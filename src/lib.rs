@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
 

@@ -96,5 +96,57 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
   close(): Promise<void>
 }
 
+/** The answer to a rate-limit check. */
+export interface RateLimitResult {
+  /** Whether the request was admitted (and its cost consumed). */
+  allowed: boolean
+  /** The limiter's `limit`. */
+  limit: number
+  /** Whole units still available now. */
+  remaining: number
+  /** 0 when allowed; else whole ms until this cost would be admitted (rounded up: waiting it is enough). `Infinity` when the cost exceeds the limit and can never be admitted. */
+  retryAfterMs: number
+  /** Whole ms until the limit is fully restored (nothing consumed still counts). */
+  resetMs: number
+}
+
+/** Options of `RateLimiter.acquire`. */
+export interface AcquireOptions {
+  /** Units to take. Default: `1`. A cost above `limit` rejects `ERR_INVALID_ARG` at once. */
+  cost?: number
+  /** Reject `ERR_TIMEOUT` when not admitted within this many ms. Default: wait as long as it takes. */
+  timeoutMs?: number
+  /** Reject `ERR_ABORTED` when it aborts (at once when already aborted); an aborted waiter never consumes. */
+  signal?: AbortSignal
+}
+
+/**
+ * A rate limiter: `sliding-window` (exact), `sliding-window-counter`,
+ * `fixed-window`, `token-bucket` or `gcra`, per key. In process its state is
+ * off the V8 heap and, when named, one limit for every worker thread; with
+ * `redis`, every check is one atomic Lua round trip timed by the Redis
+ * server, so many processes share one exact limit.
+ */
+export declare class RateLimiter {
+  constructor(options: RateLimiterOptions)
+  /** Check and consume `cost` (default 1) if allowed. In process it resolves at once (no native async work). */
+  check(key: string, cost?: number): Promise<RateLimitResult>
+  /** In process only (with `redis` it throws `ERR_INVALID_ARG`): check and consume, synchronously. */
+  checkSync(key: string, cost?: number): RateLimitResult
+  /** Wait until admitted, FIFO per key; waiters are woken by timers on the native runtime. */
+  acquire(key: string, options?: AcquireOptions): Promise<void>
+  /** Would one unit pass now? Consumes nothing. */
+  peek(key: string): Promise<RateLimitResult>
+  /** 0 when one unit would pass now. */
+  retryAfterMs(key: string): Promise<number>
+  /** Forget `key` (in process and on Redis). */
+  reset(key: string): Promise<void>
+  /** `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and, when denied, `Retry-After` (whole seconds, rounded up). */
+  static headers(result: RateLimitResult): Record<string, string>
+  stats(): RateLimiterStats
+  /** Waiting `acquire` calls of this handle reject `ERR_CLOSED`; later calls throw/reject `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
