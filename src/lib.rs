@@ -5,6 +5,7 @@ pub mod error;
 pub mod redis;
 pub mod runtime;
 pub mod cache;
+pub mod worker_queue;
 
 use napi_derive::napi;
 
