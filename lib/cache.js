@@ -19,8 +19,9 @@ const K_NULL = 4
 const K_JSON = 5
 const K_BYTES = 6
 
-// Every 64th front hit of an entry goes native: it records the hits in the
-// stats and touches the key so L1's policy sees it is hot.
+// Every 64th front hit (per handle) goes native: it records the 64 hits in
+// the stats and touches the key hit, so L1's policy sees hot keys in
+// proportion to their reads (a 1-in-64 sample).
 const TOUCH_EVERY = 64
 const TOUCH_MASK = TOUCH_EVERY - 1
 
@@ -141,6 +142,7 @@ class CacheManager {
     this._hasL2 = this._n.hasL2()
     this._flights = new Map()
     this._closed = false
+    this._hits = 0 // front hits; every 64th is reported (see TOUCH_EVERY)
     this._ra = options?.refreshAheadMs > 0 ? options.refreshAheadMs : 0
   }
 
@@ -154,28 +156,32 @@ class CacheManager {
     if (kind === K_BYTES) return v
     if (this._cap > 0) {
       if (this._front.size >= this._cap) this._flushFront()
-      this._front.set(key, { val: v, s: sc[0], v: sc[1], x: sc[2] < 0 ? 0 : now() + sc[2], n: 0 })
+      this._front.set(key, { val: v, s: sc[0], v: sc[1], x: sc[2] < 0 ? 0 : now() + sc[2] })
     }
     return kind === K_NULL ? null : v
   }
 
   _flushFront() {
-    let pending = 0
-    for (const e of this._front.values()) pending += e.n & TOUCH_MASK
     this._front.clear()
-    if (pending > 0) this._n.addHits(pending)
+    this._flushHits()
+  }
+
+  _flushHits() {
+    const pending = this._hits & TOUCH_MASK
+    if (pending > 0) {
+      this._hits -= pending
+      this._n.addHits(pending)
+    }
   }
 
   getSync(key) {
     const e = this._front.get(key)
     if (e !== undefined) {
       if (this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) {
-        if ((++e.n & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
+        if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return e.val
       }
       this._front.delete(key)
-      const pending = e.n & TOUCH_MASK
-      if (pending > 0) this._n.addHits(pending)
     }
     checkKey(key)
     return this._load(key, true)
@@ -185,7 +191,7 @@ class CacheManager {
     try {
       const e = this._front.get(key)
       if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) {
-        if ((++e.n & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
+        if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
       checkKey(key)
@@ -268,7 +274,7 @@ class CacheManager {
       // A front hit inside the refresh-ahead margin goes to peek(), which
       // starts the background refresh.
       if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x - now() > this._ra)) {
-        if ((++e.n & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
+        if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
       const v = this._n.peek(key)
@@ -324,23 +330,29 @@ class CacheManager {
 
   async _lead(key, factory, options, background) {
     if (!this._n.flightLead(key)) return background ? undefined : NOT_LEADER
-    let value
+    // From here the flight must end exactly once, whatever happens, or waiters
+    // in other threads would wait forever.
+    let ended = false
     try {
-      value = await factory()
+      const value = await factory()
       encode(value)
+      const kind = encKind
+      const payload = encPayload
+      optTtl = optTags = undefined
+      setOptions(options)
+      const written = this._n.set(key, kind, payload, optTtl, optTags)
+      this._n.flightEnd(key, kind, payload)
+      ended = true
+      // The value is in L1 now: later misses must not join this flight while
+      // its L2 write finishes.
+      this._flights.delete(key)
+      await written
+      return value
     } catch (err) {
-      this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
+      if (!ended) this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
       if (background) return undefined
       throw err
     }
-    optTtl = optTags = undefined
-    setOptions(options)
-    const kind = encKind
-    const payload = encPayload
-    const written = this._n.set(key, kind, payload, optTtl, optTags)
-    this._n.flightEnd(key, kind, payload)
-    await written
-    return value
   }
 
   delete(key) {
@@ -406,15 +418,7 @@ class CacheManager {
   }
 
   stats() {
-    if (this._front.size > 0) {
-      let pending = 0
-      for (const e of this._front.values()) {
-        const p = e.n & TOUCH_MASK
-        pending += p
-        e.n -= p
-      }
-      if (pending > 0) this._n.addHits(pending)
-    }
+    this._flushHits()
     return this._n.stats()
   }
 

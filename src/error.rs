@@ -100,7 +100,9 @@ pub fn check_finite(name: &str, v: f64) -> HpResult<f64> {
   if v.is_finite() {
     Ok(v)
   } else {
-    Err(HpError::invalid(format!("{name} must be a finite number, got {v}")))
+    Err(HpError::invalid(format!(
+      "{name} must be a finite number, got {v}"
+    )))
   }
 }
 
@@ -115,14 +117,18 @@ pub fn check_non_negative(name: &str, v: f64) -> HpResult<f64> {
 pub fn check_positive_int(name: &str, v: f64) -> HpResult<u64> {
   let v = check_finite(name, v)?;
   if v < 1.0 || v.fract() != 0.0 {
-    return Err(HpError::invalid(format!("{name} must be a positive integer, got {v}")));
+    return Err(HpError::invalid(format!(
+      "{name} must be a positive integer, got {v}"
+    )));
   }
   Ok(v as u64)
 }
 
 pub fn check_key(name: &str, key: &str) -> HpResult<()> {
   if key.is_empty() {
-    return Err(HpError::invalid(format!("{name} must be a non-empty string, got \"\"")));
+    return Err(HpError::invalid(format!(
+      "{name} must be a non-empty string, got \"\""
+    )));
   }
   Ok(())
 }

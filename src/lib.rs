@@ -1,10 +1,10 @@
 //! hotpath: native performance primitives for Node.js services.
 #![deny(clippy::all)]
 
+pub mod cache;
 pub mod error;
 pub mod redis;
 pub mod runtime;
-pub mod cache;
 pub mod worker_queue;
 
 use napi_derive::napi;

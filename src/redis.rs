@@ -45,15 +45,21 @@ impl RedisConfig {
   pub fn from_options(o: &RedisOptions) -> HpResult<Self> {
     let cluster = o.cluster.clone().unwrap_or_default();
     if o.url.is_empty() && cluster.is_empty() {
-      return Err(HpError::invalid("redis.url must be a redis:// or rediss:// URL, got \"\""));
+      return Err(HpError::invalid(
+        "redis.url must be a redis:// or rediss:// URL, got \"\"",
+      ));
     }
-    for u in std::iter::once(&o.url).filter(|u| !u.is_empty()).chain(cluster.iter()) {
+    for u in std::iter::once(&o.url)
+      .filter(|u| !u.is_empty())
+      .chain(cluster.iter())
+    {
       if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
         return Err(HpError::invalid(format!(
           "redis URL must start with redis:// or rediss://, got \"{u}\""
         )));
       }
-      redis::parse_redis_url(u).ok_or_else(|| HpError::invalid(format!("redis URL is not valid: \"{u}\"")))?;
+      redis::parse_redis_url(u)
+        .ok_or_else(|| HpError::invalid(format!("redis URL is not valid: \"{u}\"")))?;
     }
     let ms = |name: &str, v: Option<f64>, d: f64| -> HpResult<Duration> {
       let v = check_non_negative(name, v.unwrap_or(d))?;
@@ -65,7 +71,10 @@ impl RedisConfig {
     Ok(RedisConfig {
       url: o.url.clone(),
       cluster,
-      key_prefix: o.key_prefix.clone().unwrap_or_else(|| "hotpath:".to_string()),
+      key_prefix: o
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "hotpath:".to_string()),
       connect_timeout: ms("redis.connectTimeoutMs", o.connect_timeout_ms, 2000.0)?,
       command_timeout: ms("redis.commandTimeoutMs", o.command_timeout_ms, 1000.0)?,
     })
@@ -99,7 +108,12 @@ impl ConnectionLike for Conn {
       Conn::Cluster(c) => c.req_packed_command(cmd),
     }
   }
-  fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+  fn req_packed_commands<'a>(
+    &'a mut self,
+    cmd: &'a Pipeline,
+    offset: usize,
+    count: usize,
+  ) -> RedisFuture<'a, Vec<Value>> {
     match self {
       Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
       Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -124,13 +138,30 @@ pub struct Redis {
 }
 
 fn redis_err(e: redis::RedisError) -> HpError {
-  HpError::redis(format!("redis: {e}"))
+  let err = HpError::redis(format!("redis: {e}"));
+  debug_log(&err);
+  err
+}
+
+/// With `HOTPATH_DEBUG=1`, Redis errors that are otherwise only counted (an
+/// L2 miss, a write-behind that failed) are printed to stderr.
+pub fn debug_log(e: &HpError) {
+  static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+  if *ON.get_or_init(|| std::env::var("HOTPATH_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")) {
+    eprintln!("hotpath: {e}");
+  }
 }
 
 impl Redis {
   pub fn new(cfg: RedisConfig) -> HpResult<Arc<Redis>> {
     let (single, cluster) = if cfg.cluster.is_empty() {
-      (Some(redis::Client::open(cfg.url.as_str()).map_err(|e| HpError::invalid(format!("redis.url: {e}")))?), None)
+      (
+        Some(
+          redis::Client::open(cfg.url.as_str())
+            .map_err(|e| HpError::invalid(format!("redis.url: {e}")))?,
+        ),
+        None,
+      )
     } else {
       let c = redis::cluster::ClusterClient::builder(cfg.cluster.clone())
         .connection_timeout(cfg.connect_timeout)
@@ -174,7 +205,11 @@ impl Redis {
             .map_err(redis_err)
         } else {
           let client = self.cluster.as_ref().expect("cluster client");
-          client.get_async_connection().await.map(Conn::Cluster).map_err(redis_err)
+          client
+            .get_async_connection()
+            .await
+            .map(Conn::Cluster)
+            .map_err(redis_err)
         }
       })
       .await?;
@@ -188,10 +223,14 @@ impl Redis {
     // The command timeout bounds the whole call, connecting included.
     match tokio::time::timeout(self.cfg.command_timeout, fut).await {
       Ok(r) => r,
-      Err(_) => Err(HpError::redis(format!(
-        "redis: {what} timed out after {} ms",
-        self.cfg.command_timeout.as_millis()
-      ))),
+      Err(_) => {
+        let e = HpError::redis(format!(
+          "redis: {what} timed out after {} ms",
+          self.cfg.command_timeout.as_millis()
+        ));
+        debug_log(&e);
+        Err(e)
+      }
     }
   }
 
@@ -215,8 +254,42 @@ impl Redis {
       .await
   }
 
+  /// Many commands at once: one pipeline (one round trip) on a single node;
+  /// on a Cluster, where a pipeline may not cross slots, all sent
+  /// concurrently over the cluster connection (one round trip per node).
+  pub async fn many<T: FromRedisValue>(&self, cmds: &[Cmd]) -> HpResult<Vec<T>> {
+    if cmds.is_empty() {
+      return Ok(Vec::new());
+    }
+    if !self.is_cluster() {
+      let mut p = redis::pipe();
+      for c in cmds {
+        p.add_command(c.clone());
+      }
+      return self.pipe(&p).await;
+    }
+    self
+      .bounded("commands", async {
+        let c = self.conn().await?;
+        let futs = cmds.iter().map(|cmd| {
+          let mut c = c.clone();
+          async move { cmd.query_async::<T>(&mut c).await.map_err(redis_err) }
+        });
+        futures_util::future::join_all(futs)
+          .await
+          .into_iter()
+          .collect()
+      })
+      .await
+  }
+
   /// A Lua script: EVALSHA, and on NOSCRIPT load it and send it again.
-  pub async fn eval<T: FromRedisValue>(&self, script: &Script, keys: &[String], args: &[String]) -> HpResult<T> {
+  pub async fn eval<T: FromRedisValue>(
+    &self,
+    script: &Script,
+    keys: &[String],
+    args: &[String],
+  ) -> HpResult<T> {
     self
       .bounded("script", async {
         let mut c = self.conn().await?;
@@ -234,7 +307,9 @@ impl Redis {
 
   /// PUBLISH, bounded.
   pub async fn publish(&self, channel: &str, msg: &[u8]) -> HpResult<()> {
-    let _: Value = self.query(redis::cmd("PUBLISH").arg(channel).arg(msg)).await?;
+    let _: Value = self
+      .query(redis::cmd("PUBLISH").arg(channel).arg(msg))
+      .await?;
     Ok(())
   }
 
@@ -250,7 +325,12 @@ impl Redis {
       for url in nodes {
         let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
         let mut c = self
-          .bounded("connect", async { client.get_multiplexed_async_connection().await.map_err(redis_err) })
+          .bounded("connect", async {
+            client
+              .get_multiplexed_async_connection()
+              .await
+              .map_err(redis_err)
+          })
           .await?;
         let mut cursor: u64 = 0;
         loop {
@@ -279,7 +359,14 @@ impl Redis {
     let mut cursor: u64 = 0;
     loop {
       let (next, keys): (u64, Vec<String>) = self
-        .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500))
+        .query(
+          redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500),
+        )
         .await?;
       each(keys)?;
       if next == 0 {
@@ -289,10 +376,21 @@ impl Redis {
     }
   }
 
-  async fn cluster_primaries(&self, _cluster: &redis::cluster::ClusterClient) -> HpResult<Vec<String>> {
+  async fn cluster_primaries(
+    &self,
+    _cluster: &redis::cluster::ClusterClient,
+  ) -> HpResult<Vec<String>> {
     // CLUSTER SLOTS through the routed connection gives every primary.
-    let slots: Vec<Value> = self.query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned()).await?;
-    let scheme = if self.cfg.cluster.first().map(|u| u.starts_with("rediss://")).unwrap_or(false) {
+    let slots: Vec<Value> = self
+      .query(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
+      .await?;
+    let scheme = if self
+      .cfg
+      .cluster
+      .first()
+      .map(|u| u.starts_with("rediss://"))
+      .unwrap_or(false)
+    {
       "rediss"
     } else {
       "redis"
@@ -301,8 +399,12 @@ impl Redis {
     for s in slots {
       if let Value::Array(parts) = s {
         if let Some(Value::Array(node)) = parts.get(2) {
-          let host = node.first().and_then(|v| String::from_redis_value(v.clone()).ok());
-          let port = node.get(1).and_then(|v| i64::from_redis_value(v.clone()).ok());
+          let host = node
+            .first()
+            .and_then(|v| String::from_redis_value(v.clone()).ok());
+          let port = node
+            .get(1)
+            .and_then(|v| i64::from_redis_value(v.clone()).ok());
           if let (Some(h), Some(p)) = (host, port) {
             let u = format!("{scheme}://{h}:{p}");
             if !out.contains(&u) {
@@ -318,7 +420,13 @@ impl Redis {
   /// Subscribe to `channel` for as long as `alive()` holds. `on_message` gets
   /// each payload; `on_connect(reconnected)` runs after every (re)subscribe,
   /// with `true` after a reconnect (messages may have been missed).
-  pub fn subscribe<M, C, A>(self: &Arc<Self>, channel: String, on_message: M, on_connect: C, alive: A) -> tokio::task::JoinHandle<()>
+  pub fn subscribe<M, C, A>(
+    self: &Arc<Self>,
+    channel: String,
+    on_message: M,
+    on_connect: C,
+    alive: A,
+  ) -> tokio::task::JoinHandle<()>
   where
     M: Fn(&[u8]) + Send + Sync + 'static,
     C: Fn(bool) + Send + Sync + 'static,
@@ -408,7 +516,11 @@ mod tests {
     let res: HpResult<String> = crate::runtime::handle().block_on(r.query(&redis::cmd("PING")));
     let err = res.unwrap_err();
     assert_eq!(err.code, crate::error::Code::Redis);
-    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    assert!(
+      started.elapsed() < Duration::from_millis(1500),
+      "took {:?}",
+      started.elapsed()
+    );
   }
 
   #[test]
@@ -428,7 +540,10 @@ mod tests {
       assert_eq!(v, "v1");
       // A script run twice after SCRIPT FLUSH still works (NOSCRIPT is handled).
       let s = Script::new("return redis.call('GET', KEYS[1])");
-      let _: () = r.query(&redis::cmd("SCRIPT").arg("FLUSH").to_owned()).await.unwrap();
+      let _: () = r
+        .query(&redis::cmd("SCRIPT").arg("FLUSH").to_owned())
+        .await
+        .unwrap();
       let v: String = r.eval(&s, std::slice::from_ref(&k), &[]).await.unwrap();
       assert_eq!(v, "v1");
       let _: () = r.query(redis::cmd("DEL").arg(&k)).await.unwrap();

@@ -37,7 +37,10 @@ where
 /// Run `fut` on the runtime and return a JS Promise for its result. An `Err`
 /// rejects with an `Error` whose `code` is the `ERR_*` name (built on the JS
 /// thread, so the code survives; napi-rs' own path would only carry a Status).
-pub fn promise<'e, T, F>(env: &'e napi::Env, fut: F) -> napi::Result<napi::bindgen_prelude::Object<'e>>
+pub fn promise<'e, T, F>(
+  env: &'e napi::Env,
+  fut: F,
+) -> napi::Result<napi::bindgen_prelude::Object<'e>>
 where
   T: napi::bindgen_prelude::ToNapiValue + Send + 'static,
   F: std::future::Future<Output = HpResult<T>> + Send + 'static,
@@ -46,7 +49,9 @@ where
   let (deferred, promise) = env.create_deferred::<T, Resolver<T>>()?;
   spawn(async move {
     let r = fut.await;
-    deferred.resolve(Box::new(move |env: napi::Env| r.map_err(|e| js_error(&env, e))));
+    deferred.resolve(Box::new(move |env: napi::Env| {
+      r.map_err(|e| js_error(&env, e))
+    }));
   });
   Ok(promise)
 }
@@ -113,13 +118,20 @@ fn registry() -> &'static Mutex<HashMap<(&'static str, String), Entry>> {
 /// does not exist. Every thread of the process (main or `worker_threads`)
 /// shares this map. An existing name with another `fingerprint` (the
 /// normalised options) is `ERR_INVALID_ARG`.
-pub fn attach<T, F>(class: &'static str, name: &str, fingerprint: String, make: F) -> HpResult<Arc<T>>
+pub fn attach<T, F>(
+  class: &'static str,
+  name: &str,
+  fingerprint: String,
+  make: F,
+) -> HpResult<Arc<T>>
 where
   T: Send + Sync + 'static,
   F: FnOnce() -> HpResult<Arc<T>>,
 {
   if name.is_empty() {
-    return Err(HpError::invalid("name must be a non-empty string, got \"\""));
+    return Err(HpError::invalid(
+      "name must be a non-empty string, got \"\"",
+    ));
   }
   let mut map = registry().lock();
   let key = (class, name.to_string());
@@ -183,12 +195,15 @@ mod tests {
 
   #[test]
   fn attach_shares_state_and_checks_options() {
-    let a: Arc<Mutex<u32>> = attach("T", "one", "x=1".into(), || Ok(Arc::new(Mutex::new(1)))).unwrap();
-    let b: Arc<Mutex<u32>> = attach("T", "one", "x=1".into(), || panic!("must not make twice")).unwrap();
+    let a: Arc<Mutex<u32>> =
+      attach("T", "one", "x=1".into(), || Ok(Arc::new(Mutex::new(1)))).unwrap();
+    let b: Arc<Mutex<u32>> =
+      attach("T", "one", "x=1".into(), || panic!("must not make twice")).unwrap();
     *a.lock() = 7;
     assert_eq!(*b.lock(), 7);
     assert_eq!(handles("T", "one"), 2);
-    let err = attach::<Mutex<u32>, _>("T", "one", "x=2".into(), || Ok(Arc::new(Mutex::new(0)))).unwrap_err();
+    let err = attach::<Mutex<u32>, _>("T", "one", "x=2".into(), || Ok(Arc::new(Mutex::new(0))))
+      .unwrap_err();
     assert_eq!(err.code, crate::error::Code::InvalidArg);
     assert!(!detach("T", "one"));
     assert!(detach("T", "one"));

@@ -74,7 +74,13 @@ impl Val {
         });
         v
       }
-      Val::Bool(b) => if *b { b"true".to_vec() } else { b"false".to_vec() },
+      Val::Bool(b) => {
+        if *b {
+          b"true".to_vec()
+        } else {
+          b"false".to_vec()
+        }
+      }
       Val::Null => b"null".to_vec(),
       Val::Json(s) => s.as_bytes().to_vec(),
       Val::Bytes(b) => {
@@ -101,7 +107,8 @@ impl Val {
         _ => Err(HpError::redis("cache: unknown binary tag in Redis value")),
       };
     }
-    let text = std::str::from_utf8(raw).map_err(|_| HpError::redis("cache: Redis value is neither JSON nor a tagged Buffer"))?;
+    let text = std::str::from_utf8(raw)
+      .map_err(|_| HpError::redis("cache: Redis value is neither JSON nor a tagged Buffer"))?;
     let t = text.trim_start();
     match t.as_bytes().first() {
       Some(b'"') => serde_json::from_str::<String>(t)
@@ -151,7 +158,9 @@ mod tests {
       let enc = v.encode();
       assert_eq!(Val::decode(&enc).unwrap(), v, "{v:?}");
     }
-    assert!(matches!(Val::decode(&Val::Num(f64::NAN).encode()).unwrap(), Val::Num(n) if n.is_nan()));
+    assert!(
+      matches!(Val::decode(&Val::Num(f64::NAN).encode()).unwrap(), Val::Num(n) if n.is_nan())
+    );
     // Plain JSON written by another client is readable.
     assert_eq!(Val::decode(b"\"x\"").unwrap(), Val::Str("x".into()));
     assert_eq!(Val::Str("x".into()).encode(), b"\"x\"");

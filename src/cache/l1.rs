@@ -2,7 +2,7 @@
 //! and a table of version counters the JS layer reads to know when its
 //! per-thread front cache is stale.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,13 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
   fn expire_after_create(&self, _k: &String, v: &Arc<Entry>, _now: Instant) -> Option<Duration> {
     v.keep_for
   }
-  fn expire_after_update(&self, _k: &String, v: &Arc<Entry>, _now: Instant, _d: Option<Duration>) -> Option<Duration> {
+  fn expire_after_update(
+    &self,
+    _k: &String,
+    v: &Arc<Entry>,
+    _now: Instant,
+    _d: Option<Duration>,
+  ) -> Option<Duration> {
     v.keep_for
   }
 }
@@ -197,7 +203,9 @@ impl L1 {
 
   pub fn insert(&self, key: String, e: Entry) {
     let slot = self.slot(&key);
-    self.bytes.fetch_add((key.len() + e.val.weight()) as i64, Ordering::Relaxed);
+    self
+      .bytes
+      .fetch_add((key.len() + e.val.weight()) as i64, Ordering::Relaxed);
     self.cache.insert(key, Arc::new(e));
     self.versions.bump(slot);
   }
@@ -225,9 +233,7 @@ impl L1 {
 }
 
 fn slot_of(h: &ahash_like::Builder, key: &str) -> usize {
-  let mut s = h.build_hasher();
-  key.hash(&mut s);
-  (s.finish() as usize) & (SLOTS - 1)
+  (h.hash_one(key) as usize) & (SLOTS - 1)
 }
 
 /// Glob match as Redis MATCH does: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
@@ -347,7 +353,12 @@ mod tests {
 
   #[test]
   fn versions_bump_on_every_change() {
-    let l1 = L1::new(&L1Config { max_entries: 100, max_bytes: None, idle: None, lru: false });
+    let l1 = L1::new(&L1Config {
+      max_entries: 100,
+      max_bytes: None,
+      idle: None,
+      lru: false,
+    });
     let s = l1.slot("k");
     let v0 = l1.versions.get(s);
     l1.insert("k".into(), entry("a", None));
@@ -361,7 +372,12 @@ mod tests {
 
   #[test]
   fn bounded_by_entries() {
-    let l1 = L1::new(&L1Config { max_entries: 50, max_bytes: None, idle: None, lru: true });
+    let l1 = L1::new(&L1Config {
+      max_entries: 50,
+      max_bytes: None,
+      idle: None,
+      lru: true,
+    });
     for i in 0..500 {
       l1.insert(format!("k{i}"), entry("v", None));
     }
@@ -372,7 +388,12 @@ mod tests {
 
   #[test]
   fn expiry_follows_the_clock() {
-    let l1 = L1::new(&L1Config { max_entries: 10, max_bytes: None, idle: None, lru: false });
+    let l1 = L1::new(&L1Config {
+      max_entries: 10,
+      max_bytes: None,
+      idle: None,
+      lru: false,
+    });
     l1.insert("t".into(), entry("v", Some(60_000.0)));
     assert!(l1.get_live("t").is_some());
     crate::runtime::advance_clock_ms(61_000.0);

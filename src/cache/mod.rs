@@ -94,19 +94,34 @@ fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
 impl CacheConfig {
   fn from_options(o: &CacheOptions) -> HpResult<Self> {
     let max_entries = check_positive_int("maxEntries", o.max_entries.unwrap_or(10_000.0))?;
-    let max_bytes = o.max_bytes.map(|b| check_positive_int("maxBytes", b)).transpose()?;
+    let max_bytes = o
+      .max_bytes
+      .map(|b| check_positive_int("maxBytes", b))
+      .transpose()?;
     let idle = opt_ms("idleMs", o.idle_ms)?.map(|ms| Duration::from_secs_f64(ms / 1000.0));
     let lru = match o.policy.as_deref() {
       None | Some("tinylfu") => false,
       Some("lru") => true,
-      Some(p) => return Err(HpError::invalid(format!("policy must be 'tinylfu' or 'lru', got '{p}'"))),
+      Some(p) => {
+        return Err(HpError::invalid(format!(
+          "policy must be 'tinylfu' or 'lru', got '{p}'"
+        )))
+      }
     };
     let pubsub = match o.invalidation.as_deref() {
       None | Some("pubsub") => true,
       Some("none") => false,
-      Some(p) => return Err(HpError::invalid(format!("invalidation must be 'pubsub' or 'none', got '{p}'"))),
+      Some(p) => {
+        return Err(HpError::invalid(format!(
+          "invalidation must be 'pubsub' or 'none', got '{p}'"
+        )))
+      }
     };
-    let redis = o.redis.as_ref().map(RedisConfig::from_options).transpose()?;
+    let redis = o
+      .redis
+      .as_ref()
+      .map(RedisConfig::from_options)
+      .transpose()?;
     let front = match o.front_cache_entries {
       None => 16_384u64.min(max_entries),
       Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
@@ -125,7 +140,10 @@ impl CacheConfig {
       redis,
       pubsub,
       front,
-      max_pending: check_positive_int("maxPendingWrites", o.max_pending_writes.unwrap_or(100_000.0))?,
+      max_pending: check_positive_int(
+        "maxPendingWrites",
+        o.max_pending_writes.unwrap_or(100_000.0),
+      )?,
     })
   }
 }
@@ -164,7 +182,9 @@ impl CacheInner {
   fn new(cfg: CacheConfig) -> HpResult<Arc<CacheInner>> {
     let l1 = L1::new(&cfg.l1);
     let l2 = match &cfg.redis {
-      Some(rc) => Some(L2 { redis: Redis::new(rc.clone())? }),
+      Some(rc) => Some(L2 {
+        redis: Redis::new(rc.clone())?,
+      }),
       None => None,
     };
     let max_bytes_scale = cfg.l1.max_bytes.map(|b| (b, cfg.l1.max_entries));
@@ -221,7 +241,11 @@ impl CacheInner {
 
   fn start_subscriber(self: &Arc<Self>) {
     let l2 = self.l2.as_ref().expect("l2");
-    let (w1, w2, w3) = (Arc::downgrade(self), Arc::downgrade(self), Arc::downgrade(self));
+    let (w1, w2, w3) = (
+      Arc::downgrade(self),
+      Arc::downgrade(self),
+      Arc::downgrade(self),
+    );
     l2.redis.subscribe(
       l2.channel(),
       move |payload| {
@@ -237,7 +261,11 @@ impl CacheInner {
           }
         }
       },
-      move || w3.upgrade().map(|i| !i.closed.load(Ordering::Relaxed)).unwrap_or(false),
+      move || {
+        w3.upgrade()
+          .map(|i| !i.closed.load(Ordering::Relaxed))
+          .unwrap_or(false)
+      },
     );
   }
 
@@ -252,7 +280,10 @@ impl CacheInner {
       self.l1.remove(k);
     }
     if let Some(p) = &m.p {
-      for k in self.l1.keys_matching(|k, _| l1::glob_match(p.as_bytes(), k.as_bytes())) {
+      for k in self
+        .l1
+        .keys_matching(|k, _| l1::glob_match(p.as_bytes(), k.as_bytes()))
+      {
         self.l1.remove(&k);
       }
     }
@@ -270,7 +301,12 @@ impl CacheInner {
     let Some(l2) = &self.l2 else { return true };
     match l2.set_many(writes).await {
       Ok(()) => {
-        self.publish(Message::keys(&self.id, writes.iter().map(|w| w.key.clone()).collect())).await;
+        self
+          .publish(Message::keys(
+            &self.id,
+            writes.iter().map(|w| w.key.clone()).collect(),
+          ))
+          .await;
         true
       }
       Err(_) => {
@@ -300,7 +336,8 @@ impl CacheInner {
       (Some(t), Some(c)) => Some(t.min(c)),
       (t, c) => t.or(c),
     };
-    let capped = matches!((ttl, self.cfg.l1_ttl_ms), (Some(t), Some(c)) if c < t) || (ttl.is_none() && self.cfg.l1_ttl_ms.is_some());
+    let capped = matches!((ttl, self.cfg.l1_ttl_ms), (Some(t), Some(c)) if c < t)
+      || (ttl.is_none() && self.cfg.l1_ttl_ms.is_some());
     let stale = if capped { 0.0 } else { self.cfg.stale_ms };
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
@@ -343,18 +380,15 @@ impl CacheInner {
     }
   }
 
+  /// Delete from L1 and L2; how many keys existed on either level.
   async fn delete_keys(&self, keys: Vec<String>) -> u32 {
-    let mut n = 0u32;
-    for k in &keys {
-      if self.l1.remove(k) {
-        n += 1;
-      }
-    }
-    self.c.deletes.fetch_add(keys.len() as u64, Ordering::Relaxed);
+    let mut existed: Vec<bool> = keys.iter().map(|k| self.l1.remove(k)).collect();
     if let Some(l2) = &self.l2 {
       match l2.del_many(&keys).await {
-        Ok(m) => {
-          n = n.max(m as u32);
+        Ok(in_l2) => {
+          for (e, x) in existed.iter_mut().zip(in_l2) {
+            *e |= x;
+          }
           self.publish(Message::keys(&self.id, keys)).await;
         }
         Err(_) => {
@@ -362,6 +396,8 @@ impl CacheInner {
         }
       }
     }
+    let n = existed.iter().filter(|x| **x).count() as u32;
+    self.c.deletes.fetch_add(n as u64, Ordering::Relaxed);
     n
   }
 
@@ -381,7 +417,11 @@ impl CacheInner {
     *self.wb.lock() = None;
     // Waiters of flights that will never end (their leader is gone).
     for (_, tx) in self.flights.lock().drain() {
-      let _ = tx.send(Some(Err(flight_error("ERR_CLOSED", "CacheManager is closed", "Error"))));
+      let _ = tx.send(Some(Err(flight_error(
+        "ERR_CLOSED",
+        "CacheManager is closed",
+        "Error",
+      ))));
     }
   }
 }
@@ -402,7 +442,11 @@ fn val_from_js(kind: u32, payload: Either3<String, f64, Buffer>) -> HpResult<Val
     (K_BOOL, Either3::B(n)) => Val::Bool(n != 0.0),
     (K_NULL, _) => Val::Null,
     (K_BYTES, Either3::C(b)) => Val::Bytes(b.to_vec()),
-    (k, _) => return Err(HpError::invalid(format!("value of kind {k} does not match its payload"))),
+    (k, _) => {
+      return Err(HpError::invalid(format!(
+        "value of kind {k} does not match its payload"
+      )))
+    }
   })
 }
 
@@ -432,10 +476,17 @@ impl ToNapiValue for Out {
         Out::Err(s) => String::to_napi_value(env, s),
         Out::Vals(vs) => {
           let mut arr = std::ptr::null_mut();
-          check_status!(sys::napi_create_array_with_length(env, vs.len() * 2, &mut arr))?;
+          check_status!(sys::napi_create_array_with_length(
+            env,
+            vs.len() * 2,
+            &mut arr
+          ))?;
           for (i, v) in vs.iter().enumerate() {
             let (k, p) = match v {
-              None => (u32::to_napi_value(env, 0)?, Undefined::to_napi_value(env, ())?),
+              None => (
+                u32::to_napi_value(env, 0)?,
+                Undefined::to_napi_value(env, ())?,
+              ),
               Some(v) => (u32::to_napi_value(env, v.kind())?, val_to_js(env, v)?),
             };
             check_status!(sys::napi_set_element(env, arr, (2 * i) as u32, k))?;
@@ -502,7 +553,9 @@ impl NativeCache {
     let o = options.unwrap_or_default();
     let cfg = to_js(CacheConfig::from_options(&o))?;
     let inner = match &o.name {
-      Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || CacheInner::new(cfg.clone())))?,
+      Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || {
+        CacheInner::new(cfg.clone())
+      }))?,
       None => to_js(CacheInner::new(cfg))?,
     };
     Ok(NativeCache {
@@ -556,11 +609,17 @@ impl NativeCache {
     s[0] = slot as f64;
     s[1] = ver as f64;
     if let Some(e) = e {
-      s[2] = if e.expires_at.is_infinite() { -1.0 } else { (e.expires_at - now).max(0.0) };
+      s[2] = if e.expires_at.is_infinite() {
+        -1.0
+      } else {
+        (e.expires_at - now).max(0.0)
+      };
       s[3] = e.val.kind() as f64;
       s[4] = if e.expires_at <= now {
         1.0
-      } else if self.inner.cfg.refresh_ahead_ms > 0.0 && e.expires_at - now < self.inner.cfg.refresh_ahead_ms {
+      } else if self.inner.cfg.refresh_ahead_ms > 0.0
+        && e.expires_at - now < self.inner.cfg.refresh_ahead_ms
+      {
         2.0
       } else {
         0.0
@@ -618,13 +677,21 @@ impl NativeCache {
   /// (so TinyLFU/LRU see that it is hot).
   #[napi]
   pub fn touch(&self, key: String, hits: u32) {
-    self.inner.c.l1_hits.fetch_add(hits as u64, Ordering::Relaxed);
+    self
+      .inner
+      .c
+      .l1_hits
+      .fetch_add(hits as u64, Ordering::Relaxed);
     let _ = self.inner.l1.cache.get(&key);
   }
 
   #[napi]
   pub fn add_hits(&self, hits: u32) {
-    self.inner.c.l1_hits.fetch_add(hits as u64, Ordering::Relaxed);
+    self
+      .inner
+      .c
+      .l1_hits
+      .fetch_add(hits as u64, Ordering::Relaxed);
   }
 
   #[napi]
@@ -638,7 +705,14 @@ impl NativeCache {
 
   /// L1 now, L2 in the background (write-behind).
   #[napi]
-  pub fn set_sync(&self, key: String, kind: u32, payload: Either3<String, f64, Buffer>, ttl_ms: Option<f64>, tags: Option<Vec<String>>) -> Result<(), Code> {
+  pub fn set_sync(
+    &self,
+    key: String,
+    kind: u32,
+    payload: Either3<String, f64, Buffer>,
+    ttl_ms: Option<f64>,
+    tags: Option<Vec<String>>,
+  ) -> Result<(), Code> {
     let inner = self.open()?;
     let val = to_js(val_from_js(kind, payload))?;
     let tags = Self::tags(tags);
@@ -661,7 +735,15 @@ impl NativeCache {
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
   /// no L2), `false` when L2 failed (counted in l2Errors).
   #[napi(ts_return_type = "Promise<boolean>")]
-  pub fn set<'e>(&self, env: &'e Env, key: String, kind: u32, payload: Either3<String, f64, Buffer>, ttl_ms: Option<f64>, tags: Option<Vec<String>>) -> Result<Object<'e>, Code> {
+  pub fn set<'e>(
+    &self,
+    env: &'e Env,
+    key: String,
+    kind: u32,
+    payload: Either3<String, f64, Buffer>,
+    ttl_ms: Option<f64>,
+    tags: Option<Vec<String>>,
+  ) -> Result<Object<'e>, Code> {
     self.open()?;
     let val = to_js(val_from_js(kind, payload))?;
     let tags = Self::tags(tags);
@@ -669,12 +751,32 @@ impl NativeCache {
     inner.c.sets.fetch_add(1, Ordering::Relaxed);
     inner.put_l1(&key, val.clone(), ttl_ms, tags.clone());
     let ttl = inner.l2_ttl(ttl_ms);
-    runtime::promise(env, async move { Ok(inner.write_l2(&[Write { key, val, ttl_ms: ttl, tags }]).await) }).map_err(crate::error::from_napi)
+    runtime::promise(env, async move {
+      Ok(
+        inner
+          .write_l2(&[Write {
+            key,
+            val,
+            ttl_ms: ttl,
+            tags,
+          }])
+          .await,
+      )
+    })
+    .map_err(crate::error::from_napi)
   }
 
   /// Many writes; one pipeline to L2.
   #[napi(ts_return_type = "Promise<boolean>")]
-  pub fn set_many<'e>(&self, env: &'e Env, keys: Vec<String>, kinds: Vec<u32>, payloads: Vec<Either3<String, f64, Buffer>>, ttl_ms: Option<f64>, tags: Option<Vec<String>>) -> Result<Object<'e>, Code> {
+  pub fn set_many<'e>(
+    &self,
+    env: &'e Env,
+    keys: Vec<String>,
+    kinds: Vec<u32>,
+    payloads: Vec<Either3<String, f64, Buffer>>,
+    ttl_ms: Option<f64>,
+    tags: Option<Vec<String>>,
+  ) -> Result<Object<'e>, Code> {
     self.open()?;
     if keys.len() != kinds.len() || keys.len() != payloads.len() {
       return Err(HpError::invalid("setMany: keys, kinds and payloads differ in length").into());
@@ -685,13 +787,22 @@ impl NativeCache {
     let mut writes = Vec::with_capacity(keys.len());
     for ((key, kind), payload) in keys.into_iter().zip(kinds).zip(payloads) {
       let val = to_js(val_from_js(kind, payload))?;
-      writes.push(Write { key, val, ttl_ms: ttl, tags: tags.clone() });
+      writes.push(Write {
+        key,
+        val,
+        ttl_ms: ttl,
+        tags: tags.clone(),
+      });
     }
     for w in &writes {
       inner.put_l1(&w.key, w.val.clone(), ttl_ms, tags.clone());
     }
-    inner.c.sets.fetch_add(writes.len() as u64, Ordering::Relaxed);
-    runtime::promise(env, async move { Ok(inner.write_l2(&writes).await) }).map_err(crate::error::from_napi)
+    inner
+      .c
+      .sets
+      .fetch_add(writes.len() as u64, Ordering::Relaxed);
+    runtime::promise(env, async move { Ok(inner.write_l2(&writes).await) })
+      .map_err(crate::error::from_napi)
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
@@ -699,7 +810,11 @@ impl NativeCache {
   pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
-    runtime::promise(env, async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) }).map_err(crate::error::from_napi)
+    runtime::promise(
+      env,
+      async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
+    )
+    .map_err(crate::error::from_napi)
   }
 
   /// L1 for each key, then one MGET for all misses.
@@ -727,7 +842,10 @@ impl NativeCache {
       }
       match &inner.l2 {
         None => {
-          inner.c.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+          inner
+            .c
+            .misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
         }
         Some(l2) => {
           let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
@@ -748,7 +866,10 @@ impl NativeCache {
             }
             Err(_) => {
               inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-              inner.c.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+              inner
+                .c
+                .misses
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
             }
           }
         }
@@ -762,7 +883,8 @@ impl NativeCache {
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
-    runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) }).map_err(crate::error::from_napi)
+    runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) })
+      .map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
@@ -770,7 +892,9 @@ impl NativeCache {
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move {
-      let local = inner.l1.keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
+      let local = inner
+        .l1
+        .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
       let mut all: std::collections::HashSet<String> = local.into_iter().collect();
       for k in &all {
         inner.l1.remove(k);
@@ -785,7 +909,10 @@ impl NativeCache {
         }
         inner.publish(Message::pattern(&inner.id, &glob)).await;
       }
-      inner.c.deletes.fetch_add(all.len() as u64, Ordering::Relaxed);
+      inner
+        .c
+        .deletes
+        .fetch_add(all.len() as u64, Ordering::Relaxed);
       Ok(all.len() as u32)
     })
     .map_err(crate::error::from_napi)
@@ -796,16 +923,18 @@ impl NativeCache {
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move {
-      let local = inner.l1.keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.iter().any(|x| *x == tag)));
+      let local = inner
+        .l1
+        .keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
       let mut all: std::collections::HashSet<String> = local.into_iter().collect();
       for k in &all {
         inner.l1.remove(k);
       }
       if let Some(l2) = &inner.l2 {
         match l2.del_tag(&tag).await {
-          Ok(keys) => {
-            inner.publish(Message::keys(&inner.id, keys.clone())).await;
-            all.extend(keys);
+          Ok((members, deleted)) => {
+            inner.publish(Message::keys(&inner.id, members)).await;
+            all.extend(deleted);
           }
           Err(e) => {
             inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
@@ -813,7 +942,10 @@ impl NativeCache {
           }
         }
       }
-      inner.c.deletes.fetch_add(all.len() as u64, Ordering::Relaxed);
+      inner
+        .c
+        .deletes
+        .fetch_add(all.len() as u64, Ordering::Relaxed);
       Ok(all.len() as u32)
     })
     .map_err(crate::error::from_napi)
@@ -842,7 +974,11 @@ impl NativeCache {
   pub fn remaining_ttl_ms<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     let inner = self.open()?;
     if let Some(e) = inner.l1.get_live(&key) {
-      let r = if e.expires_at.is_infinite() { f64::INFINITY } else { (e.expires_at - now_ms()).max(0.0) };
+      let r = if e.expires_at.is_infinite() {
+        f64::INFINITY
+      } else {
+        (e.expires_at - now_ms()).max(0.0)
+      };
       return runtime::promise(env, async move { Ok(r) }).map_err(crate::error::from_napi);
     }
     let inner = self.inner.clone();
@@ -900,12 +1036,16 @@ impl NativeCache {
 
   /// Wait for the flight on `key` led elsewhere. Resolves to the value, to a
   /// JSON error string, or to `[]` when the flight is already over.
-  #[napi(ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>")]
+  #[napi(
+    ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>"
+  )]
   pub fn flight_wait<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     let inner = self.open()?;
     let rx = inner.flights.lock().get(&key).map(|tx| tx.subscribe());
     runtime::promise(env, async move {
-      let Some(mut rx) = rx else { return Ok(Out::Vals(vec![])) };
+      let Some(mut rx) = rx else {
+        return Ok(Out::Vals(vec![]));
+      };
       let r = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
       Ok(match r {
         Ok(Some(Ok(v))) => Out::Vals(vec![Some(v)]),
@@ -917,7 +1057,12 @@ impl NativeCache {
   }
 
   #[napi]
-  pub fn flight_end(&self, key: String, kind: u32, payload: Either3<String, f64, Buffer>) -> Result<(), Code> {
+  pub fn flight_end(
+    &self,
+    key: String,
+    kind: u32,
+    payload: Either3<String, f64, Buffer>,
+  ) -> Result<(), Code> {
     let val = to_js(val_from_js(kind, payload))?;
     if let Some(tx) = self.inner.flights.lock().remove(&key) {
       let _ = tx.send(Some(Ok(val)));
@@ -943,7 +1088,12 @@ impl NativeCache {
       c.misses.load(Ordering::Relaxed) as f64,
     );
     let total = l1h + l2h + m;
-    let pending = i.wb.lock().as_ref().map(|tx| (tx.max_capacity() - tx.capacity()) as f64).unwrap_or(0.0);
+    let pending = i
+      .wb
+      .lock()
+      .as_ref()
+      .map(|tx| (tx.max_capacity() - tx.capacity()) as f64)
+      .unwrap_or(0.0);
     CacheStats {
       l1_hits: l1h,
       l2_hits: l2h,
@@ -954,7 +1104,11 @@ impl NativeCache {
       l1_entries: i.l1.cache.entry_count() as f64,
       l1_bytes: i.l1.bytes() as f64,
       l2_errors: c.l2_errors.load(Ordering::Relaxed) as f64,
-      hit_ratio: if total > 0.0 { (l1h + l2h) / total } else { 0.0 },
+      hit_ratio: if total > 0.0 {
+        (l1h + l2h) / total
+      } else {
+        0.0
+      },
       pending_writes: pending,
     }
   }

@@ -1,0 +1,116 @@
+// Shared test helpers.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer, connect } from 'node:net'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { TestContext } from 'node:test'
+
+/** The Redis URL for tests, or null (then the test skips — but fails in CI). */
+export function redisUrl(t: TestContext): string | null {
+  const url = process.env.REDIS_URL
+  if (url) return url
+  if (process.env.CI === 'true') throw new Error('CI=true but REDIS_URL is unset: Redis tests must run in CI')
+  t.skip('SKIPPED: REDIS_URL is unset and no redis-server was started (run `npm test` with redis-server installed)')
+  return null
+}
+
+/** Poll `cond` on every macrotask until it holds (or fail after `ms`). For
+ *  effects with no event to await (pub/sub delivery to another instance). */
+export async function eventually(cond: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.on('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+function ping(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(port, '127.0.0.1')
+    c.on('connect', () => c.write('PING\r\n'))
+    c.on('data', (d) => {
+      c.destroy()
+      resolve(d.toString().startsWith('+PONG'))
+    })
+    c.on('error', () => resolve(false))
+  })
+}
+
+/** A redis-server of the test's own (to stop and restart it). */
+export class OwnRedis {
+  proc: ChildProcess | null = null
+  extraArgs: string[] = []
+  dir = mkdtempSync(join(tmpdir(), 'hotpath-own-redis-'))
+  constructor(public port: number) {}
+  get url() {
+    return `redis://127.0.0.1:${this.port}`
+  }
+  static bin() {
+    return process.env.HOTPATH_TEST_REDIS_BIN || 'redis-server'
+  }
+  async start() {
+    this.proc = spawn(OwnRedis.bin(), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...this.extraArgs], { stdio: 'ignore' })
+    const deadline = Date.now() + 10_000
+    while (!(await ping(this.port))) {
+      if (Date.now() > deadline) throw new Error('own redis-server did not start')
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  async stop() {
+    const p = this.proc
+    if (!p) return
+    this.proc = null
+    const exited = new Promise((r) => p.once('exit', r))
+    p.kill('SIGKILL')
+    await exited
+  }
+  async dispose() {
+    await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A 3-primary Redis Cluster of the test's own, on free loopback ports. */
+export class OwnCluster {
+  nodes: OwnRedis[] = []
+  async start() {
+    const { spawnSync } = await import('node:child_process')
+    for (let i = 0; i < 3; i++) {
+      const n = new OwnRedis(await freePort())
+      n.extraArgs = ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${n.port}.conf`, '--cluster-node-timeout', '2000']
+      await n.start()
+      this.nodes.push(n)
+    }
+    const cli = process.env.HOTPATH_TEST_REDIS_CLI || 'redis-cli'
+    const r = spawnSync(cli, ['--cluster', 'create', ...this.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+      encoding: 'utf8',
+    })
+    if (r.status !== 0) throw new Error(`redis-cli --cluster create failed: ${r.stderr || r.stdout}`)
+    // Every node must agree the cluster is up (a fresh cluster answers MOVED
+    // storms and CLUSTERDOWN until the configuration has spread).
+    await eventually(() => {
+      return this.nodes.every((n) => {
+        const s = spawnSync(cli, ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' })
+        return /cluster_state:ok/.test(s.stdout) && /cluster_known_nodes:3/.test(s.stdout)
+      })
+    }, 15_000, 'cluster_state:ok on every node')
+  }
+  get urls() {
+    return this.nodes.map((n) => n.url)
+  }
+  async dispose() {
+    for (const n of this.nodes) await n.dispose()
+  }
+}
