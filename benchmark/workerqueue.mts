@@ -1,0 +1,122 @@
+// WorkerQueue against p-queue, fastq (function mode) and piscina (worker
+// threads), in one process, as throughput of whole runs (median of rounds,
+// contenders interleaved round by round).
+import os from 'node:os'
+import { fileURLToPath } from 'node:url'
+import PQueue from 'p-queue'
+import fastq from 'fastq'
+import { Piscina } from 'piscina'
+import { WorkerQueue } from '../lib/hotpath.js'
+import { record, throughput, gc, type Row } from './harness.mts'
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+const TASK = fileURLToPath(new URL('./workerqueue_task.mjs', import.meta.url))
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)]
+}
+
+/** Run every contender `ROUNDS` times, interleaved; one row per contender (median ops/s). */
+async function rounds(n: number, contenders: Record<string, () => Promise<unknown>>): Promise<Row[]> {
+  const results: Record<string, number[]> = {}
+  for (const name of Object.keys(contenders)) {
+    results[name] = []
+    await contenders[name]() // warm-up
+  }
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const [name, run] of Object.entries(contenders)) {
+      gc()
+      results[name].push((await throughput(n, run)).opsPerSec)
+    }
+  }
+  return Object.entries(results).map(([name, xs]) => {
+    const ops = median(xs)
+    return { name, opsPerSec: ops, meanNs: 1e9 / ops, p99Ns: NaN, samples: xs.length, ratio: null }
+  })
+}
+
+export default async function () {
+  // ------------------------------------------------------------ function mode
+  {
+    const N = 100_000
+    const hp = new WorkerQueue({ concurrency: 8 })
+    const pq = new PQueue({ concurrency: 8 })
+    const fq = fastq.promise(async (i: number) => i, 8)
+    const rows = await rounds(N, {
+      'hotpath WorkerQueue.add': () => {
+        const ps = new Array(N)
+        for (let i = 0; i < N; i++) ps[i] = hp.add(async () => i)
+        return Promise.all(ps)
+      },
+      'p-queue 8 add': () => {
+        const ps = new Array(N)
+        for (let i = 0; i < N; i++) ps[i] = pq.add(async () => i)
+        return Promise.all(ps)
+      },
+      'fastq 1.20 promise push': () => {
+        const ps = new Array(N)
+        for (let i = 0; i < N; i++) ps[i] = fq.push(i)
+        return Promise.all(ps)
+      },
+    })
+    record({
+      title: 'WorkerQueue function mode: 100,000 trivial async tasks, concurrency 8',
+      note: `Each task is \`async () => i\`; all ${N} added at once, then awaited. Median of ${ROUNDS} interleaved rounds.`,
+      rows,
+    })
+    await hp.close()
+  }
+
+  // ------------------------------------------------------------ worker threads, trivial tasks
+  const threads = 2
+  {
+    const N = 50_000
+    const hp = new WorkerQueue({ workers: { filename: TASK, threads } })
+    const pis = new Piscina({ filename: TASK, minThreads: threads, maxThreads: threads })
+    const rows = await rounds(N, {
+      [`hotpath WorkerQueue.run (${threads} threads)`]: () => {
+        const ps = new Array(N)
+        for (let i = 0; i < N; i++) ps[i] = hp.run({ a: i, b: 1 })
+        return Promise.all(ps)
+      },
+      [`piscina 5 run (${threads} threads)`]: () => {
+        const ps = new Array(N)
+        for (let i = 0; i < N; i++) ps[i] = pis.run({ a: i, b: 1 })
+        return Promise.all(ps)
+      },
+    })
+    record({
+      title: `WorkerQueue worker threads: ${N.toLocaleString('en')} trivial tasks, ${threads} threads`,
+      note: `Payload \`{ a, b }\` (structured clone), result \`a + b\`; all submitted at once. Median of ${ROUNDS} interleaved rounds. ${os.cpus().length} CPUs.`,
+      rows,
+    })
+    await hp.close()
+    await pis.destroy()
+  }
+
+  // ------------------------------------------------------------ worker threads, CPU-bound tasks
+  {
+    const N = 120
+    const spinMs = 5
+    const one = new WorkerQueue({ workers: { filename: TASK, threads: 1 } })
+    const two = new WorkerQueue({ workers: { filename: TASK, threads: 2 } })
+    const pis = new Piscina({ filename: TASK, minThreads: 2, maxThreads: 2 })
+    const job = (q: { run: (p: unknown) => Promise<unknown> }) => () => {
+      const ps = new Array(N)
+      for (let i = 0; i < N; i++) ps[i] = q.run({ spinMs })
+      return Promise.all(ps)
+    }
+    const rows = await rounds(N, {
+      'hotpath WorkerQueue.run (2 threads)': job(two),
+      'hotpath WorkerQueue.run (1 thread)': job(one),
+      'piscina 5 run (2 threads)': job(pis),
+    })
+    record({
+      title: `WorkerQueue worker threads: ${N} CPU-bound tasks of ~${spinMs} ms`,
+      note: `Scaling from 1 to 2 threads (ideal 2.00x; the main thread and the OS share the ${os.cpus().length} CPUs). Median of ${ROUNDS} interleaved rounds.`,
+      rows,
+    })
+    await Promise.all([one.close(), two.close(), pis.destroy()])
+  }
+}
