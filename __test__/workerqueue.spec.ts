@@ -1,10 +1,9 @@
 // WorkerQueue, function mode: add(fn) runs on this thread.
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
-import { createRequire } from 'node:module'
 import { spawnSync } from 'node:child_process'
 import { Worker } from 'node:worker_threads'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { WorkerQueue, type TaskContext } from 'hotpath'
 
 const code = (c: string) => (e: any) => {
@@ -23,8 +22,7 @@ const tick = () => new Promise<void>((r) => setImmediate(r))
 
 describe('WorkerQueue (function mode)', () => {
   test('is exported by both module systems', () => {
-    const req = createRequire(import.meta.url)
-    assert.equal(req('hotpath').WorkerQueue, WorkerQueue)
+    assert.equal(require('hotpath').WorkerQueue, WorkerQueue)
   })
 
   test('runs at most `concurrency` tasks at once; counts them', async () => {
@@ -483,7 +481,7 @@ describe('WorkerQueue (function mode)', () => {
       await g.p
       log.push('main task end')
     })
-    const hp = fileURLToPath(new URL('../lib/hotpath.js', import.meta.url))
+    const hp = require.resolve('hotpath')
     const w = new Worker(
       `const { parentPort } = require('node:worker_threads')
        const { WorkerQueue } = require(${JSON.stringify(hp)})
@@ -512,7 +510,7 @@ describe('WorkerQueue (function mode)', () => {
   })
 
   test('the process exits by itself when the queue is idle (no close())', () => {
-    const child = fileURLToPath(new URL('./fixtures/wq_exit_child.mjs', import.meta.url))
+    const child = join(__dirname, 'fixtures', 'wq_exit_child.mjs')
     const r = spawnSync(process.execPath, [child, 'function'], { encoding: 'utf8', timeout: 20_000 })
     assert.equal(r.signal, null, `killed: ${r.stderr}`)
     assert.equal(r.status, 0, r.stderr)

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { pathToFileURL } from 'node:url'
 import { WorkerQueue } from 'hotpath'
 
 const code = (c: string) => (e: any) => {
@@ -14,9 +14,9 @@ const code = (c: string) => (e: any) => {
   return true
 }
 
-const TASKS = fileURLToPath(new URL('./fixtures/wq_tasks.mjs', import.meta.url))
-const CJS = fileURLToPath(new URL('./fixtures/wq_cjs.cjs', import.meta.url))
-const NODEFAULT = fileURLToPath(new URL('./fixtures/wq_nodefault.mjs', import.meta.url))
+const TASKS = join(__dirname, 'fixtures', 'wq_tasks.mjs')
+const CJS = join(__dirname, 'fixtures', 'wq_cjs.cjs')
+const NODEFAULT = join(__dirname, 'fixtures', 'wq_nodefault.mjs')
 const tmp = mkdtempSync(join(tmpdir(), 'hotpath-wq-'))
 after(() => rmSync(tmp, { recursive: true, force: true }))
 
@@ -65,7 +65,7 @@ describe('WorkerQueue (worker threads)', () => {
   test('a task that throws rejects with its error: class, message, code and properties kept', async () => {
     const q = new WorkerQueue({ workers: { filename: TASKS, threads: 1 } })
     await assert.rejects(q.run({ op: 'throw', message: 'bad input' }), (e: any) => {
-      assert.ok(e instanceof RangeError)
+      assert.equal(e instanceof RangeError, true)
       assert.equal(e.message, 'bad input')
       assert.equal(e.code, 'E_TASK')
       assert.deepEqual(e.detail, { n: 1 })
@@ -202,7 +202,7 @@ describe('WorkerQueue (worker threads)', () => {
     assert.throws(() => new WorkerQueue({ workers: { filename: TASKS, threads: 0 } }), code('ERR_INVALID_ARG'))
     assert.throws(() => new WorkerQueue({ workers: { filename: TASKS, threads: 1.5 } }), code('ERR_INVALID_ARG'))
     assert.throws(() => new WorkerQueue({ workers: {} as any }), code('ERR_INVALID_ARG'))
-    const q = new WorkerQueue({ workers: { filename: new URL('./fixtures/wq_tasks.mjs', import.meta.url) as any, threads: 1 } })
+    const q = new WorkerQueue({ workers: { filename: pathToFileURL(TASKS) as any, threads: 1 } })
     await assert.rejects(q.add(() => 1), code('ERR_INVALID_ARG'))
     await assert.rejects(q.run(() => 1), code('ERR_INVALID_ARG'))
     await assert.rejects(q.run(Symbol('s')), code('ERR_INVALID_ARG'))
@@ -238,7 +238,7 @@ describe('WorkerQueue (worker threads)', () => {
   })
 
   test('the process exits by itself when idle, and after close()', () => {
-    const child = fileURLToPath(new URL('./fixtures/wq_exit_child.mjs', import.meta.url))
+    const child = join(__dirname, 'fixtures', 'wq_exit_child.mjs')
     for (const mode of ['threads', 'threads-close']) {
       const r = spawnSync(process.execPath, [child, mode], { encoding: 'utf8', timeout: 30_000 })
       assert.equal(r.signal, null, `${mode}: killed: ${r.stderr}`)

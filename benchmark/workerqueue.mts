@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url'
 import PQueue from 'p-queue'
 import fastq from 'fastq'
 import { Piscina } from 'piscina'
-import { WorkerQueue } from '../lib/hotpath.js'
+import { Worker } from 'node:worker_threads'
+import { WorkerQueue } from 'hotpath'
 import { record, throughput, gc, type Row } from './harness.mts'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
@@ -107,14 +108,38 @@ export default async function () {
       for (let i = 0; i < N; i++) ps[i] = q.run({ spinMs })
       return Promise.all(ps)
     }
+    // The ceiling at this moment: two bare threads, each spinning N/2 tasks,
+    // no queue at all (what the CPUs give two busy threads right now).
+    const bare = (threads: number) => () =>
+      Promise.all(
+        Array.from(
+          { length: threads },
+          () =>
+            new Promise<void>((resolve, reject) => {
+              const w = new Worker(
+                `const { parentPort, workerData } = require('node:worker_threads')
+                 parentPort.once('message', () => {
+                   for (let i = 0; i < workerData.n; i++) { const end = performance.now() + workerData.ms; while (performance.now() < end); }
+                   parentPort.postMessage('done')
+                 })`,
+                { eval: true, workerData: { n: N / threads, ms: spinMs } },
+              )
+              w.once('message', () => resolve(void w.terminate()))
+              w.once('error', reject)
+              w.once('online', () => w.postMessage('go'))
+            }),
+        ),
+      )
     const rows = await rounds(N, {
       'hotpath WorkerQueue.run (2 threads)': job(two),
       'hotpath WorkerQueue.run (1 thread)': job(one),
       'piscina 5 run (2 threads)': job(pis),
+      'bare worker_threads, static split (2 threads, no queue)': bare(2),
+      'bare worker_threads (1 thread, no queue)': bare(1),
     })
     record({
       title: `WorkerQueue worker threads: ${N} CPU-bound tasks of ~${spinMs} ms`,
-      note: `Scaling from 1 to 2 threads (ideal 2.00x; the main thread and the OS share the ${os.cpus().length} CPUs). Median of ${ROUNDS} interleaved rounds.`,
+      note: `Scaling from 1 to 2 threads (ideal 2.00x). The bare rows (thread start-up included) show what the ${os.cpus().length} CPUs gave two busy threads during the same rounds. Median of ${ROUNDS} interleaved rounds.`,
       rows,
     })
     await Promise.all([one.close(), two.close(), pis.destroy()])

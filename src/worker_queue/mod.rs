@@ -418,10 +418,7 @@ impl NativeWorkerQueue {
     let mut boff = 0usize;
     let mut big: Option<Vec<u8>> = None;
     let mut more = false;
-    loop {
-      let Some(ev) = g.peek_event(self.h) else {
-        break;
-      };
+    while let Some(ev) = g.peek_event(self.h) {
       if matches!(ev, Event::Rearm) {
         g.next_event(self.h);
         continue;
