@@ -509,6 +509,69 @@ describe('WorkerQueue (function mode)', () => {
     await w.terminate()
   })
 
+  test('mixed load (timeouts, throws, aborts, retries, priorities, nested adds): every task settles exactly once', async () => {
+    let seed = 777
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+    const q = new WorkerQueue({ concurrency: 5, retries: 1, retryBackoffMs: 2, maxQueueSize: 1500 })
+    const outcomes: Promise<string>[] = []
+    const want: string[] = []
+    for (let i = 0; i < 2500; i++) {
+      const r = rnd()
+      const opts: { priority: number; timeoutMs?: number; signal?: AbortSignal } = { priority: Math.floor(rnd() * 4) - 1 }
+      let fn: () => unknown
+      if (r < 0.05) {
+        opts.timeoutMs = 5
+        fn = () => new Promise((res) => setTimeout(() => res('late'), 20))
+        want.push('ERR_TIMEOUT')
+      } else if (r < 0.1) {
+        fn = () => {
+          throw new Error('sync')
+        }
+        want.push('sync')
+      } else if (r < 0.15) {
+        const ac = new AbortController()
+        opts.signal = ac.signal
+        setTimeout(() => ac.abort(), rnd() * 20)
+        fn = () => new Promise((res) => setTimeout(res, 5))
+        want.push('ok|ERR_ABORTED')
+      } else if (r < 0.18) {
+        fn = () => {
+          q.add(() => 'inner').catch(() => {})
+          return 'outer'
+        }
+        want.push('ok')
+      } else if (r < 0.5) {
+        fn = async () => {
+          await new Promise((res) => setTimeout(res, rnd() * 3))
+          return i
+        }
+        want.push('ok')
+      } else {
+        fn = () => i
+        want.push('ok')
+      }
+      let settled = 0
+      outcomes.push(
+        q.add(fn, opts).then(
+          () => (++settled === 1 ? 'ok' : 'twice'),
+          (e) => (++settled === 1 ? (e.code ?? e.message) : 'twice'),
+        ),
+      )
+    }
+    const got = await Promise.all(outcomes)
+    await q.onIdle()
+    got.forEach((g, i) => {
+      if (g === 'ERR_QUEUE_FULL') return
+      assert.ok(want[i].split('|').includes(g), `task ${i}: wanted ${want[i]}, got ${g}`)
+    })
+    assert.ok(got.includes('ERR_QUEUE_FULL'))
+    assert.equal(q.size + q.pending, 0)
+    const s = q.stats()
+    assert.equal(s.queued + s.running, 0)
+    assert.equal(s.failed, got.filter((g) => g === 'ERR_TIMEOUT' || g === 'sync').length)
+    await q.close()
+  })
+
   test('the process exits by itself when the queue is idle (no close())', () => {
     const child = join(__dirname, 'fixtures', 'wq_exit_child.mjs')
     const r = spawnSync(process.execPath, [child, 'function'], { encoding: 'utf8', timeout: 20_000 })

@@ -237,6 +237,57 @@ describe('WorkerQueue (worker threads)', () => {
     await b.close()
   })
 
+  test('mixed load (crashes, timeouts, throws, aborts, retries): every task settles exactly once, the rest succeed', async () => {
+    let seed = 12345
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+    const q = new WorkerQueue({ workers: { filename: TASKS, threads: 2 }, retries: 1, retryBackoffMs: 1 })
+    const want: string[] = []
+    const outcomes: Promise<string>[] = []
+    for (let i = 0; i < 600; i++) {
+      const r = rnd()
+      const opts: { priority: number; timeoutMs?: number; retries?: number; signal?: AbortSignal } = { priority: Math.floor(rnd() * 3) }
+      let p: unknown
+      if (r < 0.01) {
+        p = { op: 'exit', code: 1 }
+        want.push('ERR_TASK_FAILED')
+      } else if (r < 0.02) {
+        p = { op: 'forever' }
+        opts.timeoutMs = 30
+        opts.retries = 0
+        want.push('ERR_TIMEOUT')
+      } else if (r < 0.05) {
+        p = { op: 'throw', message: 'x' }
+        want.push('E_TASK')
+      } else if (r < 0.1) {
+        const ac = new AbortController()
+        opts.signal = ac.signal
+        setTimeout(() => ac.abort(), rnd() * 50)
+        p = { op: 'sleep', ms: 20 }
+        want.push('ok|ERR_ABORTED')
+      } else if (r < 0.3) {
+        p = { op: 'sleep', ms: Math.floor(rnd() * 3) }
+        want.push('ok')
+      } else {
+        p = i
+        want.push('ok')
+      }
+      let settled = 0
+      outcomes.push(
+        q.run(p, opts).then(
+          () => (++settled === 1 ? 'ok' : 'twice'),
+          (e) => (++settled === 1 ? e.code : 'twice'),
+        ),
+      )
+    }
+    const got = await Promise.all(outcomes)
+    got.forEach((g, i) => assert.ok(want[i].split('|').includes(g), `task ${i}: wanted ${want[i]}, got ${g}`))
+    const s = q.stats()
+    assert.equal(s.queued + s.running, 0)
+    // Replacements are up (a terminated thread may not have reported its exit yet).
+    assert.ok(s.threads >= 2, `threads ${s.threads}`)
+    await q.close()
+  })
+
   test('the process exits by itself when idle, and after close()', () => {
     const child = join(__dirname, 'fixtures', 'wq_exit_child.mjs')
     for (const mode of ['threads', 'threads-close']) {
