@@ -1213,14 +1213,15 @@ impl Core {
   }
 
   /// The worker thread (s, gen) exited or crashed. Its tasks fail with
-  /// ERR_TASK_FAILED (`message`) or are retried. Returns whether it had
-  /// loaded the module (false: it died starting).
+  /// ERR_TASK_FAILED (`message`) or are retried. Returns false only when it
+  /// died before loading the module.
   pub fn worker_lost(&mut self, s: u32, gen: u32, message: &str, now: f64) -> bool {
     let Some(w) = self.workers.get_mut(s as usize) else {
-      return false;
+      return true;
     };
+    // Already handled, or an older thread of a reused slot: nothing to report.
     if w.gen != gen || w.state == WState::Dead {
-      return w.ready;
+      return true;
     }
     if matches!(w.state, WState::SleepSync | WState::SleepAsync) {
       self.sleepers -= 1;
@@ -1686,6 +1687,10 @@ mod tests {
     let (s3, g3) = c.spawn_slot(h);
     assert_eq!((s3, g3), (s1, g1 + 1));
     assert_eq!(c.take(s1, g1, 1.0), Take::Stop);
+    // The old thread's exit (reported late) changes nothing.
+    assert!(c.worker_lost(s1, g1, "late", 2.0));
+    assert_eq!(c.stats.worker_restarts, 1);
+    assert_eq!(c.live_workers(h), 2);
   }
 
   #[test]
