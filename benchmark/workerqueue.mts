@@ -11,6 +11,9 @@ import { WorkerQueue } from 'hotpath'
 import { record, throughput, gc, type Row } from './harness.mts'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+// WQ_ONLY=function|trivial|cpu runs one scenario.
+const ONLY = process.env.WQ_ONLY
+const want = (s: string) => ONLY === undefined || ONLY === s
 const TASK = fileURLToPath(new URL('./workerqueue_task.mjs', import.meta.url))
 
 function median(xs: number[]): number {
@@ -39,7 +42,7 @@ async function rounds(n: number, contenders: Record<string, () => Promise<unknow
 
 export default async function () {
   // ------------------------------------------------------------ function mode
-  {
+  if (want('function')) {
     const N = 100_000
     const hp = new WorkerQueue({ concurrency: 8 })
     const pq = new PQueue({ concurrency: 8 })
@@ -71,7 +74,7 @@ export default async function () {
 
   // ------------------------------------------------------------ worker threads, trivial tasks
   const threads = 2
-  {
+  if (want('trivial')) {
     const N = 50_000
     const hp = new WorkerQueue({ workers: { filename: TASK, threads } })
     const pis = new Piscina({ filename: TASK, minThreads: threads, maxThreads: threads })
@@ -97,7 +100,7 @@ export default async function () {
   }
 
   // ------------------------------------------------------------ worker threads, CPU-bound tasks
-  {
+  if (want('cpu')) {
     const N = 120
     const spinMs = 5
     const one = new WorkerQueue({ workers: { filename: TASK, threads: 1 } })
