@@ -11,7 +11,7 @@ import { WorkerQueue } from 'hotpath'
 import { record, throughput, gc, type Row } from './harness.mts'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
-// WQ_ONLY=function|trivial|cpu runs one scenario.
+// WQ_ONLY=function|trivial|latency|cpu runs one scenario.
 const ONLY = process.env.WQ_ONLY
 const want = (s: string) => ONLY === undefined || ONLY === s
 const TASK = fileURLToPath(new URL('./workerqueue_task.mjs', import.meta.url))
@@ -93,6 +93,28 @@ export default async function () {
     record({
       title: `WorkerQueue worker threads: ${N.toLocaleString('en')} trivial tasks, ${threads} threads`,
       note: `Payload \`{ a, b }\` (structured clone), result \`a + b\`; all submitted at once. Median of ${ROUNDS} interleaved rounds. ${os.cpus().length} CPUs.`,
+      rows,
+    })
+    await hp.close()
+    await pis.destroy()
+  }
+
+  // ------------------------------------------------------------ worker threads, one task at a time
+  if (want('latency')) {
+    const N = 3_000
+    const hp = new WorkerQueue({ workers: { filename: TASK, threads } })
+    const pis = new Piscina({ filename: TASK, minThreads: threads, maxThreads: threads })
+    const rows = await rounds(N, {
+      [`hotpath WorkerQueue.run, awaited one by one`]: async () => {
+        for (let i = 0; i < N; i++) await hp.run({ a: i, b: 1 })
+      },
+      [`piscina 5 run, awaited one by one`]: async () => {
+        for (let i = 0; i < N; i++) await pis.run({ a: i, b: 1 })
+      },
+    })
+    record({
+      title: `WorkerQueue worker threads: round trip of one task (${N.toLocaleString('en')} awaited one by one, ${threads} threads)`,
+      note: `Wake-up of an idle worker plus wake-up of the main thread per task; mean = round-trip time. Median of ${ROUNDS} interleaved rounds.`,
       rows,
     })
     await hp.close()
