@@ -6,6 +6,7 @@ pub mod error;
 pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
+pub mod worker_queue;
 
 use napi_derive::napi;
 

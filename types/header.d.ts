@@ -150,3 +150,60 @@ export declare class RateLimiter {
 
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
+
+// ---------------------------------------------------------------- WorkerQueue
+
+/** Per-task options of `add`, `addAll` and `run`. */
+export interface TaskOptions {
+  /** Higher runs first; equal priority runs in insertion order. Default: `0`. */
+  priority?: number
+  /** Run deadline of each attempt, in ms (`Infinity`: none). Default: the queue's `timeoutMs`. */
+  timeoutMs?: number
+  /** Retries after a throw, a timeout or a worker crash. Default: the queue's `retries`. */
+  retries?: number
+  /** Aborting removes a waiting task (it never runs) or rejects a running one; both reject `ERR_ABORTED`. */
+  signal?: AbortSignal
+}
+
+/** What a function-mode task is called with. */
+export interface TaskContext {
+  /** Aborts when the task's `signal` aborts, when this attempt times out, or when the task is abandoned. */
+  readonly signal: AbortSignal
+  /** 1 for the first attempt, 2 for the first retry, ... */
+  readonly attempt: number
+}
+
+/**
+ * A task queue whose scheduling (priority order, concurrency, deadlines,
+ * retries, wake-ups) lives in native code. Function mode runs `add(fn)` on
+ * this thread, at most `concurrency` at once; worker-thread mode
+ * (`workers: { filename }`) runs `run(payload)` with `filename`'s default
+ * export in worker threads, replaces a thread that crashes (its task rejects
+ * `ERR_TASK_FAILED` or is retried, no other task is lost) and terminates one
+ * whose task timed out or was aborted.
+ */
+export declare class WorkerQueue {
+  constructor(options?: WorkerQueueOptions)
+  /** Function mode: runs `task` on this thread when a slot is free. Resolves or rejects as it does. */
+  add<T>(task: (ctx: TaskContext) => T | Promise<T>, options?: TaskOptions): Promise<T>
+  /** Worker-thread mode: `filename`'s default export runs on (a structured clone of) `payload` in a worker thread. */
+  run<T = unknown>(payload: unknown, options?: TaskOptions): Promise<T>
+  /** `add` for each task; resolves with their results in order. */
+  addAll<T>(tasks: Array<(ctx: TaskContext) => T | Promise<T>>, options?: TaskOptions): Promise<T[]>
+  /** Start no more tasks until `resume()` (running ones continue). Shared by every handle of a named queue. */
+  pause(): void
+  resume(): void
+  readonly isPaused: boolean
+  /** Resolves when nothing of this queue object waits or runs. */
+  onIdle(): Promise<void>
+  /** Waiting tasks of this queue object (queued, or backing off before a retry). */
+  readonly size: number
+  /** Running tasks of this queue object. */
+  readonly pending: number
+  /** Tasks running at once. */
+  readonly concurrency: number
+  /** Counters of the whole queue (every handle of a named queue). Still readable after `close()`. */
+  stats(): WorkerQueueStats
+  /** Stop accepting tasks, finish what is queued and running (a paused queue resumes), then stop the worker threads. Idempotent. */
+  close(): Promise<void>
+}
