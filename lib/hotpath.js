@@ -3,11 +3,13 @@
 // generates; the classes here are the JS-facing layer over its engines.
 const native = require('../index.js')
 const { CacheManager } = require('./cache')
+const { BatchProcessor } = require('./batch')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
 module.exports = {
   CacheManager,
+  BatchProcessor,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,
