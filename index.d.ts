@@ -148,6 +148,33 @@ export declare class RateLimiter {
   close(): Promise<void>
 }
 
+/**
+ * Batches `add` calls into calls of `handler` with many items: a batch is
+ * dispatched when it reaches `maxBatchSize`, `maxWaitMs` after its first
+ * item, or on `flush()`; at most `concurrency` batches are in the handler at
+ * once and further sealed batches wait their turn in order. Every `add`
+ * settles exactly once.
+ */
+export declare class BatchProcessor<T, R> {
+  /**
+   * @param handler receives the items in add order and returns (or resolves
+   * to) an array of the same length: an `Error` at position i rejects item i
+   * only; a wrong length rejects the whole batch with `ERR_BATCH_RESULT`; a
+   * throw or rejection is retried `retries` times with exponential backoff and
+   * jitter, then rejects every item of the batch with that error.
+   */
+  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions)
+  /** A promise for this item's result. Rejects `ERR_CLOSED` after `close()`. */
+  add(item: T): Promise<R>
+  /** `add` for each item; resolves to their results in order, or rejects with the first error. */
+  addMany(items: T[]): Promise<R[]>
+  /** Dispatch the open batch now and wait for every batch sealed so far (queued ones included). */
+  flush(): Promise<void>
+  stats(): BatchStats
+  /** Dispatch what is pending, wait for every batch in flight; later `add` rejects `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 
@@ -215,6 +242,28 @@ export declare class WorkerQueue {
  * can point the loader at a WASI artifact this package does not build itself.
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
+
+/** The native engine behind `BatchProcessor` (see lib/batch.js). */
+export declare class NativeBatch {
+  constructor(options?: BatchOptions | undefined | null)
+  /** The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded). */
+  limits(): Array<number>
+  /**
+   * A batch was sealed. Returns its id (>= 0) when it may start now, or
+   * `-1 - id` when it waits for a slot (then `finish` hands it out).
+   */
+  submit(slots: number, adds: number): number
+  /** Batch `id` is over. Returns the id of the next batch to start, or -1. */
+  finish(id: number, failed: boolean): number
+  /**
+   * The handler failed on attempt `attempt`: the delay before the retry in
+   * ms, or -1 when retries are exhausted.
+   */
+  retry(attempt: number): number
+  /** The oldest sealed batch not finished, or -1 when none. */
+  oldest(): number
+  stats(openAdds: number): BatchStats
+}
 
 /** The native engine behind `CacheManager` (see lib/cache.js). */
 export declare class NativeCache {
@@ -447,6 +496,64 @@ export declare class NativeWorkerQueue {
   /** Close, last step: this handle leaves the queue. */
   closeEnd(): void
   isClosed(): boolean
+}
+
+/** Options of `new BatchProcessor(handler, options)`. */
+export interface BatchOptions {
+  /**
+   * Most items (slots, after dedupe) in one batch; a batch that reaches it is
+   * dispatched at once. A positive integer or `Infinity`. Default: `100`.
+   */
+  maxBatchSize?: number
+  /**
+   * A partial batch is dispatched this many ms after its first item (`0`:
+   * on the next turn of the event loop, after everything added in this one).
+   * Default: `10`.
+   */
+  maxWaitMs?: number
+  /**
+   * Batches in the handler at once; further sealed batches wait their turn
+   * in order. A positive integer or `Infinity`. Default: `4`.
+   */
+  concurrency?: number
+  /** Whole-batch retries after the handler throws or rejects. Default: `0`. */
+  retries?: number
+  /**
+   * Backoff before retry n (0-based) is `retryBackoffMs * 2^n`, scaled by a
+   * random factor in [0.5, 1] (jitter). Default: `100`.
+   */
+  retryBackoffMs?: number
+  /**
+   * Equal items (by `keyFn`) pending together share one slot in the batch and
+   * one result. Needs `keyFn`. Default: `true` when `keyFn` is given, else `false`.
+   */
+  dedupe?: boolean
+  /** The key of an item for `dedupe`. */
+  keyFn?: (item: unknown) => string
+}
+
+/** `stats()` of a BatchProcessor. */
+export interface BatchStats {
+  /** Items accepted by `add`/`addMany` (deduplicated ones included). */
+  items: number
+  /** Batches given to the handler (a retried batch counts once). */
+  batches: number
+  /** Mean slots per dispatched batch. */
+  avgBatchSize: number
+  /**
+   * Items not yet given to the handler (the open batch and sealed batches
+   * waiting for a concurrency slot).
+   */
+  pending: number
+  /** Batches in the handler now (or waiting for a retry). */
+  inFlight: number
+  /**
+   * Batches that failed as a whole: the handler threw after all retries, or
+   * returned a result of the wrong length.
+   */
+  failedBatches: number
+  /** Handler retries performed. */
+  retries: number
 }
 
 /** Options of `new CacheManager(options)`. */

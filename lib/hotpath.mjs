@@ -5,4 +5,5 @@ const hotpath = require('./hotpath.js')
 export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
 export const { RateLimiter } = hotpath
 export const { WorkerQueue } = hotpath
+export const { BatchProcessor } = hotpath
 export default hotpath

@@ -1,6 +1,7 @@
 //! hotpath: native performance primitives for Node.js services.
 #![deny(clippy::all)]
 
+pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod rate_limiter;

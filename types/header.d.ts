@@ -148,6 +148,33 @@ export declare class RateLimiter {
   close(): Promise<void>
 }
 
+/**
+ * Batches `add` calls into calls of `handler` with many items: a batch is
+ * dispatched when it reaches `maxBatchSize`, `maxWaitMs` after its first
+ * item, or on `flush()`; at most `concurrency` batches are in the handler at
+ * once and further sealed batches wait their turn in order. Every `add`
+ * settles exactly once.
+ */
+export declare class BatchProcessor<T, R> {
+  /**
+   * @param handler receives the items in add order and returns (or resolves
+   * to) an array of the same length: an `Error` at position i rejects item i
+   * only; a wrong length rejects the whole batch with `ERR_BATCH_RESULT`; a
+   * throw or rejection is retried `retries` times with exponential backoff and
+   * jitter, then rejects every item of the batch with that error.
+   */
+  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions)
+  /** A promise for this item's result. Rejects `ERR_CLOSED` after `close()`. */
+  add(item: T): Promise<R>
+  /** `add` for each item; resolves to their results in order, or rejects with the first error. */
+  addMany(items: T[]): Promise<R[]>
+  /** Dispatch the open batch now and wait for every batch sealed so far (queued ones included). */
+  flush(): Promise<void>
+  stats(): BatchStats
+  /** Dispatch what is pending, wait for every batch in flight; later `add` rejects `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 
