@@ -766,7 +766,7 @@ export interface WorkerThreadsOptions {
    * The module whose default export runs each payload (CommonJS or ES
    * module; a path or a `file:` URL).
    */
-  filename: string
+  filename: string | URL
   /** Worker threads. Default: `os.availableParallelism()`. */
   threads?: number
 }
