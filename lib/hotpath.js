@@ -4,12 +4,14 @@
 const native = require('../index.js')
 const { CacheManager } = require('./cache')
 const { BatchProcessor } = require('./batch')
+const { BufferPool } = require('./buffer_pool')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
 module.exports = {
   CacheManager,
   BatchProcessor,
+  BufferPool,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,

@@ -4,4 +4,5 @@ const require = createRequire(import.meta.url)
 const hotpath = require('./hotpath.js')
 export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
 export const { BatchProcessor } = hotpath
+export const { BufferPool } = hotpath
 export default hotpath
