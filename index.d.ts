@@ -175,6 +175,30 @@ export declare class BatchProcessor<T, R> {
   close(): Promise<void>
 }
 
+/**
+ * A pool of Buffers over native memory in power-of-two size classes. Each
+ * Buffer has its own (external) ArrayBuffer; `release` detaches it (length 0)
+ * so a stale reference can never touch memory someone else now holds, and
+ * the memory is zeroed on the runtime's threads before it is handed out again.
+ * A Buffer never released is reclaimed when V8 collects it.
+ */
+export declare class BufferPool {
+  constructor(options?: BufferPoolOptions)
+  /** false where external buffers are not allowed (Electron's V8 sandbox): Buffers are then plain, memory is not reused, release only detaches. */
+  readonly external: boolean
+  /** A Buffer of exactly `size` bytes (an integer from 0 to 2^31 - 1), zero-filled when `zeroOnRelease` is true. */
+  allocate(size: number): Buffer
+  /** Back to the pool; the Buffer is detached (length 0). Twice: `ERR_BUFFER_RELEASED`; not this pool's (or a view into one): `ERR_INVALID_ARG`. Neither changes anything. */
+  release(buffer: Buffer): void
+  /** Free all pooled memory now. */
+  trim(): void
+  /** Resolves when every released block has been zeroed and is back in the pool (or freed). */
+  flush(): Promise<void>
+  stats(): BufferPoolStats
+  /** Frees pooled memory (the last handle of a named pool); later calls throw `ERR_CLOSED`. Outstanding Buffers stay valid until collected. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 
@@ -263,6 +287,45 @@ export declare class NativeBatch {
   /** The oldest sealed batch not finished, or -1 when none. */
   oldest(): number
   stats(openAdds: number): BatchStats
+}
+
+/** The native engine behind `BufferPool` (see lib/buffer_pool.js). */
+export declare class NativeBufferPool {
+  /**
+   * `forcePlain`: use plain Buffers even where external ones are allowed
+   * (what Electron's V8 sandbox gets; for tests).
+   */
+  constructor(options?: BufferPoolOptions | undefined | null, forcePlain?: boolean | undefined | null)
+  /** The pool's identity (equal for every handle of a named pool). */
+  id(): number
+  /** false when Buffers are plain (external buffers not allowed here). */
+  external(): boolean
+  /**
+   * A Buffer of exactly `size` bytes, zero-filled unless zeroOnRelease is
+   * false and the memory is reused.
+   */
+  allocate(size: number): Buffer
+  /**
+   * Return a Buffer's memory and detach it (its length becomes 0). Returns
+   * false, changing nothing, when the Buffer is not an outstanding
+   * allocation of this pool (the JS layer then says which error it is).
+   */
+  release(buffer: unknown): boolean
+  /** Count the release of a zero-length Buffer (the JS layer tracks those). */
+  releaseEmpty(): void
+  /** Free all pooled memory now. */
+  trim(): void
+  /**
+   * Resolves when every released block has been zeroed and is back in the
+   * pool (or freed).
+   */
+  flush(): Promise<void>
+  stats(): BufferPoolStats
+  /**
+   * Close this handle; the last handle of a pool frees its pooled memory.
+   * Outstanding Buffers stay valid; their memory is freed when collected.
+   */
+  close(): Promise<void>
 }
 
 /** The native engine behind `CacheManager` (see lib/cache.js). */
@@ -554,6 +617,53 @@ export interface BatchStats {
   failedBatches: number
   /** Handler retries performed. */
   retries: number
+}
+
+/** Options of `new BufferPool(options)`. */
+export interface BufferPoolOptions {
+  /**
+   * Makes the pool process-wide: every `new BufferPool({ name })` with the
+   * same name, on the main thread or in any worker thread, is the same pool.
+   */
+  name?: string
+  /**
+   * Size classes are the powers of two from 64 bytes up to `chunkSize`;
+   * larger requests get whole chunks. A power of two from 64 to 2^30.
+   * Default: `1_048_576` (1 MiB).
+   */
+  chunkSize?: number
+  /**
+   * Most bytes kept for reuse (free, or being zeroed); released memory
+   * beyond it is freed. Default: `67_108_864` (64 MiB).
+   */
+  maxPooledBytes?: number
+  /**
+   * Released memory is zeroed on the runtime's threads, never the JS thread,
+   * before it is handed out again, so `allocate` never returns another
+   * user's bytes. Default: `true`.
+   */
+  zeroOnRelease?: boolean
+}
+
+/** `stats()` of a BufferPool. All counters are exact. */
+export interface BufferPoolStats {
+  /** Allocations served with memory from the pool. */
+  hits: number
+  /** Allocations that needed fresh memory. */
+  misses: number
+  /** Bytes kept for reuse: free blocks plus released blocks being zeroed. */
+  pooledBytes: number
+  /**
+   * Bytes of the blocks held by Buffers now (a block is its size class: 1000
+   * bytes asked are 1024 outstanding).
+   */
+  outstandingBytes: number
+  /** `allocate` calls that returned a Buffer (`hits + misses`). */
+  allocations: number
+  /** `release` calls that returned memory. */
+  releases: number
+  /** Buffers never released whose memory came back when V8 collected them. */
+  reclaimed: number
 }
 
 /** Options of `new CacheManager(options)`. */

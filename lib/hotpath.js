@@ -6,6 +6,7 @@ const { CacheManager } = require('./cache')
 const { RateLimiter } = require('./rate_limiter')
 const { WorkerQueue } = require('./worker_queue')
 const { BatchProcessor } = require('./batch')
+const { BufferPool } = require('./buffer_pool')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
@@ -14,6 +15,7 @@ module.exports = {
   RateLimiter,
   WorkerQueue,
   BatchProcessor,
+  BufferPool,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,

@@ -6,4 +6,5 @@ export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
 export const { RateLimiter } = hotpath
 export const { WorkerQueue } = hotpath
 export const { BatchProcessor } = hotpath
+export const { BufferPool } = hotpath
 export default hotpath

@@ -2,6 +2,7 @@
 #![deny(clippy::all)]
 
 pub mod batch;
+pub mod buffer_pool;
 pub mod cache;
 pub mod error;
 pub mod rate_limiter;
