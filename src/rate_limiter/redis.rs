@@ -181,6 +181,7 @@ impl Remote {
       .collect()
   }
 
+  #[cfg(test)]
   pub async fn check(&self, key: &str, cost: f64, consume: bool) -> HpResult<Decision> {
     let mut v = self.check_many(&[Check { key, cost, consume }]).await?;
     Ok(v.pop().expect("one decision"))
