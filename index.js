@@ -838,3 +838,7 @@ module.exports = nativeBinding
 module.exports.NativeBatch = nativeBinding.NativeBatch
 module.exports.NativeBufferPool = nativeBinding.NativeBufferPool
 module.exports.NativeCache = nativeBinding.NativeCache
+module.exports.NativeQueueWorker = nativeBinding.NativeQueueWorker
+module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
+module.exports.NativeWorkerQueue = nativeBinding.NativeWorkerQueue
+module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync

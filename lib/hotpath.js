@@ -3,6 +3,8 @@
 // generates; the classes here are the JS-facing layer over its engines.
 const native = require('../index.js')
 const { CacheManager } = require('./cache')
+const { RateLimiter } = require('./rate_limiter')
+const { WorkerQueue } = require('./worker_queue')
 const { BatchProcessor } = require('./batch')
 const { BufferPool } = require('./buffer_pool')
 const { CODES } = require('./errors')
@@ -10,6 +12,8 @@ const { advance } = require('./clock')
 
 module.exports = {
   CacheManager,
+  RateLimiter,
+  WorkerQueue,
   BatchProcessor,
   BufferPool,
   ERROR_CODES: CODES,

@@ -5,8 +5,10 @@ pub mod batch;
 pub mod buffer_pool;
 pub mod cache;
 pub mod error;
+pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
+pub mod worker_queue;
 
 use napi_derive::napi;
 
