@@ -469,3 +469,15 @@ test('close while a getOrSet factory runs: every caller settles (ERR_CLOSED)', a
   assert.equal((r1 as PromiseRejectedResult).reason.code, 'ERR_CLOSED')
   assert.equal(r2.status, 'rejected')
 })
+
+test('getOrSet counts its misses and hits (no Redis)', async () => {
+  const c = new CacheManager()
+  let runs = 0
+  for (let i = 0; i < 3; i++) await c.getOrSet(`k${i}`, () => (runs++, i))
+  await c.getOrSet('k0', () => (runs++, -1))
+  const s = c.stats()
+  assert.equal(runs, 3)
+  assert.equal(s.misses, 3)
+  assert.equal(s.l1Hits, 1)
+  assert.equal(s.hitRatio, 0.25)
+})

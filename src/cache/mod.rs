@@ -667,6 +667,11 @@ impl NativeCache {
         Ok(Some(SyncVal(e.val.clone())))
       }
       None => {
+        if inner.l2.is_none() {
+          // Without L2 this is the miss getOrSet answers with its factory
+          // (with L2, getL2 counts the hit or miss).
+          inner.c.misses.fetch_add(1, Ordering::Relaxed);
+        }
         self.fill_scratch(slot, ver, None, now);
         Ok(None)
       }
