@@ -451,3 +451,21 @@ test('close: later calls are ERR_CLOSED, close is idempotent', async () => {
   await assert.rejects(c.delete('k'), code('ERR_CLOSED'))
   await assert.rejects(c.clear(), code('ERR_CLOSED'))
 })
+
+test('close while a getOrSet factory runs: every caller settles (ERR_CLOSED)', async () => {
+  const c = new CacheManager()
+  let release!: () => void
+  const gate = new Promise<void>((r) => (release = r))
+  const p1 = c.getOrSet('k', async () => {
+    await gate
+    return 'late'
+  })
+  const p2 = c.getOrSet('k', () => 'other')
+  const closed = c.close()
+  release()
+  const [r1, r2] = await Promise.allSettled([p1, p2])
+  await closed
+  assert.equal(r1.status, 'rejected')
+  assert.equal((r1 as PromiseRejectedResult).reason.code, 'ERR_CLOSED')
+  assert.equal(r2.status, 'rejected')
+})

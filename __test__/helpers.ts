@@ -51,6 +51,7 @@ function ping(port: number): Promise<boolean> {
 /** A redis-server of the test's own (to stop and restart it). */
 export class OwnRedis {
   proc: ChildProcess | null = null
+  extraArgs: string[] = []
   dir = mkdtempSync(join(tmpdir(), 'hotpath-own-redis-'))
   constructor(public port: number) {}
   get url() {
@@ -60,7 +61,7 @@ export class OwnRedis {
     return process.env.HOTPATH_TEST_REDIS_BIN || 'redis-server'
   }
   async start() {
-    this.proc = spawn(OwnRedis.bin(), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir], { stdio: 'ignore' })
+    this.proc = spawn(OwnRedis.bin(), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...this.extraArgs], { stdio: 'ignore' })
     const deadline = Date.now() + 10_000
     while (!(await ping(this.port))) {
       if (Date.now() > deadline) throw new Error('own redis-server did not start')
@@ -78,5 +79,38 @@ export class OwnRedis {
   async dispose() {
     await this.stop()
     rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A 3-primary Redis Cluster of the test's own, on free loopback ports. */
+export class OwnCluster {
+  nodes: OwnRedis[] = []
+  async start() {
+    const { spawnSync } = await import('node:child_process')
+    for (let i = 0; i < 3; i++) {
+      const n = new OwnRedis(await freePort())
+      n.extraArgs = ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${n.port}.conf`, '--cluster-node-timeout', '2000']
+      await n.start()
+      this.nodes.push(n)
+    }
+    const cli = process.env.HOTPATH_TEST_REDIS_CLI || 'redis-cli'
+    const r = spawnSync(cli, ['--cluster', 'create', ...this.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+      encoding: 'utf8',
+    })
+    if (r.status !== 0) throw new Error(`redis-cli --cluster create failed: ${r.stderr || r.stdout}`)
+    // Every node must agree the cluster is up (a fresh cluster answers MOVED
+    // storms and CLUSTERDOWN until the configuration has spread).
+    await eventually(() => {
+      return this.nodes.every((n) => {
+        const s = spawnSync(cli, ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' })
+        return /cluster_state:ok/.test(s.stdout) && /cluster_known_nodes:3/.test(s.stdout)
+      })
+    }, 15_000, 'cluster_state:ok on every node')
+  }
+  get urls() {
+    return this.nodes.map((n) => n.url)
+  }
+  async dispose() {
+    for (const n of this.nodes) await n.dispose()
   }
 }

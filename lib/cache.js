@@ -330,26 +330,29 @@ class CacheManager {
 
   async _lead(key, factory, options, background) {
     if (!this._n.flightLead(key)) return background ? undefined : NOT_LEADER
-    let value
+    // From here the flight must end exactly once, whatever happens, or waiters
+    // in other threads would wait forever.
+    let ended = false
     try {
-      value = await factory()
+      const value = await factory()
       encode(value)
+      const kind = encKind
+      const payload = encPayload
+      optTtl = optTags = undefined
+      setOptions(options)
+      const written = this._n.set(key, kind, payload, optTtl, optTags)
+      this._n.flightEnd(key, kind, payload)
+      ended = true
+      // The value is in L1 now: later misses must not join this flight while
+      // its L2 write finishes.
+      this._flights.delete(key)
+      await written
+      return value
     } catch (err) {
-      this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
+      if (!ended) this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
       if (background) return undefined
       throw err
     }
-    optTtl = optTags = undefined
-    setOptions(options)
-    const kind = encKind
-    const payload = encPayload
-    const written = this._n.set(key, kind, payload, optTtl, optTags)
-    this._n.flightEnd(key, kind, payload)
-    // The value is in L1 now: later misses must not join this flight while
-    // its L2 write finishes.
-    this._flights.delete(key)
-    await written
-    return value
   }
 
   delete(key) {

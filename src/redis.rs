@@ -138,7 +138,18 @@ pub struct Redis {
 }
 
 fn redis_err(e: redis::RedisError) -> HpError {
-  HpError::redis(format!("redis: {e}"))
+  let err = HpError::redis(format!("redis: {e}"));
+  debug_log(&err);
+  err
+}
+
+/// With `HOTPATH_DEBUG=1`, Redis errors that are otherwise only counted (an
+/// L2 miss, a write-behind that failed) are printed to stderr.
+pub fn debug_log(e: &HpError) {
+  static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+  if *ON.get_or_init(|| std::env::var("HOTPATH_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")) {
+    eprintln!("hotpath: {e}");
+  }
 }
 
 impl Redis {
@@ -212,10 +223,14 @@ impl Redis {
     // The command timeout bounds the whole call, connecting included.
     match tokio::time::timeout(self.cfg.command_timeout, fut).await {
       Ok(r) => r,
-      Err(_) => Err(HpError::redis(format!(
-        "redis: {what} timed out after {} ms",
-        self.cfg.command_timeout.as_millis()
-      ))),
+      Err(_) => {
+        let e = HpError::redis(format!(
+          "redis: {what} timed out after {} ms",
+          self.cfg.command_timeout.as_millis()
+        ));
+        debug_log(&e);
+        Err(e)
+      }
     }
   }
 
@@ -235,6 +250,35 @@ impl Redis {
       .bounded("pipeline", async {
         let mut c = self.conn().await?;
         p.query_async(&mut c).await.map_err(redis_err)
+      })
+      .await
+  }
+
+  /// Many commands at once: one pipeline (one round trip) on a single node;
+  /// on a Cluster, where a pipeline may not cross slots, all sent
+  /// concurrently over the cluster connection (one round trip per node).
+  pub async fn many<T: FromRedisValue>(&self, cmds: &[Cmd]) -> HpResult<Vec<T>> {
+    if cmds.is_empty() {
+      return Ok(Vec::new());
+    }
+    if !self.is_cluster() {
+      let mut p = redis::pipe();
+      for c in cmds {
+        p.add_command(c.clone());
+      }
+      return self.pipe(&p).await;
+    }
+    self
+      .bounded("commands", async {
+        let c = self.conn().await?;
+        let futs = cmds.iter().map(|cmd| {
+          let mut c = c.clone();
+          async move { cmd.query_async::<T>(&mut c).await.map_err(redis_err) }
+        });
+        futures_util::future::join_all(futs)
+          .await
+          .into_iter()
+          .collect()
       })
       .await
   }

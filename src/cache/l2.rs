@@ -62,13 +62,12 @@ impl L2 {
     }
     let full: Vec<String> = keys.iter().map(|k| self.value_key(k)).collect();
     let raws: Vec<Option<Vec<u8>>> = if self.redis.is_cluster() {
-      // Keys hash to different slots: a pipeline of GETs (the cluster client
-      // routes each; still one call from here).
-      let mut p = redis::pipe();
-      for k in &full {
-        p.cmd("GET").arg(k);
-      }
-      self.redis.pipe(&p).await?
+      // Keys hash to different slots: GETs sent concurrently, routed per node.
+      let cmds: Vec<redis::Cmd> = full
+        .iter()
+        .map(|k| redis::cmd("GET").arg(k).to_owned())
+        .collect();
+      self.redis.many(&cmds).await?
     } else {
       self.redis.query(redis::cmd("MGET").arg(&full)).await?
     };
@@ -83,38 +82,41 @@ impl L2 {
     if writes.is_empty() {
       return Ok(());
     }
-    let mut p = redis::pipe();
+    let mut cmds = Vec::with_capacity(writes.len());
     for w in writes {
-      let k = self.value_key(&w.key);
-      let c = p.cmd("SET").arg(&k).arg(w.val.encode());
+      let mut c = redis::cmd("SET");
+      c.arg(self.value_key(&w.key)).arg(w.val.encode());
       if let Some(ttl) = w.ttl_ms {
         c.arg("PX").arg(ttl.max(1));
       }
-      c.ignore();
+      cmds.push(c);
       if let Some(tags) = &w.tags {
         for t in tags.iter() {
-          p.cmd("SADD").arg(self.tag_key(t)).arg(&w.key).ignore();
+          cmds.push(
+            redis::cmd("SADD")
+              .arg(self.tag_key(t))
+              .arg(&w.key)
+              .to_owned(),
+          );
         }
       }
     }
-    let _: Value = self.redis.pipe(&p).await?;
+    let _: Vec<Value> = self.redis.many(&cmds).await?;
     Ok(())
   }
 
-  pub async fn del_many(&self, keys: &[String]) -> HpResult<u64> {
+  /// DEL each key; which of them existed. One pipeline (or, on a Cluster,
+  /// concurrent commands).
+  pub async fn del_many(&self, keys: &[String]) -> HpResult<Vec<bool>> {
     if keys.is_empty() {
-      return Ok(0);
+      return Ok(Vec::new());
     }
-    if self.redis.is_cluster() {
-      let mut p = redis::pipe();
-      for k in keys {
-        p.cmd("DEL").arg(self.value_key(k));
-      }
-      let n: Vec<u64> = self.redis.pipe(&p).await?;
-      return Ok(n.iter().sum());
-    }
-    let full: Vec<String> = keys.iter().map(|k| self.value_key(k)).collect();
-    self.redis.query(redis::cmd("DEL").arg(&full)).await
+    let cmds: Vec<redis::Cmd> = keys
+      .iter()
+      .map(|k| redis::cmd("DEL").arg(self.value_key(k)).to_owned())
+      .collect();
+    let n: Vec<u64> = self.redis.many(&cmds).await?;
+    Ok(n.into_iter().map(|x| x > 0).collect())
   }
 
   pub async fn pttl(&self, key: &str) -> HpResult<Option<i64>> {
@@ -142,26 +144,36 @@ impl L2 {
       })
       .await?;
     let stripped: Vec<String> = found.iter().map(|k| self.strip(k).to_string()).collect();
+    let mut deleted = Vec::new();
     for chunk in stripped.chunks(500) {
-      self.del_many(chunk).await?;
+      for (k, existed) in chunk.iter().zip(self.del_many(chunk).await?) {
+        if existed {
+          deleted.push(k.clone());
+        }
+      }
     }
-    Ok(stripped)
+    Ok(deleted)
   }
 
   /// Every key written with `tag`, deleted with the tag's set.
-  pub async fn del_tag(&self, tag: &str) -> HpResult<Vec<String>> {
+  pub async fn del_tag(&self, tag: &str) -> HpResult<(Vec<String>, Vec<String>)> {
     let members: Vec<String> = self
       .redis
       .query(redis::cmd("SMEMBERS").arg(self.tag_key(tag)))
       .await?;
+    let mut deleted = Vec::new();
     for chunk in members.chunks(500) {
-      self.del_many(chunk).await?;
+      for (k, existed) in chunk.iter().zip(self.del_many(chunk).await?) {
+        if existed {
+          deleted.push(k.clone());
+        }
+      }
     }
     let _: Value = self
       .redis
       .query(redis::cmd("DEL").arg(self.tag_key(tag)))
       .await?;
-    Ok(members)
+    Ok((members, deleted))
   }
 
   /// Delete this cache's keys and tag sets (SCAN + DEL; never FLUSHDB).
@@ -178,11 +190,11 @@ impl L2 {
         .await?;
       for chunk in found.chunks(500) {
         if self.redis.is_cluster() {
-          let mut p = redis::pipe();
-          for k in chunk {
-            p.cmd("DEL").arg(k).ignore();
-          }
-          let _: Value = self.redis.pipe(&p).await?;
+          let cmds: Vec<redis::Cmd> = chunk
+            .iter()
+            .map(|k| redis::cmd("DEL").arg(k).to_owned())
+            .collect();
+          let _: Vec<Value> = self.redis.many(&cmds).await?;
         } else {
           let _: Value = self.redis.query(redis::cmd("DEL").arg(chunk)).await?;
         }

@@ -380,21 +380,15 @@ impl CacheInner {
     }
   }
 
+  /// Delete from L1 and L2; how many keys existed on either level.
   async fn delete_keys(&self, keys: Vec<String>) -> u32 {
-    let mut n = 0u32;
-    for k in &keys {
-      if self.l1.remove(k) {
-        n += 1;
-      }
-    }
-    self
-      .c
-      .deletes
-      .fetch_add(keys.len() as u64, Ordering::Relaxed);
+    let mut existed: Vec<bool> = keys.iter().map(|k| self.l1.remove(k)).collect();
     if let Some(l2) = &self.l2 {
       match l2.del_many(&keys).await {
-        Ok(m) => {
-          n = n.max(m as u32);
+        Ok(in_l2) => {
+          for (e, x) in existed.iter_mut().zip(in_l2) {
+            *e |= x;
+          }
           self.publish(Message::keys(&self.id, keys)).await;
         }
         Err(_) => {
@@ -402,6 +396,8 @@ impl CacheInner {
         }
       }
     }
+    let n = existed.iter().filter(|x| **x).count() as u32;
+    self.c.deletes.fetch_add(n as u64, Ordering::Relaxed);
     n
   }
 
@@ -936,9 +932,9 @@ impl NativeCache {
       }
       if let Some(l2) = &inner.l2 {
         match l2.del_tag(&tag).await {
-          Ok(keys) => {
-            inner.publish(Message::keys(&inner.id, keys.clone())).await;
-            all.extend(keys);
+          Ok((members, deleted)) => {
+            inner.publish(Message::keys(&inner.id, members)).await;
+            all.extend(deleted);
           }
           Err(e) => {
             inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
