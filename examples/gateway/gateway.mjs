@@ -103,7 +103,7 @@ export function createGateway(options) {
     // Every upstream call goes through this queue: never more than
     // upstreamConcurrency in flight, so the upstream's own limit is not hit
     // (and if it is, the call is retried with backoff instead of failing).
-    upstreamQ = new WorkerQueue({ concurrency: upstreamConcurrency, retries: 2, retryBackoffMs: 50, timeoutMs: 15_000 })
+    upstreamQ = new WorkerQueue({ concurrency: upstreamConcurrency, maxQueueSize: 10_000, retries: 2, retryBackoffMs: 50, timeoutMs: 15_000 })
     // CPU work (chunk + sha256 a document) in worker threads.
     cpuQ = new WorkerQueue({
       workers: { filename: fileURLToPath(new URL('./chunk-worker.mjs', import.meta.url)), threads: 2 },
@@ -142,32 +142,41 @@ export function createGateway(options) {
     const declared = Number(req.headers['content-length'])
     if (declared > MAX_BODY_BYTES) return Promise.reject(new HttpError(413, `body over ${MAX_BODY_BYTES} bytes`))
     return new Promise((resolve, reject) => {
+      let settled = false
+      const settle = (err, text) => {
+        if (settled) return
+        settled = true
+        if (err) reject(err)
+        else resolve(text)
+      }
+      // A client that goes away mid-body must not leave the request pending.
+      req.on('close', () => settle(new HttpError(400, 'the client closed the request before its body ended')))
+      req.on('error', (e) => settle(e))
       if (hot && Number.isInteger(declared) && declared > 0) {
         // One pooled buffer of the declared size: no chunk list, no concat.
-        const buf = pool.allocate(declared)
+        // (Released on every path; one that is not would be reclaimed by GC.)
+        let buf = pool.allocate(declared)
         let off = 0
-        let failed = false
+        const release = () => {
+          if (buf !== null) pool.release(buf)
+          buf = null
+        }
         req.on('data', (c) => {
-          if (failed) return
+          if (buf === null) return
           if (off + c.length > declared) {
-            failed = true
-            pool.release(buf)
-            return reject(new HttpError(400, 'body longer than its content-length'))
+            release()
+            return settle(new HttpError(400, 'body longer than its content-length'))
           }
           c.copy(buf, off)
           off += c.length
         })
         req.on('end', () => {
-          if (failed) return
+          if (buf === null) return
           const text = buf.toString('utf8', 0, off)
-          pool.release(buf)
-          resolve(text)
+          release()
+          settle(null, text)
         })
-        req.on('error', (e) => {
-          if (!failed) pool.release(buf)
-          failed = true
-          reject(e)
-        })
+        req.on('close', release)
         return
       }
       const parts = []
@@ -176,8 +185,7 @@ export function createGateway(options) {
         n += c.length
         if (n <= MAX_BODY_BYTES) parts.push(c)
       })
-      req.on('end', () => (n > MAX_BODY_BYTES ? reject(new HttpError(413, `body over ${MAX_BODY_BYTES} bytes`)) : resolve(Buffer.concat(parts).toString('utf8'))))
-      req.on('error', reject)
+      req.on('end', () => settle(n > MAX_BODY_BYTES ? new HttpError(413, `body over ${MAX_BODY_BYTES} bytes`) : null, Buffer.concat(parts).toString('utf8')))
     })
   }
 
