@@ -18,7 +18,7 @@ import { isMain, requestJson, startChild, stopChild } from './common.mjs'
 import { planLoad, runLoad } from './load.mjs'
 
 const here = (f) => fileURLToPath(new URL(f, import.meta.url))
-const UPSTREAM_MAX_CONCURRENT = 24
+const UPSTREAM_MAX_CONCURRENT = 32
 const HOTPATH_UPSTREAM_CONCURRENCY = 16 // shared by the instances: stays under the upstream's limit
 
 /** Every child process started by any runDemo call, to stop on exit/error/signal. */

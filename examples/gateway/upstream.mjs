@@ -8,12 +8,12 @@
 //   GET  /stats            what it was asked (the demo's table reads it)
 //   POST /stats/reset
 //
-// Its own limit: at most --max-concurrent requests in flight (default 16);
+// Its own limit: at most --max-concurrent requests in flight (default 32);
 // one more is answered 429 with Retry-After, like a model provider's
 // concurrency limit. Answers are deterministic functions of the request, so
 // the load generator can check every answer it gets, cached or not.
 //
-//   node examples/gateway/upstream.mjs [--port 0] [--max-concurrent 16] [--latency-scale 1]
+//   node examples/gateway/upstream.mjs [--port 0] [--max-concurrent 32] [--latency-scale 1]
 import http from 'node:http'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
@@ -81,7 +81,7 @@ function newStats(maxConcurrent) {
   }
 }
 
-export function createUpstream({ maxConcurrent = 16, latencyScale = 1 } = {}) {
+export function createUpstream({ maxConcurrent = 32, latencyScale = 1 } = {}) {
   let stats = newStats(maxConcurrent)
   let seen = { complete: new Set(), embed: new Set(), retrieve: new Set() }
   const jitter = (lo, hi) => (lo + Math.random() * (hi - lo)) * latencyScale
@@ -178,7 +178,7 @@ if (isMain(import.meta.url)) {
   const { values } = parseArgs({
     options: {
       port: { type: 'string', default: '0' },
-      'max-concurrent': { type: 'string', default: '16' },
+      'max-concurrent': { type: 'string', default: '32' },
       'latency-scale': { type: 'string', default: '1' },
     },
   })
