@@ -96,8 +96,117 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
   close(): Promise<void>
 }
 
+/** The answer to a rate-limit check. */
+export interface RateLimitResult {
+  /** Whether the request was admitted (and its cost consumed). */
+  allowed: boolean
+  /** The limiter's `limit`. */
+  limit: number
+  /** Whole units still available now. */
+  remaining: number
+  /** 0 when allowed; else whole ms until this cost would be admitted (rounded up: waiting it is enough). `Infinity` when the cost exceeds the limit and can never be admitted. */
+  retryAfterMs: number
+  /** Whole ms until the limit is fully restored (nothing consumed still counts). */
+  resetMs: number
+}
+
+/** Options of `RateLimiter.acquire`. */
+export interface AcquireOptions {
+  /** Units to take. Default: `1`. A cost above `limit` rejects `ERR_INVALID_ARG` at once. */
+  cost?: number
+  /** Reject `ERR_TIMEOUT` when not admitted within this many ms. Default: wait as long as it takes. */
+  timeoutMs?: number
+  /** Reject `ERR_ABORTED` when it aborts (at once when already aborted); an aborted waiter never consumes. */
+  signal?: AbortSignal
+}
+
+/**
+ * A rate limiter: `sliding-window` (exact), `sliding-window-counter`,
+ * `fixed-window`, `token-bucket` or `gcra`, per key. In process its state is
+ * off the V8 heap and, when named, one limit for every worker thread; with
+ * `redis`, every check is one atomic Lua round trip timed by the Redis
+ * server, so many processes share one exact limit.
+ */
+export declare class RateLimiter {
+  constructor(options: RateLimiterOptions)
+  /** Check and consume `cost` (default 1) if allowed. In process it resolves at once (no native async work). */
+  check(key: string, cost?: number): Promise<RateLimitResult>
+  /** In process only (with `redis` it throws `ERR_INVALID_ARG`): check and consume, synchronously. */
+  checkSync(key: string, cost?: number): RateLimitResult
+  /** Wait until admitted, FIFO per key; waiters are woken by timers on the native runtime. */
+  acquire(key: string, options?: AcquireOptions): Promise<void>
+  /** Would one unit pass now? Consumes nothing. */
+  peek(key: string): Promise<RateLimitResult>
+  /** 0 when one unit would pass now. */
+  retryAfterMs(key: string): Promise<number>
+  /** Forget `key` (in process and on Redis). */
+  reset(key: string): Promise<void>
+  /** `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and, when denied, `Retry-After` (whole seconds, rounded up). */
+  static headers(result: RateLimitResult): Record<string, string>
+  stats(): RateLimiterStats
+  /** Waiting `acquire` calls of this handle reject `ERR_CLOSED`; later calls throw/reject `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
+
+// ---------------------------------------------------------------- WorkerQueue
+
+/** Per-task options of `add`, `addAll` and `run`. */
+export interface TaskOptions {
+  /** Higher runs first; equal priority runs in insertion order. Default: `0`. */
+  priority?: number
+  /** Run deadline of each attempt, in ms (`Infinity`: none). Default: the queue's `timeoutMs`. */
+  timeoutMs?: number
+  /** Retries after a throw, a timeout or a worker crash. Default: the queue's `retries`. */
+  retries?: number
+  /** Aborting removes a waiting task (it never runs) or rejects a running one; both reject `ERR_ABORTED`. */
+  signal?: AbortSignal
+}
+
+/** What a function-mode task is called with. */
+export interface TaskContext {
+  /** Aborts when the task's `signal` aborts, when this attempt times out, or when the task is abandoned. */
+  readonly signal: AbortSignal
+  /** 1 for the first attempt, 2 for the first retry, ... */
+  readonly attempt: number
+}
+
+/**
+ * A task queue whose scheduling (priority order, concurrency, deadlines,
+ * retries, wake-ups) lives in native code. Function mode runs `add(fn)` on
+ * this thread, at most `concurrency` at once; worker-thread mode
+ * (`workers: { filename }`) runs `run(payload)` with `filename`'s default
+ * export in worker threads, replaces a thread that crashes (its task rejects
+ * `ERR_TASK_FAILED` or is retried, no other task is lost) and terminates one
+ * whose task timed out or was aborted.
+ */
+export declare class WorkerQueue {
+  constructor(options?: WorkerQueueOptions)
+  /** Function mode: runs `task` on this thread when a slot is free. Resolves or rejects as it does. */
+  add<T>(task: (ctx: TaskContext) => T | Promise<T>, options?: TaskOptions): Promise<T>
+  /** Worker-thread mode: `filename`'s default export runs on (a structured clone of) `payload` in a worker thread. */
+  run<T = unknown>(payload: unknown, options?: TaskOptions): Promise<T>
+  /** `add` for each task; resolves with their results in order. */
+  addAll<T>(tasks: Array<(ctx: TaskContext) => T | Promise<T>>, options?: TaskOptions): Promise<T[]>
+  /** Start no more tasks until `resume()` (running ones continue). Shared by every handle of a named queue. */
+  pause(): void
+  resume(): void
+  readonly isPaused: boolean
+  /** Resolves when nothing of this queue object waits or runs. */
+  onIdle(): Promise<void>
+  /** Waiting tasks of this queue object (queued, or backing off before a retry). */
+  readonly size: number
+  /** Running tasks of this queue object. */
+  readonly pending: number
+  /** Tasks running at once. */
+  readonly concurrency: number
+  /** Counters of the whole queue (every handle of a named queue). Still readable after `close()`. */
+  stats(): WorkerQueueStats
+  /** Stop accepting tasks, finish what is queued and running (a paused queue resumes), then stop the worker threads. Idempotent. */
+  close(): Promise<void>
+}
 
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
@@ -175,6 +284,171 @@ export declare class NativeCache {
   isClosed(): boolean
 }
 
+/** The engine a worker thread uses (see lib/worker_entry.js). */
+export declare class NativeQueueWorker {
+  /**
+   * Attach worker `slot`/`gen` to queue `queueId`. `wake` is called when a
+   * task is startable while this worker sleeps in its event loop.
+   */
+  constructor(queueId: number, slot: number, gen: number, wake: () => void)
+  scratch(): ArrayBuffer
+  bytes(): ArrayBuffer
+  /**
+   * The module loaded: start taking tasks. False when this worker was
+   * replaced or its queue closed meanwhile.
+   */
+  ready(): boolean
+  /**
+   * The next task, waiting up to `waitMs` for one. The scratch says what
+   * came: `[status, handle, id, kind, byteLength]`. The return value is the
+   * payload for kinds 2-4, a Buffer for structured-clone bytes larger than
+   * the byte area, and `undefined` otherwise (bytes are in the byte area).
+   */
+  take(waitMs: number): number | string | Buffer | undefined
+  /**
+   * Task (h, id) ended: `ok` (returned) or not (threw); the value as in
+   * `NativeWorkerQueue#run`, or kind 6 for an error description. `fatal`:
+   * do not retry (the result could not be cloned).
+   */
+  done(h: number, id: number, ok: boolean, kind: number, num: number, text: string | undefined | null, bytes: Buffer | undefined | null, fatal: boolean): boolean
+}
+
+/** The native engine behind `RateLimiter` (see lib/rate_limiter.js). */
+export declare class NativeRateLimiter {
+  /**
+   * `onResults` (required with `redis`) receives the decisions of
+   * `checkAsync` calls, in batches: `[id, allowed (0/1), remaining,
+   * retryAfterMs, resetMs, ...]`.
+   */
+  constructor(options: RateLimiterOptions, onResults?: ((arg: Float64Array) => unknown) | undefined | null)
+  /** This handle's index for `rateLimiterCheckSync` (valid on this thread). */
+  get handle(): number
+  /**
+   * The scratch array (Float64 x 4) this handle writes results into:
+   * `[remaining, retryAfterMs, resetMs, waiterId]`.
+   */
+  scratch(): ArrayBuffer
+  hasRedis(): boolean
+  /**
+   * With Redis: check (and consume when `consume`); the decision comes back
+   * through `onResults` with this `id`. Never fails once sent: when Redis
+   * cannot answer within `commandTimeoutMs`, `onRedisError` decides.
+   */
+  checkAsync(id: number, key: string, cost: number, consume: boolean): void
+  /** In process: forget `key`. */
+  resetSync(key: string): void
+  /** Forget `key` in process and on Redis. */
+  reset(key: string): Promise<void>
+  /**
+   * Wait (FIFO per key) until `cost` is admitted. Returns `null` when it
+   * was admitted at once; else a Promise, and the waiter id (for `cancel`)
+   * is in scratch[3].
+   */
+  acquire(key: string, cost: number, timeoutMs?: number | undefined | null): Promise<void> | null
+  /**
+   * Reject waiter `id` with ERR_ABORTED (its AbortSignal fired). Returns
+   * whether it was still waiting.
+   */
+  cancel(id: number): boolean
+  stats(): RateLimiterStats
+  /**
+   * Close this handle: its waiters reject ERR_CLOSED. The shared state
+   * shuts down with its last handle. Idempotent.
+   */
+  close(): Promise<void>
+}
+
+/**
+ * The native engine behind `WorkerQueue` (see lib/worker_queue.js). One per
+ * JS object; it is a handle on the (possibly shared) queue.
+ */
+export declare class NativeWorkerQueue {
+  /**
+   * `wake` is called (from any thread, batched) when events wait for this
+   * handle that no call of its own returned: results from worker threads,
+   * starts granted by another thread of a named queue.
+   */
+  constructor(options: WorkerQueueOptions | undefined | null, wake: () => void)
+  /** The event scratch (Float64Array) this handle's calls write into. */
+  scratch(): ArrayBuffer
+  /** The byte area drained results and messages are copied into. */
+  bytes(): ArrayBuffer
+  /** Id worker threads use to find this queue. */
+  queueId(): number
+  /** Worker threads per handle (0: function mode). */
+  threads(): number
+  /** The concurrency (`Infinity` when unbounded). */
+  concurrency(): number
+  /**
+   * Function mode: admit task `id`. `timeoutMs` < 0: the queue's default, 0
+   * or Infinity: none. `retries` < 0: the queue's default. Returns 0, or 1
+   * when the queue is full, 2 when closed. Events (its Start if it may run
+   * now) are in the scratch.
+   */
+  add(id: number, priority: number, timeoutMs: number, retries: number): number
+  /**
+   * Worker-thread mode: admit task `id` with its payload (`kind`: 0
+   * undefined, 1 null, 2 boolean (`num`), 3 number (`num`), 4 string
+   * (`text`), 5 structured-clone bytes (`bytes`)). Returns as `add`.
+   */
+  run(id: number, priority: number, timeoutMs: number, retries: number, kind: number, num: number, text?: string | undefined | null, bytes?: Buffer | undefined | null): number
+  /**
+   * Function mode: the running attempt of `id` ended (`ok`: fulfilled).
+   * Returns 0: settle the promise, 1: a retry is scheduled, 2: stale (ignore).
+   */
+  done(id: number, ok: boolean): number
+  /**
+   * Abort task `id` (waiting: it never runs; running: its slot frees, and in
+   * worker-thread mode its worker is terminated). False when unknown.
+   */
+  abort(id: number): boolean
+  /** The JS timer fired: deadlines and back-offs due now. */
+  tick(): void
+  /**
+   * Drain every pending event (with values). Returns a Buffer for one value
+   * too large for the byte area (its event says offset -1).
+   */
+  drain(): Buffer | null
+  pause(): void
+  resume(): void
+  isPaused(): boolean
+  /** This handle's waiting tasks. */
+  size(): number
+  /** This handle's running tasks. */
+  pending(): number
+  stats(): WorkerQueueStats
+  /**
+   * Keep the event loop alive (`true`) while this handle waits for events
+   * from other threads; `false` when it has nothing outstanding.
+   */
+  keepAlive(on: boolean): void
+  /** A slot for a new worker thread of this handle: `slot * 2^32 + generation`. */
+  spawnSlot(): number
+  /**
+   * The worker thread (slot, gen) exited. Its tasks fail with
+   * ERR_TASK_FAILED (`message`) or are retried. Returns whether it had
+   * started (loaded the module).
+   */
+  workerLost(slot: number, gen: number, message: string): boolean
+  /** The module cannot load: every waiting task of this handle fails. */
+  failWaiting(message: string): void
+  /**
+   * Close, step 1: accept no more tasks (a paused queue resumes, so what is
+   * queued can finish).
+   */
+  closeBegin(): void
+  /** Whether other handles (threads) use this queue. */
+  sharedWithOthers(): boolean
+  /**
+   * Close: the worker threads of this handle take no more tasks and exit
+   * once they hold none.
+   */
+  retireWorkers(): void
+  /** Close, last step: this handle leaves the queue. */
+  closeEnd(): void
+  isClosed(): boolean
+}
+
 /** Options of `new CacheManager(options)`. */
 export interface CacheOptions {
   /**
@@ -239,6 +513,61 @@ export interface CacheStats {
   pendingWrites: number
 }
 
+/** The raw function behind `RateLimiter.checkSync` (see the module docs). */
+export declare function rateLimiterCheckSync(): (handle: number, key: string, cost: number, consume: boolean) => boolean
+
+/** Options of `new RateLimiter(options)`. */
+export interface RateLimiterOptions {
+  /**
+   * Units admitted per window (token bucket / gcra: the burst capacity).
+   * Required, a finite number > 0.
+   */
+  limit: number
+  /**
+   * The window in ms (token bucket / gcra: the time to refill `limit`
+   * units). Required, a finite number > 0.
+   */
+  windowMs: number
+  /** Default: `'sliding-window'` (exact). */
+  algorithm?: 'sliding-window' | 'sliding-window-counter' | 'fixed-window' | 'token-bucket' | 'gcra'
+  /**
+   * Makes the limiter process-wide: every `new RateLimiter({ name, ... })`
+   * with this name, on the main thread or in any worker thread, is one limit.
+   */
+  name?: string
+  /**
+   * One limit across processes and machines: every check is one atomic
+   * round trip (a Lua script) timed by the Redis server's clock.
+   * Default: none (in process).
+   */
+  redis?: RedisOptions
+  /**
+   * With `redis`, when Redis fails or is slower than `commandTimeoutMs`:
+   * `'allow'` (fail open), `'deny'` (fail closed) or `'local'` (this
+   * process's own limit until Redis answers again). Default: `'local'`.
+   */
+  onRedisError?: 'allow' | 'deny' | 'local'
+  /**
+   * Most keys kept in process; past it the keys idle longest (fully
+   * restored ones first) are dropped. Default: `1_000_000`.
+   */
+  maxKeys?: number
+}
+
+/** `RateLimiter.stats()`. */
+export interface RateLimiterStats {
+  /** Checks (and acquires) admitted. */
+  allowed: number
+  /** Checks refused. */
+  denied: number
+  /** Keys held in process (with `redis`: by the `local` fallback). */
+  keys: number
+  /** Checks Redis could not answer (decided by `onRedisError`), and failed resets. */
+  redisErrors: number
+  /** `acquire` calls waiting now. */
+  waiting: number
+}
+
 /** Where shared state lives. Without it every class works in-process. */
 export interface RedisOptions {
   /** `redis://[user:pass@]host:port/db`, or `rediss://` for TLS. */
@@ -254,4 +583,83 @@ export interface RedisOptions {
    * the call fails with `ERR_REDIS`. Default: `1000`.
    */
   commandTimeoutMs?: number
+}
+
+/** Options of `new WorkerQueue(options)`. */
+export interface WorkerQueueOptions {
+  /**
+   * Tasks running at once (a positive integer or `Infinity`).
+   * Default: `os.availableParallelism()`; in worker-thread mode, `threads`.
+   */
+  concurrency?: number
+  /**
+   * Most tasks waiting (not running); `add()`/`run()` beyond it reject
+   * `ERR_QUEUE_FULL`. Default: `Infinity`.
+   */
+  maxQueueSize?: number
+  /**
+   * Default run deadline of a task, in ms: an attempt running longer
+   * rejects `ERR_TIMEOUT` (or is retried) and frees its slot. In
+   * worker-thread mode the worker running it is terminated and replaced.
+   * Default: none.
+   */
+  timeoutMs?: number
+  /**
+   * Default retries of a task that throws, times out or whose worker
+   * crashes. Default: `0`.
+   */
+  retries?: number
+  /**
+   * Retry back-off: `retryBackoffMs * 2^(retry - 1)`, with jitter in
+   * [0.5x, 1.5x). Default: `100`.
+   */
+  retryBackoffMs?: number
+  /**
+   * Worker-thread mode: `run(payload)` calls the default export of
+   * `filename` in one of `threads` worker threads. Default: none (function mode).
+   */
+  workers?: WorkerThreadsOptions
+  /**
+   * Makes the queue process-wide: every `new WorkerQueue({ name })` with the
+   * same name and options, on any thread, shares its queue (priority order
+   * across all of them), its concurrency budget, pause state and stats.
+   */
+  name?: string
+}
+
+/** `WorkerQueue#stats()`. For a named queue: the whole shared queue. */
+export interface WorkerQueueStats {
+  /** Tasks fulfilled. */
+  completed: number
+  /** Tasks rejected after their last attempt (error, timeout, worker crash); aborted ones are not counted here. */
+  failed: number
+  /** Retries scheduled. */
+  retried: number
+  /** Attempts that ran past their timeout. */
+  timedOut: number
+  /** Tasks waiting (queued, or backing off before a retry). */
+  queued: number
+  /** Tasks running. */
+  running: number
+  /** Mean time from (re)queueing to start, in ms. */
+  avgWaitMs: number
+  /** Mean run time of an attempt, in ms. */
+  avgRunMs: number
+  /** Tasks aborted through their `signal`. */
+  aborted: number
+  /** Live worker threads (worker-thread mode). */
+  threads: number
+  /** Worker threads replaced after they crashed or exited on their own. */
+  workerRestarts: number
+}
+
+/** Worker-thread mode options. */
+export interface WorkerThreadsOptions {
+  /**
+   * The module whose default export runs each payload (CommonJS or ES
+   * module; a path or a `file:` URL).
+   */
+  filename: string
+  /** Worker threads. Default: `os.availableParallelism()`. */
+  threads?: number
 }

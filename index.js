@@ -836,3 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeCache = nativeBinding.NativeCache
+module.exports.NativeQueueWorker = nativeBinding.NativeQueueWorker
+module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
+module.exports.NativeWorkerQueue = nativeBinding.NativeWorkerQueue
+module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync

@@ -3,11 +3,15 @@
 // generates; the classes here are the JS-facing layer over its engines.
 const native = require('../index.js')
 const { CacheManager } = require('./cache')
+const { RateLimiter } = require('./rate_limiter')
+const { WorkerQueue } = require('./worker_queue')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
 module.exports = {
   CacheManager,
+  RateLimiter,
+  WorkerQueue,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,

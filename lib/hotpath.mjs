@@ -3,4 +3,6 @@ import { createRequire } from 'node:module'
 const require = createRequire(import.meta.url)
 const hotpath = require('./hotpath.js')
 export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
+export const { RateLimiter } = hotpath
+export const { WorkerQueue } = hotpath
 export default hotpath

@@ -3,8 +3,10 @@
 
 pub mod cache;
 pub mod error;
+pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
+pub mod worker_queue;
 
 use napi_derive::napi;
 

@@ -96,5 +96,114 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
   close(): Promise<void>
 }
 
+/** The answer to a rate-limit check. */
+export interface RateLimitResult {
+  /** Whether the request was admitted (and its cost consumed). */
+  allowed: boolean
+  /** The limiter's `limit`. */
+  limit: number
+  /** Whole units still available now. */
+  remaining: number
+  /** 0 when allowed; else whole ms until this cost would be admitted (rounded up: waiting it is enough). `Infinity` when the cost exceeds the limit and can never be admitted. */
+  retryAfterMs: number
+  /** Whole ms until the limit is fully restored (nothing consumed still counts). */
+  resetMs: number
+}
+
+/** Options of `RateLimiter.acquire`. */
+export interface AcquireOptions {
+  /** Units to take. Default: `1`. A cost above `limit` rejects `ERR_INVALID_ARG` at once. */
+  cost?: number
+  /** Reject `ERR_TIMEOUT` when not admitted within this many ms. Default: wait as long as it takes. */
+  timeoutMs?: number
+  /** Reject `ERR_ABORTED` when it aborts (at once when already aborted); an aborted waiter never consumes. */
+  signal?: AbortSignal
+}
+
+/**
+ * A rate limiter: `sliding-window` (exact), `sliding-window-counter`,
+ * `fixed-window`, `token-bucket` or `gcra`, per key. In process its state is
+ * off the V8 heap and, when named, one limit for every worker thread; with
+ * `redis`, every check is one atomic Lua round trip timed by the Redis
+ * server, so many processes share one exact limit.
+ */
+export declare class RateLimiter {
+  constructor(options: RateLimiterOptions)
+  /** Check and consume `cost` (default 1) if allowed. In process it resolves at once (no native async work). */
+  check(key: string, cost?: number): Promise<RateLimitResult>
+  /** In process only (with `redis` it throws `ERR_INVALID_ARG`): check and consume, synchronously. */
+  checkSync(key: string, cost?: number): RateLimitResult
+  /** Wait until admitted, FIFO per key; waiters are woken by timers on the native runtime. */
+  acquire(key: string, options?: AcquireOptions): Promise<void>
+  /** Would one unit pass now? Consumes nothing. */
+  peek(key: string): Promise<RateLimitResult>
+  /** 0 when one unit would pass now. */
+  retryAfterMs(key: string): Promise<number>
+  /** Forget `key` (in process and on Redis). */
+  reset(key: string): Promise<void>
+  /** `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds) and, when denied, `Retry-After` (whole seconds, rounded up). */
+  static headers(result: RateLimitResult): Record<string, string>
+  stats(): RateLimiterStats
+  /** Waiting `acquire` calls of this handle reject `ERR_CLOSED`; later calls throw/reject `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
+
+// ---------------------------------------------------------------- WorkerQueue
+
+/** Per-task options of `add`, `addAll` and `run`. */
+export interface TaskOptions {
+  /** Higher runs first; equal priority runs in insertion order. Default: `0`. */
+  priority?: number
+  /** Run deadline of each attempt, in ms (`Infinity`: none). Default: the queue's `timeoutMs`. */
+  timeoutMs?: number
+  /** Retries after a throw, a timeout or a worker crash. Default: the queue's `retries`. */
+  retries?: number
+  /** Aborting removes a waiting task (it never runs) or rejects a running one; both reject `ERR_ABORTED`. */
+  signal?: AbortSignal
+}
+
+/** What a function-mode task is called with. */
+export interface TaskContext {
+  /** Aborts when the task's `signal` aborts, when this attempt times out, or when the task is abandoned. */
+  readonly signal: AbortSignal
+  /** 1 for the first attempt, 2 for the first retry, ... */
+  readonly attempt: number
+}
+
+/**
+ * A task queue whose scheduling (priority order, concurrency, deadlines,
+ * retries, wake-ups) lives in native code. Function mode runs `add(fn)` on
+ * this thread, at most `concurrency` at once; worker-thread mode
+ * (`workers: { filename }`) runs `run(payload)` with `filename`'s default
+ * export in worker threads, replaces a thread that crashes (its task rejects
+ * `ERR_TASK_FAILED` or is retried, no other task is lost) and terminates one
+ * whose task timed out or was aborted.
+ */
+export declare class WorkerQueue {
+  constructor(options?: WorkerQueueOptions)
+  /** Function mode: runs `task` on this thread when a slot is free. Resolves or rejects as it does. */
+  add<T>(task: (ctx: TaskContext) => T | Promise<T>, options?: TaskOptions): Promise<T>
+  /** Worker-thread mode: `filename`'s default export runs on (a structured clone of) `payload` in a worker thread. */
+  run<T = unknown>(payload: unknown, options?: TaskOptions): Promise<T>
+  /** `add` for each task; resolves with their results in order. */
+  addAll<T>(tasks: Array<(ctx: TaskContext) => T | Promise<T>>, options?: TaskOptions): Promise<T[]>
+  /** Start no more tasks until `resume()` (running ones continue). Shared by every handle of a named queue. */
+  pause(): void
+  resume(): void
+  readonly isPaused: boolean
+  /** Resolves when nothing of this queue object waits or runs. */
+  onIdle(): Promise<void>
+  /** Waiting tasks of this queue object (queued, or backing off before a retry). */
+  readonly size: number
+  /** Running tasks of this queue object. */
+  readonly pending: number
+  /** Tasks running at once. */
+  readonly concurrency: number
+  /** Counters of the whole queue (every handle of a named queue). Still readable after `close()`. */
+  stats(): WorkerQueueStats
+  /** Stop accepting tasks, finish what is queued and running (a paused queue resumes), then stop the worker threads. Idempotent. */
+  close(): Promise<void>
+}

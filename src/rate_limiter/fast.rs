@@ -1,0 +1,305 @@
+//! The two JS-facing paths that run per check, kept off napi-rs' generic
+//! wrappers (PERF-FLOOR.md: a class method call costs ~95 ns and a `String`
+//! argument ~140 ns, before any work):
+//!
+//! - `rateLimiterCheckSync(handle, key, cost, consume)`: a raw Node-API
+//!   function. `handle` indexes a per-thread table of limiter handles; the
+//!   key is read into a stack buffer; the numbers of the decision go to the
+//!   handle's scratch Float64Array and the return value is `allowed`.
+//! - [`Port`]: decisions coming back from Redis reach their JS thread in
+//!   batches, through one threadsafe function per handle (not one Promise
+//!   and one threadsafe function per check).
+
+use std::cell::{RefCell, UnsafeCell};
+use std::ffi::{c_char, CString};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi::threadsafe_function::{
+  ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue,
+};
+use parking_lot::Mutex;
+
+use super::limiter::{Limiter, Sink};
+use super::local::Decision;
+
+/// One JS handle's state: the shared limiter, this handle's scratch
+/// `[remaining, retryAfterMs, resetMs, waiterId]`, and whether it is closed.
+pub struct Handle {
+  pub limiter: Arc<Limiter>,
+  pub scratch: UnsafeCell<[f64; 4]>,
+  pub closed: AtomicBool,
+}
+
+// The scratch is written and read only on the handle's own JS thread.
+unsafe impl Sync for Handle {}
+unsafe impl Send for Handle {}
+
+impl Handle {
+  pub fn write(&self, d: &Decision) {
+    let s = unsafe { &mut *self.scratch.get() };
+    s[0] = d.remaining;
+    s[1] = d.retry_after;
+    s[2] = d.reset;
+  }
+}
+
+thread_local! {
+  /// This JS thread's handles (a worker thread has its own table).
+  static TABLE: RefCell<Vec<Option<Arc<Handle>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Put a handle in this thread's table; its index is what JS passes back.
+pub fn register(h: Arc<Handle>) -> u32 {
+  TABLE.with(|t| {
+    let mut t = t.borrow_mut();
+    match t.iter().position(Option::is_none) {
+      Some(i) => {
+        t[i] = Some(h);
+        i as u32
+      }
+      None => {
+        t.push(Some(h));
+        (t.len() - 1) as u32
+      }
+    }
+  })
+}
+
+/// Free a table slot (the JS object was collected). Runs on its thread.
+pub fn unregister(index: u32) {
+  let _ = TABLE.try_with(|t| {
+    if let Some(slot) = t.borrow_mut().get_mut(index as usize) {
+      *slot = None;
+    }
+  });
+}
+
+unsafe fn throw(env: sys::napi_env, code: &str, msg: &str, type_error: bool) -> sys::napi_value {
+  let code = CString::new(code).unwrap_or_default();
+  let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+  unsafe {
+    if type_error {
+      sys::napi_throw_type_error(env, code.as_ptr(), msg.as_ptr());
+    } else {
+      sys::napi_throw_error(env, code.as_ptr(), msg.as_ptr());
+    }
+  }
+  ptr::null_mut()
+}
+
+const KEY_BUF: usize = 512;
+
+/// `rateLimiterCheckSync(handle, key, cost, consume): boolean`.
+unsafe extern "C" fn check_sync(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  unsafe {
+    let mut argc = 4usize;
+    let mut argv = [ptr::null_mut(); 4];
+    if sys::napi_get_cb_info(
+      env,
+      info,
+      &mut argc,
+      argv.as_mut_ptr(),
+      ptr::null_mut(),
+      ptr::null_mut(),
+    ) != sys::Status::napi_ok
+      || argc < 4
+    {
+      return throw(
+        env,
+        "ERR_INVALID_ARG",
+        "rateLimiterCheckSync(handle, key, cost, consume)",
+        true,
+      );
+    }
+    let mut index = 0u32;
+    let mut cost = 0f64;
+    let mut consume = false;
+    if sys::napi_get_value_uint32(env, argv[0], &mut index) != sys::Status::napi_ok
+      || sys::napi_get_value_double(env, argv[2], &mut cost) != sys::Status::napi_ok
+      || sys::napi_get_value_bool(env, argv[3], &mut consume) != sys::Status::napi_ok
+    {
+      return throw(
+        env,
+        "ERR_INVALID_ARG",
+        "rateLimiterCheckSync(handle: number, key: string, cost: number, consume: boolean)",
+        true,
+      );
+    }
+    if !cost.is_finite() || cost < 0.0 {
+      return throw(
+        env,
+        "ERR_INVALID_ARG",
+        &format!("cost must be a finite number >= 0, got {cost}"),
+        false,
+      );
+    }
+    // The key, into a stack buffer (V8 never splits a character, so a
+    // result this close to the end may be cut: then read it whole).
+    let mut buf = std::mem::MaybeUninit::<[u8; KEY_BUF]>::uninit();
+    let mut len = 0usize;
+    if sys::napi_get_value_string_utf8(
+      env,
+      argv[1],
+      buf.as_mut_ptr() as *mut c_char,
+      KEY_BUF,
+      &mut len,
+    ) != sys::Status::napi_ok
+    {
+      return throw(env, "ERR_INVALID_ARG", "key must be a string", true);
+    }
+    let heap: Vec<u8>;
+    let bytes: &[u8] = if len + 4 < KEY_BUF {
+      // Node-API wrote `len` bytes (and a NUL) at the start of the buffer.
+      std::slice::from_raw_parts(buf.as_ptr() as *const u8, len)
+    } else {
+      let mut full = 0usize;
+      sys::napi_get_value_string_utf8(env, argv[1], ptr::null_mut(), 0, &mut full);
+      let mut v = vec![0u8; full + 1];
+      sys::napi_get_value_string_utf8(
+        env,
+        argv[1],
+        v.as_mut_ptr() as *mut c_char,
+        full + 1,
+        &mut len,
+      );
+      v.truncate(len);
+      heap = v;
+      &heap
+    };
+    if bytes.is_empty() {
+      return throw(
+        env,
+        "ERR_INVALID_ARG",
+        "key must be a non-empty string, got \"\"",
+        false,
+      );
+    }
+    // Node-API writes valid UTF-8 (lone surrogates become U+FFFD).
+    let key = std::str::from_utf8_unchecked(bytes);
+    let r = TABLE.with(|t| {
+      let t = t.borrow();
+      let h = t.get(index as usize)?.as_ref()?;
+      if h.closed.load(Ordering::Relaxed) {
+        return Some(Err("ERR_CLOSED"));
+      }
+      if h.limiter.has_redis() {
+        return Some(Err("ERR_INVALID_ARG"));
+      }
+      let d = h.limiter.check_local(key, cost, consume);
+      h.write(&d);
+      Some(Ok(d.allowed))
+    });
+    match r {
+      Some(Ok(allowed)) => {
+        let mut out = ptr::null_mut();
+        sys::napi_get_boolean(env, allowed, &mut out);
+        out
+      }
+      Some(Err("ERR_CLOSED")) => throw(env, "ERR_CLOSED", "RateLimiter is closed", false),
+      Some(Err(_)) => throw(
+        env,
+        "ERR_INVALID_ARG",
+        "checkSync is in-process only: a RateLimiter with `redis` checks with check()",
+        false,
+      ),
+      None => throw(
+        env,
+        "ERR_INVALID_ARG",
+        &format!("no rate limiter handle {index} on this thread"),
+        false,
+      ),
+    }
+  }
+}
+
+/// The raw function behind `RateLimiter.checkSync` (see the module docs).
+#[napi_derive::napi(
+  js_name = "rateLimiterCheckSync",
+  ts_return_type = "(handle: number, key: string, cost: number, consume: boolean) => boolean"
+)]
+pub fn check_sync_fn(env: &Env) -> Result<Unknown<'_>> {
+  let f = env.create_function::<Unknown, Unknown>("rateLimiterCheckSync", check_sync)?;
+  Ok(f.to_unknown())
+}
+
+// ------------------------------------------------------------------ port
+
+type ResultsFn = ThreadsafeFunction<(), UnknownReturnValue, Float64Array, Status, false, true, 0>;
+
+struct PortQueue {
+  /// `[id, allowed (0/1), remaining, retryAfterMs, resetMs]` per decision.
+  items: Mutex<Vec<f64>>,
+  /// A call to the JS thread is on its way (it will take all items).
+  scheduled: AtomicBool,
+  /// Checks sent and not yet handed to JS (JS thread only).
+  pending: AtomicUsize,
+  raw: AtomicPtr<sys::napi_threadsafe_function__>,
+}
+
+/// Delivers decisions to one JS thread, many per call. Keeps that thread's
+/// event loop alive only while checks are pending.
+pub struct Port {
+  tsfn: ResultsFn,
+  q: Arc<PortQueue>,
+}
+
+impl Port {
+  /// `on_results(flat)` gets `[id, allowed, remaining, retryAfterMs, resetMs, ...]`.
+  pub fn new(on_results: Function<'_, Float64Array, UnknownReturnValue>) -> Result<Arc<Port>> {
+    let q = Arc::new(PortQueue {
+      items: Mutex::new(Vec::new()),
+      scheduled: AtomicBool::new(false),
+      pending: AtomicUsize::new(0),
+      raw: AtomicPtr::new(ptr::null_mut()),
+    });
+    let q2 = q.clone();
+    let tsfn: ResultsFn = on_results
+      .build_threadsafe_function::<()>()
+      .callee_handled::<false>()
+      .weak::<true>()
+      .build_callback(move |ctx| {
+        q2.scheduled.store(false, Ordering::SeqCst);
+        let items = std::mem::take(&mut *q2.items.lock());
+        let n = items.len() / 5;
+        let before = q2.pending.fetch_sub(n, Ordering::Relaxed);
+        if before == n {
+          // Nothing pending any more: let the event loop end.
+          unsafe {
+            sys::napi_unref_threadsafe_function(ctx.env.raw(), q2.raw.load(Ordering::Relaxed))
+          };
+        }
+        Ok(Float64Array::new(items))
+      })?;
+    q.raw.store(tsfn.raw(), Ordering::Relaxed);
+    Ok(Arc::new(Port { tsfn, q }))
+  }
+
+  /// A check was sent (JS thread): keep the event loop alive until it is back.
+  pub fn expect(&self, env: &Env) {
+    if self.q.pending.fetch_add(1, Ordering::Relaxed) == 0 {
+      unsafe { sys::napi_ref_threadsafe_function(env.raw(), self.tsfn.raw()) };
+    }
+  }
+}
+
+impl Sink for Port {
+  fn deliver(&self, id: f64, d: &Decision) {
+    self.q.items.lock().extend_from_slice(&[
+      id,
+      d.allowed as u8 as f64,
+      d.remaining,
+      d.retry_after,
+      d.reset,
+    ]);
+    if !self.q.scheduled.swap(true, Ordering::SeqCst) {
+      self.tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
+    }
+  }
+}

@@ -1,0 +1,31 @@
+-- fixed-window. KEYS[1]: the count (a string), expiring with its window
+-- (PX), so the window is measured by the Redis server's clock. A window
+-- starts at the first admission after the previous one ended.
+local KEYS_PER = 1
+local function check(k1, k2, cost, consume)
+  local count = tonumber(redis.call('GET', k1) or '0')
+  local reset = 0
+  if count > 0 then
+    reset = redis.call('PTTL', k1)
+    if reset < 0 then
+      reset = 0
+      count = 0
+    end
+  end
+  if cost > limit then
+    return {0, out(limit - count), 'inf', out(reset)}
+  end
+  if count + cost <= limit + EPS then
+    if consume and cost > 0 then
+      count = count + cost
+      if reset == 0 then
+        reset = math.ceil(window)
+        redis.call('SET', k1, num(count), 'PX', reset)
+      else
+        redis.call('SET', k1, num(count), 'KEEPTTL')
+      end
+    end
+    return {1, out(limit - count), 0, out(reset)}
+  end
+  return {0, out(limit - count), out(reset), out(reset)}
+end

@@ -1,0 +1,349 @@
+//! The limit on Redis: one Lua script per algorithm (beside this file),
+//! loaded once and re-sent on NOSCRIPT by `crate::redis`. Every check is
+//! atomic and takes one round trip, timed by the Redis server's clock. Checks
+//! that are waiting together go in one script call (one EVALSHA for up to
+//! [`MAX_BATCH`] checks; on a Cluster, one per slot), in order.
+//!
+//! Key layout (documented in docs/ratelimiter.md):
+//! `<keyPrefix>rl:<algorithm>:<limit>:<windowMs>:{<key>}` and, for the
+//! exact sliding window, the log beside it at `...:{<key>}:log`. The user key
+//! is the hash tag, so one key's state lives in one Cluster slot; limit and
+//! window are part of the name so limiters with other settings never share
+//! (or misread) state.
+
+use std::sync::Arc;
+
+use redis::{Script, Value};
+
+use super::local::{Decision, Params};
+use super::Algo;
+use crate::error::{HpError, HpResult};
+use crate::redis::Redis;
+
+/// Most checks in one script call.
+pub const MAX_BATCH: usize = 128;
+
+macro_rules! script {
+  ($file:literal) => {
+    concat!(
+      include_str!("common.lua"),
+      include_str!($file),
+      include_str!("footer.lua")
+    )
+  };
+}
+
+fn source(algo: Algo) -> &'static str {
+  match algo {
+    Algo::SlidingWindow => script!("sliding_window.lua"),
+    Algo::SlidingWindowCounter => script!("sliding_window_counter.lua"),
+    Algo::FixedWindow => script!("fixed_window.lua"),
+    Algo::TokenBucket => script!("token_bucket.lua"),
+    Algo::Gcra => script!("gcra.lua"),
+  }
+}
+
+/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16384).
+pub fn slot(key: &[u8]) -> u16 {
+  let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+    let rest = &key[open + 1..];
+    rest
+      .iter()
+      .position(|&b| b == b'}')
+      .filter(|&close| close > 0)
+      .map(|close| &rest[..close])
+  });
+  let mut crc: u16 = 0;
+  for &b in tagged.unwrap_or(key) {
+    crc ^= (b as u16) << 8;
+    for _ in 0..8 {
+      crc = if crc & 0x8000 != 0 {
+        (crc << 1) ^ 0x1021
+      } else {
+        crc << 1
+      };
+    }
+  }
+  crc % 16384
+}
+
+/// A number of a script's reply: an integer, or text (`inf`, fractions).
+fn number(v: &Value) -> HpResult<f64> {
+  let bad = || HpError::redis(format!("redis: rate limiter script returned {v:?}"));
+  match v {
+    Value::Int(i) => Ok(*i as f64),
+    Value::Double(d) => Ok(*d),
+    Value::BulkString(b) => std::str::from_utf8(b)
+      .ok()
+      .and_then(|s| s.parse().ok())
+      .ok_or_else(bad),
+    Value::SimpleString(s) => s.parse().map_err(|_| bad()),
+    _ => Err(bad()),
+  }
+}
+
+/// One check of a batch.
+pub struct Check<'a> {
+  pub key: &'a str,
+  pub cost: f64,
+  pub consume: bool,
+}
+
+pub struct Remote {
+  pub redis: Arc<Redis>,
+  algo: Algo,
+  script: Script,
+  /// `<keyPrefix>rl:<algorithm>:<limit>:<windowMs>:`
+  base: String,
+  limit: String,
+  window: String,
+}
+
+impl Remote {
+  pub fn new(redis: Arc<Redis>, algo: Algo, p: Params) -> Remote {
+    let base = redis.key(&format!("rl:{}:{}:{}:", algo.name(), p.limit, p.window));
+    Remote {
+      redis,
+      algo,
+      script: Script::new(source(algo)),
+      base,
+      limit: p.limit.to_string(),
+      window: p.window.to_string(),
+    }
+  }
+
+  pub fn is_cluster(&self) -> bool {
+    self.redis.is_cluster()
+  }
+
+  /// The Redis keys holding `key`'s state, appended to `out`.
+  pub fn keys_into(&self, key: &str, out: &mut Vec<String>) {
+    let mut k = String::with_capacity(self.base.len() + key.len() + 2);
+    k.push_str(&self.base);
+    k.push('{');
+    k.push_str(key);
+    k.push('}');
+    if self.algo == Algo::SlidingWindow {
+      let log = format!("{k}:log");
+      out.push(k);
+      out.push(log);
+    } else {
+      out.push(k);
+    }
+  }
+
+  pub fn keys(&self, key: &str) -> Vec<String> {
+    let mut v = Vec::with_capacity(2);
+    self.keys_into(key, &mut v);
+    v
+  }
+
+  /// The Cluster slot of `key`'s state (all its keys share it).
+  pub fn slot_of(&self, key: &str) -> u16 {
+    slot(self.keys(key)[0].as_bytes())
+  }
+
+  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
+  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+    let per = if self.algo == Algo::SlidingWindow {
+      2
+    } else {
+      1
+    };
+    let mut keys = Vec::with_capacity(checks.len() * per);
+    let mut args = Vec::with_capacity(3 + 2 * checks.len());
+    args.push(self.limit.clone());
+    args.push(self.window.clone());
+    args.push(checks.len().to_string());
+    for c in checks {
+      self.keys_into(c.key, &mut keys);
+      args.push(c.cost.to_string());
+      args.push(if c.consume { "1" } else { "0" }.to_string());
+    }
+    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
+    if out.len() != 4 * checks.len() {
+      return Err(HpError::redis(format!(
+        "redis: rate limiter script returned {} values for {} checks",
+        out.len(),
+        checks.len()
+      )));
+    }
+    out
+      .chunks_exact(4)
+      .map(|r| {
+        Ok(Decision::new(
+          number(&r[0])? == 1.0,
+          number(&r[1])?,
+          number(&r[2])?,
+          number(&r[3])?,
+        ))
+      })
+      .collect()
+  }
+
+  pub async fn check(&self, key: &str, cost: f64, consume: bool) -> HpResult<Decision> {
+    let mut v = self.check_many(&[Check { key, cost, consume }]).await?;
+    Ok(v.pop().expect("one decision"))
+  }
+
+  pub async fn reset(&self, key: &str) -> HpResult<()> {
+    let mut cmd = redis::cmd("DEL");
+    for k in self.keys(key) {
+      cmd.arg(k);
+    }
+    let _: i64 = self.redis.query(&cmd).await?;
+    Ok(())
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::redis::{RedisConfig, RedisOptions};
+
+  fn remote(url: &str, algo: Algo, limit: f64, window: f64) -> Remote {
+    let cfg = RedisConfig::from_options(&RedisOptions {
+      url: url.to_string(),
+      key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
+      ..Default::default()
+    })
+    .unwrap();
+    Remote::new(Redis::new(cfg).unwrap(), algo, Params { limit, window })
+  }
+
+  #[test]
+  fn cluster_slots_follow_the_hash_tag() {
+    // `CLUSTER KEYSLOT foo`, and the CRC16/XMODEM check value.
+    assert_eq!(slot(b"foo"), 12182);
+    assert_eq!(slot(b"123456789"), 0x31C3);
+    assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+    // An empty tag is no tag: the whole name is hashed.
+    assert_ne!(slot(b"{}user1000"), slot(b"user1000"));
+    let r = remote("redis://127.0.0.1:1", Algo::SlidingWindow, 10.0, 1000.0);
+    for k in ["user:1", "a}b", "x{y}z"] {
+      let ks = r.keys(k);
+      assert_eq!(
+        r.slot_of(k),
+        slot(ks[1].as_bytes()),
+        "{k}: the log is in the same slot"
+      );
+    }
+  }
+
+  #[test]
+  fn keys_share_one_hash_tag() {
+    let r = remote("redis://127.0.0.1:1", Algo::SlidingWindow, 10.0, 1000.0);
+    let ks = r.keys("user:1");
+    assert_eq!(ks.len(), 2);
+    assert!(
+      ks[0].ends_with("rl:sliding-window:10:1000:{user:1}"),
+      "{}",
+      ks[0]
+    );
+    assert_eq!(ks[1], format!("{}:log", ks[0]));
+    let r = remote("redis://127.0.0.1:1", Algo::Gcra, 2.5, 60000.0);
+    assert!(r.keys("k")[0].ends_with("rl:gcra:2.5:60000:{k}"));
+  }
+
+  fn redis_url() -> Option<String> {
+    match std::env::var("REDIS_URL") {
+      Ok(u) => Some(u),
+      Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+        panic!("REDIS_URL must be set in CI")
+      }
+      Err(_) => {
+        eprintln!("SKIP rate limiter Redis script tests: REDIS_URL is not set");
+        None
+      }
+    }
+  }
+
+  /// Each script admits `limit` units, refuses the next with a retry-after
+  /// within the window, and peeks without consuming.
+  #[test]
+  fn every_script_admits_its_limit_on_a_real_redis() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      for algo in [
+        Algo::SlidingWindow,
+        Algo::SlidingWindowCounter,
+        Algo::FixedWindow,
+        Algo::TokenBucket,
+        Algo::Gcra,
+      ] {
+        let r = remote(&url, algo, 5.0, 60_000.0);
+        let peek = r.check("k", 1.0, false).await.unwrap();
+        assert!(peek.allowed && peek.remaining == 5.0, "{algo:?} {peek:?}");
+        for i in 0..5 {
+          let d = r.check("k", 1.0, true).await.unwrap();
+          assert!(d.allowed, "{algo:?} #{i}: {d:?}");
+          assert_eq!(d.remaining, 4.0 - i as f64, "{algo:?}");
+        }
+        let d = r.check("k", 1.0, true).await.unwrap();
+        assert!(!d.allowed, "{algo:?}");
+        assert!(
+          d.retry_after > 0.0 && d.retry_after <= 60_000.0,
+          "{algo:?} {d:?}"
+        );
+        assert!(d.reset >= d.retry_after, "{algo:?} {d:?}");
+        let never = r.check("k", 6.0, true).await.unwrap();
+        assert_eq!(never.retry_after, f64::INFINITY);
+        r.reset("k").await.unwrap();
+        assert!(
+          r.check("k", 5.0, true).await.unwrap().allowed,
+          "{algo:?} after reset"
+        );
+        r.reset("k").await.unwrap();
+      }
+    });
+  }
+
+  /// Many checks in one script call run in order, each atomically.
+  #[test]
+  fn one_call_checks_many_keys_in_order() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      for algo in [Algo::SlidingWindow, Algo::FixedWindow, Algo::Gcra] {
+        let r = remote(&url, algo, 2.0, 60_000.0);
+        let checks: Vec<Check> = ["a", "b", "a", "a", "b", "c"]
+          .iter()
+          .map(|k| Check {
+            key: k,
+            cost: 1.0,
+            consume: true,
+          })
+          .collect();
+        let ds = r.check_many(&checks).await.unwrap();
+        let allowed: Vec<bool> = ds.iter().map(|d| d.allowed).collect();
+        assert_eq!(
+          allowed,
+          vec![true, true, true, false, true, true],
+          "{algo:?}"
+        );
+        assert_eq!(ds[2].remaining, 0.0);
+        for k in ["a", "b", "c"] {
+          r.reset(k).await.unwrap();
+        }
+      }
+    });
+  }
+
+  #[test]
+  fn sliding_window_script_frees_the_oldest_first() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let r = remote(&url, Algo::SlidingWindow, 3.0, 300.0);
+      assert!(r.check("k", 1.0, true).await.unwrap().allowed);
+      tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+      assert!(r.check("k", 2.0, true).await.unwrap().allowed);
+      let d = r.check("k", 1.0, true).await.unwrap();
+      assert!(!d.allowed);
+      // The first unit leaves ~300 ms after it came, ~200 ms from now.
+      assert!(d.retry_after > 100.0 && d.retry_after <= 200.0, "{d:?}");
+      tokio::time::sleep(std::time::Duration::from_millis(d.retry_after as u64 + 5)).await;
+      assert!(r.check("k", 1.0, true).await.unwrap().allowed);
+      assert!(!r.check("k", 1.0, true).await.unwrap().allowed);
+      r.reset("k").await.unwrap();
+    });
+  }
+}
