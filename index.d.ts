@@ -148,6 +148,57 @@ export declare class RateLimiter {
   close(): Promise<void>
 }
 
+/**
+ * Batches `add` calls into calls of `handler` with many items: a batch is
+ * dispatched when it reaches `maxBatchSize`, `maxWaitMs` after its first
+ * item, or on `flush()`; at most `concurrency` batches are in the handler at
+ * once and further sealed batches wait their turn in order. Every `add`
+ * settles exactly once.
+ */
+export declare class BatchProcessor<T, R> {
+  /**
+   * @param handler receives the items in add order and returns (or resolves
+   * to) an array of the same length: an `Error` at position i rejects item i
+   * only; a wrong length rejects the whole batch with `ERR_BATCH_RESULT`; a
+   * throw or rejection is retried `retries` times with exponential backoff and
+   * jitter, then rejects every item of the batch with that error.
+   */
+  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions)
+  /** A promise for this item's result. Rejects `ERR_CLOSED` after `close()`. */
+  add(item: T): Promise<R>
+  /** `add` for each item; resolves to their results in order, or rejects with the first error. */
+  addMany(items: T[]): Promise<R[]>
+  /** Dispatch the open batch now and wait for every batch sealed so far (queued ones included). */
+  flush(): Promise<void>
+  stats(): BatchStats
+  /** Dispatch what is pending, wait for every batch in flight; later `add` rejects `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
+/**
+ * A pool of Buffers over native memory in power-of-two size classes. Each
+ * Buffer has its own (external) ArrayBuffer; `release` detaches it (length 0)
+ * so a stale reference can never touch memory someone else now holds, and
+ * the memory is zeroed on the runtime's threads before it is handed out again.
+ * A Buffer never released is reclaimed when V8 collects it.
+ */
+export declare class BufferPool {
+  constructor(options?: BufferPoolOptions)
+  /** false where external buffers are not allowed (Electron's V8 sandbox): Buffers are then plain, memory is not reused, release only detaches. */
+  readonly external: boolean
+  /** A Buffer of exactly `size` bytes (an integer from 0 to 2^31 - 1), zero-filled when `zeroOnRelease` is true. */
+  allocate(size: number): Buffer
+  /** Back to the pool; the Buffer is detached (length 0). Twice: `ERR_BUFFER_RELEASED`; not this pool's (or a view into one): `ERR_INVALID_ARG`. Neither changes anything. */
+  release(buffer: Buffer): void
+  /** Free all pooled memory now. */
+  trim(): void
+  /** Resolves when every released block has been zeroed and is back in the pool (or freed). */
+  flush(): Promise<void>
+  stats(): BufferPoolStats
+  /** Frees pooled memory (the last handle of a named pool); later calls throw `ERR_CLOSED`. Outstanding Buffers stay valid until collected. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 
@@ -215,6 +266,67 @@ export declare class WorkerQueue {
  * can point the loader at a WASI artifact this package does not build itself.
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
+
+/** The native engine behind `BatchProcessor` (see lib/batch.js). */
+export declare class NativeBatch {
+  constructor(options?: BatchOptions | undefined | null)
+  /** The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded). */
+  limits(): Array<number>
+  /**
+   * A batch was sealed. Returns its id (>= 0) when it may start now, or
+   * `-1 - id` when it waits for a slot (then `finish` hands it out).
+   */
+  submit(slots: number, adds: number): number
+  /** Batch `id` is over. Returns the id of the next batch to start, or -1. */
+  finish(id: number, failed: boolean): number
+  /**
+   * The handler failed on attempt `attempt`: the delay before the retry in
+   * ms, or -1 when retries are exhausted.
+   */
+  retry(attempt: number): number
+  /** The oldest sealed batch not finished, or -1 when none. */
+  oldest(): number
+  stats(openAdds: number): BatchStats
+}
+
+/** The native engine behind `BufferPool` (see lib/buffer_pool.js). */
+export declare class NativeBufferPool {
+  /**
+   * `forcePlain`: use plain Buffers even where external ones are allowed
+   * (what Electron's V8 sandbox gets; for tests).
+   */
+  constructor(options?: BufferPoolOptions | undefined | null, forcePlain?: boolean | undefined | null)
+  /** The pool's identity (equal for every handle of a named pool). */
+  id(): number
+  /** false when Buffers are plain (external buffers not allowed here). */
+  external(): boolean
+  /**
+   * A Buffer of exactly `size` bytes, zero-filled unless zeroOnRelease is
+   * false and the memory is reused.
+   */
+  allocate(size: number): Buffer
+  /**
+   * Return a Buffer's memory and detach it (its length becomes 0). Returns
+   * false, changing nothing, when the Buffer is not an outstanding
+   * allocation of this pool (the JS layer then says which error it is).
+   */
+  release(buffer: unknown): boolean
+  /** Count the release of a zero-length Buffer (the JS layer tracks those). */
+  releaseEmpty(): void
+  /** Free all pooled memory now. */
+  trim(): void
+  /**
+   * Resolves when every released block has been zeroed and is back in the
+   * pool (or freed).
+   */
+  flush(): Promise<void>
+  stats(): BufferPoolStats
+  /**
+   * Close this handle; the last handle of a pool frees its pooled memory.
+   * Outstanding Buffers stay valid; their memory is freed when collected.
+   */
+  close(): Promise<void>
+}
 
 /** The native engine behind `CacheManager` (see lib/cache.js). */
 export declare class NativeCache {
@@ -449,6 +561,111 @@ export declare class NativeWorkerQueue {
   isClosed(): boolean
 }
 
+/** Options of `new BatchProcessor(handler, options)`. */
+export interface BatchOptions {
+  /**
+   * Most items (slots, after dedupe) in one batch; a batch that reaches it is
+   * dispatched at once. A positive integer or `Infinity`. Default: `100`.
+   */
+  maxBatchSize?: number
+  /**
+   * A partial batch is dispatched this many ms after its first item (`0`:
+   * on the next turn of the event loop, after everything added in this one).
+   * Default: `10`.
+   */
+  maxWaitMs?: number
+  /**
+   * Batches in the handler at once; further sealed batches wait their turn
+   * in order. A positive integer or `Infinity`. Default: `4`.
+   */
+  concurrency?: number
+  /** Whole-batch retries after the handler throws or rejects. Default: `0`. */
+  retries?: number
+  /**
+   * Backoff before retry n (0-based) is `retryBackoffMs * 2^n`, scaled by a
+   * random factor in [0.5, 1] (jitter). Default: `100`.
+   */
+  retryBackoffMs?: number
+  /**
+   * Equal items (by `keyFn`) pending together share one slot in the batch and
+   * one result. Needs `keyFn`. Default: `true` when `keyFn` is given, else `false`.
+   */
+  dedupe?: boolean
+  /** The key of an item for `dedupe`. */
+  keyFn?: (item: unknown) => string
+}
+
+/** `stats()` of a BatchProcessor. */
+export interface BatchStats {
+  /** Items accepted by `add`/`addMany` (deduplicated ones included). */
+  items: number
+  /** Batches given to the handler (a retried batch counts once). */
+  batches: number
+  /** Mean slots per dispatched batch. */
+  avgBatchSize: number
+  /**
+   * Items not yet given to the handler (the open batch and sealed batches
+   * waiting for a concurrency slot).
+   */
+  pending: number
+  /** Batches in the handler now (or waiting for a retry). */
+  inFlight: number
+  /**
+   * Batches that failed as a whole: the handler threw after all retries, or
+   * returned a result of the wrong length.
+   */
+  failedBatches: number
+  /** Handler retries performed. */
+  retries: number
+}
+
+/** Options of `new BufferPool(options)`. */
+export interface BufferPoolOptions {
+  /**
+   * Makes the pool process-wide: every `new BufferPool({ name })` with the
+   * same name, on the main thread or in any worker thread, is the same pool.
+   */
+  name?: string
+  /**
+   * Size classes are the powers of two from 64 bytes up to `chunkSize`;
+   * larger requests get whole chunks. A power of two from 64 to 2^30.
+   * Default: `1_048_576` (1 MiB).
+   */
+  chunkSize?: number
+  /**
+   * Most bytes kept for reuse (free, or being zeroed); released memory
+   * beyond it is freed. Default: `67_108_864` (64 MiB).
+   */
+  maxPooledBytes?: number
+  /**
+   * Released memory is zeroed on the runtime's threads, never the JS thread,
+   * before it is handed out again, so `allocate` never returns another
+   * user's bytes. Default: `true`.
+   */
+  zeroOnRelease?: boolean
+}
+
+/** `stats()` of a BufferPool. All counters are exact. */
+export interface BufferPoolStats {
+  /** Allocations served with memory from the pool. */
+  hits: number
+  /** Allocations that needed fresh memory. */
+  misses: number
+  /** Bytes kept for reuse: free blocks plus released blocks being zeroed. */
+  pooledBytes: number
+  /**
+   * Bytes of the blocks held by Buffers now (a block is its size class: 1000
+   * bytes asked are 1024 outstanding).
+   */
+  outstandingBytes: number
+  /** `allocate` calls that returned a Buffer (`hits + misses`). */
+  allocations: number
+  /** `release` calls that returned memory. */
+  releases: number
+  /** Buffers never released whose memory came back when V8 collected them. */
+  reclaimed: number
+}
+
 /** Options of `new CacheManager(options)`. */
 export interface CacheOptions {
   /**
@@ -659,7 +876,7 @@ export interface WorkerThreadsOptions {
    * The module whose default export runs each payload (CommonJS or ES
    * module; a path or a `file:` URL).
    */
-  filename: string
+  filename: string | URL
   /** Worker threads. Default: `os.availableParallelism()`. */
   threads?: number
 }

@@ -835,6 +835,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeBatch = nativeBinding.NativeBatch
+module.exports.NativeBufferPool = nativeBinding.NativeBufferPool
 module.exports.NativeCache = nativeBinding.NativeCache
 module.exports.NativeQueueWorker = nativeBinding.NativeQueueWorker
 module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter

@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 
-const CLASSES = ['CacheManager', 'RateLimiter', 'WorkerQueue']
+const CLASSES = ['CacheManager', 'RateLimiter', 'WorkerQueue', 'BatchProcessor', 'BufferPool']
 
 test('CommonJS and ES module entries export the same classes', () => {
   const cjs = execFileSync(process.execPath, ['-e', `const m = require('hotpath'); console.log(JSON.stringify(Object.keys(m).filter(k => typeof m[k] === 'function' && /^[A-Z]/.test(k)).sort()))`], { encoding: 'utf8' })

@@ -202,7 +202,7 @@ describe('WorkerQueue (worker threads)', () => {
     assert.throws(() => new WorkerQueue({ workers: { filename: TASKS, threads: 0 } }), code('ERR_INVALID_ARG'))
     assert.throws(() => new WorkerQueue({ workers: { filename: TASKS, threads: 1.5 } }), code('ERR_INVALID_ARG'))
     assert.throws(() => new WorkerQueue({ workers: {} as any }), code('ERR_INVALID_ARG'))
-    const q = new WorkerQueue({ workers: { filename: pathToFileURL(TASKS) as any, threads: 1 } })
+    const q = new WorkerQueue({ workers: { filename: pathToFileURL(TASKS), threads: 1 } })
     await assert.rejects(q.add(() => 1), code('ERR_INVALID_ARG'))
     await assert.rejects(q.run(() => 1), code('ERR_INVALID_ARG'))
     await assert.rejects(q.run(Symbol('s')), code('ERR_INVALID_ARG'))

@@ -5,6 +5,8 @@ const native = require('../index.js')
 const { CacheManager } = require('./cache')
 const { RateLimiter } = require('./rate_limiter')
 const { WorkerQueue } = require('./worker_queue')
+const { BatchProcessor } = require('./batch')
+const { BufferPool } = require('./buffer_pool')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
@@ -12,6 +14,8 @@ module.exports = {
   CacheManager,
   RateLimiter,
   WorkerQueue,
+  BatchProcessor,
+  BufferPool,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,

@@ -5,4 +5,6 @@ const hotpath = require('./hotpath.js')
 export const { CacheManager, ERROR_CODES, __advanceClock } = hotpath
 export const { RateLimiter } = hotpath
 export const { WorkerQueue } = hotpath
+export const { BatchProcessor } = hotpath
+export const { BufferPool } = hotpath
 export default hotpath

@@ -1,6 +1,8 @@
 //! hotpath: native performance primitives for Node.js services.
 #![deny(clippy::all)]
 
+pub mod batch;
+pub mod buffer_pool;
 pub mod cache;
 pub mod error;
 pub mod rate_limiter;

@@ -148,6 +148,57 @@ export declare class RateLimiter {
   close(): Promise<void>
 }
 
+/**
+ * Batches `add` calls into calls of `handler` with many items: a batch is
+ * dispatched when it reaches `maxBatchSize`, `maxWaitMs` after its first
+ * item, or on `flush()`; at most `concurrency` batches are in the handler at
+ * once and further sealed batches wait their turn in order. Every `add`
+ * settles exactly once.
+ */
+export declare class BatchProcessor<T, R> {
+  /**
+   * @param handler receives the items in add order and returns (or resolves
+   * to) an array of the same length: an `Error` at position i rejects item i
+   * only; a wrong length rejects the whole batch with `ERR_BATCH_RESULT`; a
+   * throw or rejection is retried `retries` times with exponential backoff and
+   * jitter, then rejects every item of the batch with that error.
+   */
+  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions)
+  /** A promise for this item's result. Rejects `ERR_CLOSED` after `close()`. */
+  add(item: T): Promise<R>
+  /** `add` for each item; resolves to their results in order, or rejects with the first error. */
+  addMany(items: T[]): Promise<R[]>
+  /** Dispatch the open batch now and wait for every batch sealed so far (queued ones included). */
+  flush(): Promise<void>
+  stats(): BatchStats
+  /** Dispatch what is pending, wait for every batch in flight; later `add` rejects `ERR_CLOSED`. Idempotent. */
+  close(): Promise<void>
+}
+
+/**
+ * A pool of Buffers over native memory in power-of-two size classes. Each
+ * Buffer has its own (external) ArrayBuffer; `release` detaches it (length 0)
+ * so a stale reference can never touch memory someone else now holds, and
+ * the memory is zeroed on the runtime's threads before it is handed out again.
+ * A Buffer never released is reclaimed when V8 collects it.
+ */
+export declare class BufferPool {
+  constructor(options?: BufferPoolOptions)
+  /** false where external buffers are not allowed (Electron's V8 sandbox): Buffers are then plain, memory is not reused, release only detaches. */
+  readonly external: boolean
+  /** A Buffer of exactly `size` bytes (an integer from 0 to 2^31 - 1), zero-filled when `zeroOnRelease` is true. */
+  allocate(size: number): Buffer
+  /** Back to the pool; the Buffer is detached (length 0). Twice: `ERR_BUFFER_RELEASED`; not this pool's (or a view into one): `ERR_INVALID_ARG`. Neither changes anything. */
+  release(buffer: Buffer): void
+  /** Free all pooled memory now. */
+  trim(): void
+  /** Resolves when every released block has been zeroed and is back in the pool (or freed). */
+  flush(): Promise<void>
+  stats(): BufferPoolStats
+  /** Frees pooled memory (the last handle of a named pool); later calls throw `ERR_CLOSED`. Outstanding Buffers stay valid until collected. Idempotent. */
+  close(): Promise<void>
+}
+
 /** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
 export declare function __advanceClock(ms: number): void
 

@@ -331,13 +331,6 @@ impl Limiter {
   }
 
   async fn ask(&self, key: &str, cost: f64, consume: bool, count_denied: bool) -> Decision {
-    if self.remote.is_none() {
-      let d = self.local.check(key, now_ms(), cost, consume);
-      if consume && (d.allowed || count_denied) {
-        self.count(&d);
-      }
-      return d;
-    }
     let (tx, rx) = oneshot::channel();
     self.submit(
       key.to_string(),

@@ -404,6 +404,62 @@ impl Algorithm for Gcra {
 
 // ---------------------------------------------------------------------- store
 
+const INLINE: usize = 22;
+
+/// A key of the store: up to 22 bytes inline (most keys: ids, IPs), else on
+/// the heap. Inline keys cost no allocation and no extra cache miss per
+/// lookup, and take 24 bytes instead of 16 plus a heap block.
+#[derive(Clone)]
+enum Key {
+  Inline { len: u8, bytes: [u8; INLINE] },
+  Heap(Box<str>),
+}
+
+impl Key {
+  fn new(s: &str) -> Key {
+    if s.len() <= INLINE {
+      let mut bytes = [0u8; INLINE];
+      bytes[..s.len()].copy_from_slice(s.as_bytes());
+      Key::Inline {
+        len: s.len() as u8,
+        bytes,
+      }
+    } else {
+      Key::Heap(s.into())
+    }
+  }
+  fn as_str(&self) -> &str {
+    match self {
+      // Built from a &str, so valid UTF-8.
+      Key::Inline { len, bytes } => unsafe {
+        std::str::from_utf8_unchecked(&bytes[..*len as usize])
+      },
+      Key::Heap(s) => s,
+    }
+  }
+}
+
+impl std::borrow::Borrow<str> for Key {
+  fn borrow(&self) -> &str {
+    self.as_str()
+  }
+}
+
+// Hash and Eq exactly as `str`'s, so the map can be searched with a `&str`.
+impl std::hash::Hash for Key {
+  fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+    self.as_str().hash(h)
+  }
+}
+
+impl PartialEq for Key {
+  fn eq(&self, o: &Key) -> bool {
+    self.as_str() == o.as_str()
+  }
+}
+
+impl Eq for Key {}
+
 struct Slot<S> {
   state: S,
   /// When the key was last checked (limiter clock, ms).
@@ -414,7 +470,7 @@ struct Slot<S> {
 /// `max_keys`: past it, the keys idle longest (fully restored keys first)
 /// are dropped in a batch.
 pub struct Store<A: Algorithm> {
-  map: DashMap<Box<str>, Slot<A::State>>,
+  map: DashMap<Key, Slot<A::State>>,
   len: AtomicUsize,
   params: Params,
   max_keys: usize,
@@ -431,8 +487,6 @@ pub trait LocalStore: Send + Sync {
   }
   /// Drop every key whose state is fully restored. Returns how many went.
   fn sweep(&self, now: f64) -> usize;
-  /// Heap bytes of one key's slot besides its key (for reports).
-  fn slot_size(&self) -> usize;
 }
 
 impl<A: Algorithm> Store<A> {
@@ -493,20 +547,23 @@ impl<A: Algorithm> Store<A> {
 
 impl<A: Algorithm> LocalStore for Store<A> {
   fn check(&self, key: &str, now: f64, cost: f64, consume: bool) -> Decision {
-    if let Some(mut e) = self.map.get_mut(key) {
-      e.last = now;
-      return A::check(&mut e.state, now, cost, &self.params, consume);
-    }
-    // A key never seen (or dropped): a fresh state. Stored only when the
-    // check changed it.
-    let mut fresh = A::State::default();
-    let d = A::check(&mut fresh, now, cost, &self.params, consume);
-    if !(d.allowed && consume && cost > 0.0) {
-      return d;
+    // A fresh state admits any cost up to the limit, so such a check stores
+    // the key whether or not it is there: one lookup that inserts if absent
+    // (for inline keys, whose `Key` costs no allocation).
+    let stores = consume && cost > 0.0 && cost <= self.params.limit;
+    if !(stores && key.len() <= INLINE) {
+      if let Some(mut e) = self.map.get_mut(key) {
+        e.last = now;
+        return A::check(&mut e.state, now, cost, &self.params, consume);
+      }
+      if !stores {
+        // Unknown key, nothing taken: answer for a fresh state, store nothing.
+        return A::check(&mut A::State::default(), now, cost, &self.params, consume);
+      }
     }
     let mut inserted = false;
     let d = {
-      let mut e = self.map.entry(key.into()).or_insert_with(|| {
+      let mut e = self.map.entry(Key::new(key)).or_insert_with(|| {
         inserted = true;
         Slot {
           state: A::State::default(),
@@ -514,7 +571,6 @@ impl<A: Algorithm> LocalStore for Store<A> {
         }
       });
       e.last = now;
-      // Another thread may have inserted it meanwhile: check on what is there.
       A::check(&mut e.state, now, cost, &self.params, consume)
     };
     if inserted && self.len.fetch_add(1, Ordering::Relaxed) + 1 > self.max_keys {
@@ -543,10 +599,6 @@ impl<A: Algorithm> LocalStore for Store<A> {
     });
     self.len.fetch_sub(removed, Ordering::Relaxed);
     removed
-  }
-
-  fn slot_size(&self) -> usize {
-    std::mem::size_of::<(Box<str>, Slot<A::State>)>()
   }
 }
 
@@ -897,6 +949,27 @@ mod tests {
     assert!(st.map.get("b").is_none());
     assert!(st.map.contains_key("c") && st.map.contains_key("d"));
     assert_eq!(st.len(), 2);
+  }
+
+  #[test]
+  fn keys_inline_or_on_the_heap_find_the_same_state() {
+    assert_eq!(std::mem::size_of::<Key>(), 24);
+    let st: Store<FixedWindow> = Store::new(p(1.0, 1000.0), 100);
+    let long = "k".repeat(23);
+    for k in [
+      "",
+      "a",
+      "é",
+      "exactly-twenty-two-b22",
+      long.as_str(),
+      "emoji-🦀-key-that-is-quite-long",
+    ] {
+      assert!(st.check(k, 0.0, 1.0, true).allowed, "{k}");
+      assert!(!st.check(k, 0.0, 1.0, true).allowed, "{k}: same state");
+      assert!(matches!(Key::new(k), Key::Inline { .. }) == (k.len() <= INLINE));
+      assert_eq!(Key::new(k).as_str(), k);
+    }
+    assert_eq!(st.len(), 6);
   }
 
   #[test]

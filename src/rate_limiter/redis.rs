@@ -181,6 +181,7 @@ impl Remote {
       .collect()
   }
 
+  #[cfg(test)]
   pub async fn check(&self, key: &str, cost: f64, consume: bool) -> HpResult<Decision> {
     let mut v = self.check_many(&[Check { key, cost, consume }]).await?;
     Ok(v.pop().expect("one decision"))
@@ -281,8 +282,9 @@ mod tests {
         }
         let d = r.check("k", 1.0, true).await.unwrap();
         assert!(!d.allowed, "{algo:?}");
+        // The counter may need the next window and then some: up to two.
         assert!(
-          d.retry_after > 0.0 && d.retry_after <= 60_000.0,
+          d.retry_after > 0.0 && d.retry_after <= 120_000.0,
           "{algo:?} {d:?}"
         );
         assert!(d.reset >= d.retry_after, "{algo:?} {d:?}");

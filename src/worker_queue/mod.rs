@@ -69,6 +69,7 @@ pub struct WorkerQueueOptions {
 pub struct WorkerThreadsOptions {
   /// The module whose default export runs each payload (CommonJS or ES
   /// module; a path or a `file:` URL).
+  #[napi(ts_type = "string | URL")]
   pub filename: String,
   /// Worker threads. Default: `os.availableParallelism()`.
   pub threads: Option<f64>,
