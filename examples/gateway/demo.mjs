@@ -114,12 +114,15 @@ export function renderTable(rows) {
 
 function progressPrinter(label, write, tty) {
   let lastStep = -1
+  let ended = false
   return ({ done, total, elapsedMs }) => {
+    if (ended) return
+    ended = done === total
     const pct = Math.floor((done / total) * 100)
     const text = `  ${label.padEnd(8)} ${String(done).padStart(String(total).length)}/${total} requests  ${(elapsedMs / 1000).toFixed(1)} s`
     if (tty) {
       const bar = '#'.repeat(Math.floor(pct / 5)).padEnd(20, '.')
-      write(`\r${text}  [${bar}]${done === total ? '\n' : ''}`)
+      write(`\r${text}  [${bar}]${ended ? '\n' : ''}`)
     } else {
       const step = Math.floor(pct / 25)
       if (step !== lastStep) {
