@@ -521,7 +521,8 @@ describe('WorkerQueue (function mode)', () => {
       let fn: () => unknown
       if (r < 0.05) {
         opts.timeoutMs = 5
-        fn = () => new Promise((res) => setTimeout(() => res('late'), 20))
+        // Far past the deadline, so a loaded machine can't make it look on time.
+        fn = () => new Promise((res) => setTimeout(() => res('late'), 300))
         want.push('ERR_TIMEOUT')
       } else if (r < 0.1) {
         fn = () => {

@@ -1,15 +1,12 @@
 // RateLimiter against rate-limiter-flexible, in one process: in-process
 // checks (one hot key, 100,000 keys), Redis checks with 100 in flight on the
 // same Redis, and memory with 1,000,000 keys (each store in its own process).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer, connect } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible'
 import { Redis as IORedis } from 'ioredis'
 import { RateLimiter } from 'hotpath'
 import { record, throughput, type Row } from './harness.mts'
+import { OwnRedis, freePort } from '../__test__/helpers.ts'
 
 const HUGE = 1e12 // never limited: every op is a full admission
 const B = 1000
@@ -147,44 +144,13 @@ async function manyKeys() {
 
 // ------------------------------------------------------------------ Redis
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.on('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
-
-async function startRedis(): Promise<{ url: string; stop: () => void } | null> {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: () => {} }
-  const which = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' })
-  if (which.status !== 0) return null
-  const port = await freePort()
-  const dir = mkdtempSync(join(tmpdir(), 'hotpath-bench-redis-'))
-  const proc: ChildProcess = spawn(which.stdout.trim(), ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = connect(port, '127.0.0.1')
-      c.on('connect', () => c.write('PING\r\n'))
-      c.on('data', (d) => {
-        c.destroy()
-        resolve(d.toString().startsWith('+PONG'))
-      })
-      c.on('error', () => resolve(false))
-    })
-    if (ok) break
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    stop: () => {
-      proc.kill('SIGKILL')
-      rmSync(dir, { recursive: true, force: true })
-    },
-  }
+/** REDIS_URL, or a throwaway redis-server of the benchmark's own. */
+async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } | null> {
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {} }
+  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) return null
+  const own = new OwnRedis(await freePort())
+  await own.start()
+  return { url: own.url, stop: () => own.dispose() }
 }
 
 /** `total` operations, `inFlight` at a time. */
@@ -242,7 +208,7 @@ async function redis() {
   for (const l of Object.values(hp)) await l.close()
   io.disconnect()
   ioAuto.disconnect()
-  server.stop()
+  await server.stop()
 }
 
 // ------------------------------------------------------------------ memory
