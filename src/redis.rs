@@ -135,7 +135,14 @@ pub struct Redis {
   single: Option<redis::Client>,
   cluster: Option<redis::cluster::ClusterClient>,
   conn: OnceCell<Conn>,
+  /// Fail fast while Redis is unreachable: until this time (crate clock, ms,
+  /// as f64 bits) calls fail at once with ERR_REDIS instead of each waiting
+  /// for its own reconnect attempt; the first call after it probes again.
+  down_until: std::sync::atomic::AtomicU64,
 }
+
+/// How long calls fail fast after Redis was found unreachable.
+const DOWN_BACKOFF_MS: u64 = 200;
 
 fn redis_err(e: redis::RedisError) -> HpError {
   let err = HpError::redis(format!("redis: {e}"));
@@ -175,6 +182,7 @@ impl Redis {
       single,
       cluster,
       conn: OnceCell::new(),
+      down_until: std::sync::atomic::AtomicU64::new(0),
     }))
   }
 
@@ -202,28 +210,53 @@ impl Redis {
             .set_max_delay(Duration::from_millis(500));
           ConnectionManager::new_lazy_with_config(client.clone(), cfg)
             .map(Conn::Single)
-            .map_err(redis_err)
+            .map_err(|e| self.fail(e))
         } else {
           let client = self.cluster.as_ref().expect("cluster client");
           client
             .get_async_connection()
             .await
             .map(Conn::Cluster)
-            .map_err(redis_err)
+            .map_err(|e| self.fail(e))
         }
       })
       .await?;
     Ok(c.clone())
   }
 
+  fn mark_down(&self) {
+    let until = crate::runtime::now_ms() + DOWN_BACKOFF_MS as f64;
+    self
+      .down_until
+      .store(until.to_bits(), std::sync::atomic::Ordering::Relaxed);
+  }
+
+  /// A RedisError as ERR_REDIS; a connection-level failure (refused, dropped,
+  /// I/O, timeout) also opens the fail-fast window.
+  fn fail(&self, e: redis::RedisError) -> HpError {
+    if e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+      self.mark_down();
+    }
+    redis_err(e)
+  }
+
   async fn bounded<T, F>(&self, what: &str, fut: F) -> HpResult<T>
   where
     F: std::future::Future<Output = HpResult<T>>,
   {
+    if crate::runtime::now_ms()
+      < f64::from_bits(self.down_until.load(std::sync::atomic::Ordering::Relaxed))
+    {
+      return Err(HpError::redis(format!(
+        "redis: {what} not sent: Redis was unreachable moments ago (retrying every {} ms)",
+        DOWN_BACKOFF_MS
+      )));
+    }
     // The command timeout bounds the whole call, connecting included.
     match tokio::time::timeout(self.cfg.command_timeout, fut).await {
       Ok(r) => r,
       Err(_) => {
+        self.mark_down();
         let e = HpError::redis(format!(
           "redis: {what} timed out after {} ms",
           self.cfg.command_timeout.as_millis()
@@ -239,7 +272,7 @@ impl Redis {
     self
       .bounded("command", async {
         let mut c = self.conn().await?;
-        cmd.query_async(&mut c).await.map_err(redis_err)
+        cmd.query_async(&mut c).await.map_err(|e| self.fail(e))
       })
       .await
   }
@@ -249,7 +282,7 @@ impl Redis {
     self
       .bounded("pipeline", async {
         let mut c = self.conn().await?;
-        p.query_async(&mut c).await.map_err(redis_err)
+        p.query_async(&mut c).await.map_err(|e| self.fail(e))
       })
       .await
   }
@@ -273,7 +306,7 @@ impl Redis {
         let c = self.conn().await?;
         let futs = cmds.iter().map(|cmd| {
           let mut c = c.clone();
-          async move { cmd.query_async::<T>(&mut c).await.map_err(redis_err) }
+          async move { cmd.query_async::<T>(&mut c).await.map_err(|e| self.fail(e)) }
         });
         futures_util::future::join_all(futs)
           .await
@@ -300,7 +333,7 @@ impl Redis {
         for a in args {
           inv.arg(a);
         }
-        inv.invoke_async(&mut c).await.map_err(redis_err)
+        inv.invoke_async(&mut c).await.map_err(|e| self.fail(e))
       })
       .await
   }
