@@ -285,20 +285,9 @@ class WorkerQueue {
     const signal = oSignal
     if (signal !== undefined && signal.aborted) return Promise.reject(abortedError(signal))
     const rec = new Task(fn, signal)
-    const p = new Promise((resolve, reject) => {
-      rec.resolve = resolve
-      rec.reject = reject
-    })
-    const id = this._free.length > 0 ? this._free.pop() : this._recs.length
-    this._recs[id] = rec
-    const st = this._n.add(id, oPrio, oTimeout, oRetries)
-    if (st !== 0) {
-      this._recs[id] = undefined
-      this._free.push(id)
-      rec.reject(statusError(st, this))
-      return p
-    }
-    this._admitted(id, rec)
+    const p = this._promise(rec)
+    const id = this._slot(rec)
+    if (this._refused(id, rec, this._n.add(id, oPrio, oTimeout, oRetries))) return p
     this._process(undefined)
     return p
   }
@@ -328,24 +317,40 @@ class WorkerQueue {
       return Promise.reject(invalidArg(`payload must be structured-cloneable: ${e && e.message}`))
     }
     const rec = new Task(null, signal)
-    const p = new Promise((resolve, reject) => {
-      rec.resolve = resolve
-      rec.reject = reject
-    })
-    const id = this._free.length > 0 ? this._free.pop() : this._recs.length
-    this._recs[id] = rec
-    const st = this._n.run(id, oPrio, oTimeout, oRetries, enc.kind, enc.num, enc.str, enc.buf)
-    if (st !== 0) {
-      this._recs[id] = undefined
-      this._free.push(id)
-      rec.reject(statusError(st, this))
-      return p
-    }
-    this._admitted(id, rec)
+    const p = this._promise(rec)
+    const id = this._slot(rec)
+    if (this._refused(id, rec, this._n.run(id, oPrio, oTimeout, oRetries, enc.kind, enc.num, enc.str, enc.buf))) return p
     if (!this._spawned) this._spawnAll()
     const sc = this._sc
     if (sc[0] !== 0 || sc[1] !== -1 || sc[2] !== 0) this._process(undefined)
     return p
+  }
+
+  _promise(rec) {
+    return new Promise((resolve, reject) => {
+      rec.resolve = resolve
+      rec.reject = reject
+    })
+  }
+
+  // A task id (slot in _recs) for `rec`.
+  _slot(rec) {
+    const id = this._free.length > 0 ? this._free.pop() : this._recs.length
+    this._recs[id] = rec
+    return id
+  }
+
+  // The engine's answer to an admission: non-zero refuses (queue full,
+  // closed…) and frees the slot; zero admits the task.
+  _refused(id, rec, st) {
+    if (st !== 0) {
+      this._recs[id] = undefined
+      this._free.push(id)
+      rec.reject(statusError(st, this))
+      return true
+    }
+    this._admitted(id, rec)
+    return false
   }
 
   _admitted(id, rec) {
