@@ -41,6 +41,25 @@ export declare const ERROR_CODES: Readonly<{
   TASK_FAILED: 'ERR_TASK_FAILED'
 }>
 
+/**
+ * `T` with every object and array inside it read-only (a Buffer stays a
+ * Buffer). What reads of a `CacheManager` in `readMode: 'frozen'` (the
+ * default) are typed as: the value is deep-frozen and shared by every reader.
+ */
+export type DeepReadonly<T> = T extends Buffer
+  ? T
+  : T extends ReadonlyArray<infer U>
+    ? ReadonlyArray<DeepReadonly<U>>
+    : T extends object
+      ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+      : T
+
+/** How a `CacheManager` returns objects and arrays: see `CacheOptions.readMode`. */
+export type CacheReadMode = 'frozen' | 'copy'
+
+/** What a read of a `CacheManager<V, M>` returns: `DeepReadonly<V>` in 'frozen' mode, `V` in 'copy' mode. */
+export type CacheRead<V, M extends CacheReadMode = 'frozen'> = M extends 'copy' ? V : DeepReadonly<V>
+
 /** Options of `set`, `setSync`, `setMany` and `getOrSet`. */
 export interface CacheSetOptions {
   /** TTL of this entry in ms (L1 and L2). Default: the cache's `ttlMs`. */
@@ -56,14 +75,20 @@ export interface CacheSetOptions {
  * is validated against shared version counters, so they never return a value
  * another thread or instance has replaced.
  */
-export declare class CacheManager<V extends CacheValue = CacheValue> {
-  constructor(options?: CacheOptions)
-  /** L1, then L2 (an L2 hit fills L1). Resolves `undefined` on a miss; never rejects because L2 is down. */
-  get(key: string): Promise<V | undefined>
-  /** L1 only, synchronous: the hot path. */
-  getSync(key: string): V | undefined
+export declare class CacheManager<V extends CacheValue = CacheValue, M extends CacheReadMode = 'frozen'> {
+  constructor(options?: CacheOptions & { readMode?: M })
+  /**
+   * L1, then L2 (an L2 hit fills L1). Resolves `undefined` on a miss; never rejects because L2 is down.
+   * Objects and arrays: deep-frozen and shared (readMode 'frozen'), or a fresh copy ('copy').
+   */
+  get(key: string): Promise<CacheRead<V, M> | undefined>
+  /**
+   * L1 only, synchronous: the hot path. Objects and arrays: deep-frozen and
+   * shared by every reader (readMode 'frozen'), or a fresh copy ('copy').
+   */
+  getSync(key: string): CacheRead<V, M> | undefined
   /** L1 for each key, then one L2 round trip (MGET) for all L1 misses. */
-  getMany(keys: string[]): Promise<(V | undefined)[]>
+  getMany(keys: string[]): Promise<(CacheRead<V, M> | undefined)[]>
   /** L1 and L2 (write-through). */
   set(key: string, value: V, options?: CacheSetOptions): Promise<void>
   /** L1 now, L2 in the background (write-behind; flushed by `close()`). */
@@ -77,7 +102,7 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
    * threads included): one factory run per missing key. If the factory
    * throws, every waiter rejects with that error and nothing is cached.
    */
-  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<V>
+  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<CacheRead<V, M>>
   /** Every level, and other instances' L1. Resolves whether the key existed. */
   delete(key: string): Promise<boolean>
   deleteMany(keys: string[]): Promise<number>
@@ -336,6 +361,8 @@ export declare class NativeCache {
   /** The scratch array (Float64 x 8) this handle writes read metadata into. */
   scratch(): ArrayBuffer
   frontCapacity(): number
+  /** Byte bound of the JS front cache (see `frontCacheBytes`). */
+  frontBytes(): number
   hasL2(): boolean
   /** L1 read. `countMiss`: count a miss here (false when L2 is asked next). */
   getSync(key: string, countMiss: boolean): string | number | boolean | null | Buffer
@@ -351,7 +378,10 @@ export declare class NativeCache {
   touch(key: string, hits: number): void
   addHits(hits: number): void
   has(key: string): boolean
-  /** L1 now, L2 in the background (write-behind). */
+  /**
+   * L1 now, L2 in the background (write-behind). Leaves in the scratch
+   * array `[slot, version (-1: don't front-cache), remainingMs (-1: none)]`.
+   */
   setSync(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): void
   /**
    * L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
@@ -703,11 +733,33 @@ export interface CacheOptions {
    */
   refreshAheadMs?: number
   /**
-   * Entries in each thread's front cache (hot reads of strings, numbers,
-   * booleans and null that never cross into native code; validated against
-   * version counters on every read). `0` turns it off. Default: `16_384`.
+   * Entries in each thread's front cache: hot values kept on the JS heap of
+   * the reading thread (strings, numbers, booleans, null, and objects and
+   * arrays as parsed values), so a hot read never crosses into native code;
+   * every read checks the entry against shared version counters, so it never
+   * returns a value that was since replaced or deleted by any thread.
+   * Bounded by a CLOCK policy. `0` turns it off. Default: `16_384` (at most
+   * `maxEntries`).
    */
   frontCacheEntries?: number
+  /**
+   * Size bound of each thread's front cache, in bytes counted as UTF-16 code
+   * units of key + value (a string's length, an object's JSON text length;
+   * 8 for other values). A value larger than this is never front-cached.
+   * Default: `8_388_608` (8 MiB).
+   */
+  frontCacheBytes?: number
+  /**
+   * What reads return for objects and arrays. `'frozen'`: every reader of a
+   * key gets the same deep-frozen value (`Object.isFrozen`, typed
+   * `DeepReadonly<V>`), so a hot read costs no parse and no copy; a mutation
+   * attempt throws in strict mode and never changes what anyone reads.
+   * `'copy'`: every read returns a fresh mutable copy (parsed from JSON text,
+   * no native call on a front hit). Strings, numbers, booleans and null are
+   * immutable either way; a Buffer is always a fresh copy. Per handle (it may
+   * differ between handles of one named cache). Default: `'frozen'`.
+   */
+  readMode?: 'frozen' | 'copy'
   /**
    * Most `setSync` writes waiting for Redis; beyond it a write-behind is
    * dropped and counted in `l2Errors`. Default: `100_000`.

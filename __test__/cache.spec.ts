@@ -48,12 +48,19 @@ describe('values keep their type and content', () => {
     assert.equal(c.getSync('inf'), Infinity)
   })
 
-  test('objects are copies: mutating a read value does not change the cache', () => {
+  test('a mutation attempt on a read value never changes the cache (frozen by default, copies with readMode copy)', () => {
     const c = new CacheManager()
     c.setSync('o', { n: 1 })
     const a = c.getSync('o') as { n: number }
-    a.n = 2
+    assert.throws(() => {
+      a.n = 2
+    }, TypeError)
     assert.deepEqual(c.getSync('o'), { n: 1 })
+    const d = new CacheManager({ readMode: 'copy' })
+    d.setSync('o', { n: 1 })
+    const b = d.getSync('o') as { n: number }
+    b.n = 2
+    assert.deepEqual(d.getSync('o'), { n: 1 })
   })
 })
 

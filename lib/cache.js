@@ -1,16 +1,18 @@
 'use strict'
 // CacheManager: the JS-facing class over the native engine (src/cache/).
 //
-// Hot reads never cross into native code: each thread keeps a small front
-// cache of immutable values (strings, numbers, booleans, null). An entry is
-// served only while the version counter of its key's slot — which the native
-// side bumps on every write, delete, eviction, expiry and remote invalidation,
-// in memory shared by every thread — still reads what it read when the entry
-// was filled. So a hot read is a Map lookup plus one typed-array compare.
+// Hot reads never cross into native code: each thread keeps a bounded front
+// cache (lib/front_cache.js) of strings, numbers, booleans, null and, as
+// deep-frozen parsed values (or JSON text in readMode 'copy'), objects and
+// arrays. An entry is served only while the version counter of its key's
+// slot — which the native side bumps on every write, delete, eviction, expiry
+// and remote invalidation, in memory shared by every thread — still reads
+// what it read when the entry was filled. So a hot read is a Map lookup plus
+// one typed-array compare.
 
 const { NativeCache } = require('../index.js')
 const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
-const { now } = require('./clock')
+const { FrontCache, deepFreeze } = require('./front_cache')
 
 const K_STR = 1
 const K_NUM = 2
@@ -92,14 +94,21 @@ function decode(kind, payload) {
   }
 }
 
-function decodeOne(arr) {
-  return decode(arr[0], arr[1])
+// As decode(), for readMode 'frozen': objects and arrays come back deep-frozen.
+function decodeFrozen(kind, payload) {
+  return kind === K_JSON ? deepFreeze(JSON.parse(payload)) : decode(kind, payload)
 }
 
-function decodeMany(arr) {
-  const out = new Array(arr.length >> 1)
-  for (let i = 0; i < out.length; i++) out[i] = decode(arr[2 * i], arr[2 * i + 1])
-  return out
+function decoders(frozen) {
+  const one = frozen ? decodeFrozen : decode
+  return {
+    one: (arr) => one(arr[0], arr[1]),
+    many: (arr) => {
+      const out = new Array(arr.length >> 1)
+      for (let i = 0; i < out.length; i++) out[i] = one(arr[2 * i], arr[2 * i + 1])
+      return out
+    },
+  }
 }
 
 function setOptions(options) {
@@ -130,6 +139,10 @@ const noop = () => {}
 class CacheManager {
   constructor(options) {
     checkOptions(options, 'options')
+    const readMode = options?.readMode
+    if (readMode !== undefined && readMode !== 'frozen' && readMode !== 'copy') {
+      throw invalidArg(`readMode must be 'frozen' or 'copy', got ${show(readMode)}`)
+    }
     try {
       this._n = new NativeCache(options)
     } catch (e) {
@@ -137,8 +150,12 @@ class CacheManager {
     }
     this._ver = new Uint32Array(this._n.versions())
     this._sc = new Float64Array(this._n.scratch())
-    this._cap = this._n.frontCapacity()
-    this._front = new Map()
+    this._copy = readMode === 'copy'
+    this._front = new FrontCache(this._ver, this._n.frontCapacity(), this._n.frontBytes(), this._copy)
+    const d = decoders(!this._copy)
+    this._decode = this._copy ? decode : decodeFrozen
+    this._decodeOne = d.one
+    this._decodeMany = d.many
     this._hasL2 = this._n.hasL2()
     this._flights = new Map()
     this._closed = false
@@ -146,19 +163,31 @@ class CacheManager {
     this._ra = options?.refreshAheadMs > 0 ? options.refreshAheadMs : 0
   }
 
-  // Fill from L1 (native), caching immutable values in the front cache.
+  // Fill from L1 (native) into the front cache.
   _load(key, countMiss) {
     const v = this._n.getSync(key, countMiss)
-    const sc = this._sc
-    const kind = sc[3]
+    const kind = this._sc[3]
     if (kind === 0) return undefined
-    if (kind === K_JSON) return JSON.parse(v)
+    return this._keep(key, kind, v)
+  }
+
+  // A value just read natively (its slot, version and TTL in the scratch
+  // array): hold it in the front cache and return what the read returns.
+  _keep(key, kind, v) {
+    const sc = this._sc
     if (kind === K_BYTES) return v
-    if (this._cap > 0) {
-      if (this._front.size >= this._cap) this._flushFront()
-      this._front.set(key, { val: v, s: sc[0], v: sc[1], x: sc[2] < 0 ? 0 : now() + sc[2] })
+    if (kind === K_JSON) {
+      if (this._copy) {
+        this._front.set(key, undefined, v, v.length, sc[0], sc[1], sc[2])
+        return JSON.parse(v)
+      }
+      const o = deepFreeze(JSON.parse(v))
+      this._front.set(key, o, null, v.length, sc[0], sc[1], sc[2])
+      return o
     }
-    return kind === K_NULL ? null : v
+    if (kind === K_NULL) v = null
+    this._front.set(key, v, null, kind === K_STR ? v.length : 8, sc[0], sc[1], sc[2])
+    return v
   }
 
   _flushFront() {
@@ -175,13 +204,10 @@ class CacheManager {
   }
 
   getSync(key) {
-    const e = this._front.get(key)
+    const e = this._front.live(key, 0)
     if (e !== undefined) {
-      if (this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) {
-        if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
-        return e.val
-      }
-      this._front.delete(key)
+      if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
+      return this._front.value(e)
     }
     checkKey(key)
     return this._load(key, true)
@@ -189,15 +215,15 @@ class CacheManager {
 
   get(key) {
     try {
-      const e = this._front.get(key)
-      if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) {
+      const e = this._front.live(key, 0)
+      if (e !== undefined) {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
-        return Promise.resolve(e.val)
+        return Promise.resolve(this._front.value(e))
       }
       checkKey(key)
       const v = this._load(key, !this._hasL2)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._n.getL2(key).then(decodeOne)
+      return this._n.getL2(key).then(this._decodeOne)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -207,7 +233,7 @@ class CacheManager {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.getMany(keys).then(decodeMany)
+      return this._n.getMany(keys).then(this._decodeMany)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -231,6 +257,14 @@ class CacheManager {
     optTtl = optTags = undefined
     setOptions(options)
     this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    // Hold what was written, so a following read on this thread is a front
+    // hit (an object as its JSON text, parsed on first read: the caller's own
+    // object is never shared or frozen). The native side left the slot and
+    // the version to hold it under, or -1 when another change raced this one.
+    const sc = this._sc
+    if (sc[1] < 0 || encKind === K_BYTES) return
+    if (encKind === K_JSON) this._front.set(key, undefined, encPayload, encPayload.length, sc[0], sc[1], sc[2])
+    else this._front.set(key, value, null, encKind === K_STR ? value.length : 8, sc[0], sc[1], sc[2])
   }
 
   setMany(entries, options) {
@@ -257,8 +291,7 @@ class CacheManager {
   }
 
   has(key) {
-    const e = this._front.get(key)
-    if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) return true
+    if (this._front.live(key, 0) !== undefined) return true
     checkKey(key)
     return this._n.has(key)
   }
@@ -270,18 +303,19 @@ class CacheManager {
       if (options !== undefined) {
         setOptions(options)
       }
-      const e = this._front.get(key)
       // A front hit inside the refresh-ahead margin goes to peek(), which
       // starts the background refresh.
-      if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x - now() > this._ra)) {
+      const e = this._front.live(key, this._ra)
+      if (e !== undefined) {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
-        return Promise.resolve(e.val)
+        return Promise.resolve(this._front.value(e))
       }
       const v = this._n.peek(key)
       const kind = this._sc[3]
       if (kind !== 0) {
         const state = this._sc[4]
-        const value = decode(kind, v)
+        // Fresh: hold it in the front cache (stale or due: not).
+        const value = state === 0 ? this._keep(key, kind, v) : this._decode(kind, v)
         if (state !== 0) this._refresh(key, factory, options)
         return Promise.resolve(value)
       }
@@ -313,14 +347,14 @@ class CacheManager {
   async _fly(key, factory, options) {
     if (this._hasL2) {
       const r = await this._n.getL2(key)
-      if (r[0] !== 0) return decodeOne(r)
+      if (r[0] !== 0) return this._decodeOne(r)
     }
     for (;;) {
       const led = await this._lead(key, factory, options, false)
       if (led !== NOT_LEADER) return led
       const r = await this._n.flightWait(key)
       if (typeof r === 'string') throw flightError(r)
-      if (r.length > 0) return decodeOne(r)
+      if (r.length > 0) return this._decodeOne(r)
       // The flight ended before we could wait on it: its value is in L1 now,
       // unless it failed (then we try to lead).
       const v = this._load(key, false)
@@ -426,7 +460,7 @@ class CacheManager {
     if (!this._closed) {
       this._closed = true
       this._flushFront()
-      this._cap = 0
+      this._front.maxEntries = 0
     }
     return this._n.close()
   }

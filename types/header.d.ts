@@ -41,6 +41,25 @@ export declare const ERROR_CODES: Readonly<{
   TASK_FAILED: 'ERR_TASK_FAILED'
 }>
 
+/**
+ * `T` with every object and array inside it read-only (a Buffer stays a
+ * Buffer). What reads of a `CacheManager` in `readMode: 'frozen'` (the
+ * default) are typed as: the value is deep-frozen and shared by every reader.
+ */
+export type DeepReadonly<T> = T extends Buffer
+  ? T
+  : T extends ReadonlyArray<infer U>
+    ? ReadonlyArray<DeepReadonly<U>>
+    : T extends object
+      ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+      : T
+
+/** How a `CacheManager` returns objects and arrays: see `CacheOptions.readMode`. */
+export type CacheReadMode = 'frozen' | 'copy'
+
+/** What a read of a `CacheManager<V, M>` returns: `DeepReadonly<V>` in 'frozen' mode, `V` in 'copy' mode. */
+export type CacheRead<V, M extends CacheReadMode = 'frozen'> = M extends 'copy' ? V : DeepReadonly<V>
+
 /** Options of `set`, `setSync`, `setMany` and `getOrSet`. */
 export interface CacheSetOptions {
   /** TTL of this entry in ms (L1 and L2). Default: the cache's `ttlMs`. */
@@ -56,14 +75,20 @@ export interface CacheSetOptions {
  * is validated against shared version counters, so they never return a value
  * another thread or instance has replaced.
  */
-export declare class CacheManager<V extends CacheValue = CacheValue> {
-  constructor(options?: CacheOptions)
-  /** L1, then L2 (an L2 hit fills L1). Resolves `undefined` on a miss; never rejects because L2 is down. */
-  get(key: string): Promise<V | undefined>
-  /** L1 only, synchronous: the hot path. */
-  getSync(key: string): V | undefined
+export declare class CacheManager<V extends CacheValue = CacheValue, M extends CacheReadMode = 'frozen'> {
+  constructor(options?: CacheOptions & { readMode?: M })
+  /**
+   * L1, then L2 (an L2 hit fills L1). Resolves `undefined` on a miss; never rejects because L2 is down.
+   * Objects and arrays: deep-frozen and shared (readMode 'frozen'), or a fresh copy ('copy').
+   */
+  get(key: string): Promise<CacheRead<V, M> | undefined>
+  /**
+   * L1 only, synchronous: the hot path. Objects and arrays: deep-frozen and
+   * shared by every reader (readMode 'frozen'), or a fresh copy ('copy').
+   */
+  getSync(key: string): CacheRead<V, M> | undefined
   /** L1 for each key, then one L2 round trip (MGET) for all L1 misses. */
-  getMany(keys: string[]): Promise<(V | undefined)[]>
+  getMany(keys: string[]): Promise<(CacheRead<V, M> | undefined)[]>
   /** L1 and L2 (write-through). */
   set(key: string, value: V, options?: CacheSetOptions): Promise<void>
   /** L1 now, L2 in the background (write-behind; flushed by `close()`). */
@@ -77,7 +102,7 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
    * threads included): one factory run per missing key. If the factory
    * throws, every waiter rejects with that error and nothing is cached.
    */
-  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<V>
+  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<CacheRead<V, M>>
   /** Every level, and other instances' L1. Resolves whether the key existed. */
   delete(key: string): Promise<boolean>
   deleteMany(keys: string[]): Promise<number>

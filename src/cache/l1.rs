@@ -129,7 +129,12 @@ impl L1 {
     let mut b = Cache::builder()
       .expire_after(EntryExpiry)
       .eviction_listener(move |k: Arc<String>, v: Arc<Entry>, cause: RemovalCause| {
-        v2.bump(slot_of(&h2, &k));
+        // A replaced value is removed inside `insert`, which bumps the slot
+        // itself right after: one bump per write, so `insert` can tell
+        // whether any other change hit the slot meanwhile.
+        if cause != RemovalCause::Replaced {
+          v2.bump(slot_of(&h2, &k));
+        }
         b2.fetch_sub((k.len() + v.val.weight()) as i64, Ordering::Relaxed);
         if cause == RemovalCause::Size {
           ev2.fetch_add(1, Ordering::Relaxed);
@@ -201,13 +206,19 @@ impl L1 {
     self.bytes.load(Ordering::Relaxed).max(0)
   }
 
-  pub fn insert(&self, key: String, e: Entry) {
+  /// Insert (or replace) and bump the key's slot. Returns the slot and, when
+  /// nothing else changed that slot between the start of this call and its
+  /// bump, the version the slot now has: a front cache may then hold the
+  /// written value under that version (any later change bumps it again).
+  pub fn insert(&self, key: String, e: Entry) -> (usize, Option<u32>) {
     let slot = self.slot(&key);
+    let before = self.versions.get(slot);
     self
       .bytes
       .fetch_add((key.len() + e.val.weight()) as i64, Ordering::Relaxed);
     self.cache.insert(key, Arc::new(e));
-    self.versions.bump(slot);
+    let prev = self.versions.slots[slot].fetch_add(1, Ordering::AcqRel);
+    (slot, (prev == before).then(|| before.wrapping_add(1)))
   }
 
   pub fn remove(&self, key: &str) -> bool {
@@ -361,9 +372,14 @@ mod tests {
     });
     let s = l1.slot("k");
     let v0 = l1.versions.get(s);
-    l1.insert("k".into(), entry("a", None));
+    let (slot, fill) = l1.insert("k".into(), entry("a", None));
     let v1 = l1.versions.get(s);
     assert_ne!(v0, v1);
+    assert_eq!((slot, fill), (s, Some(v1)));
+    // Replacing bumps exactly once: the writer may still fill its front cache.
+    let (_, fill) = l1.insert("k".into(), entry("b", None));
+    assert_eq!(fill, Some(v1.wrapping_add(1)));
+    let v1 = l1.versions.get(s);
     assert!(matches!(&l1.get_live("k").unwrap().val, Val::Str(x) if x == "a"));
     assert!(l1.remove("k"));
     assert_ne!(l1.versions.get(s), v1);

@@ -58,10 +58,29 @@ pub struct CacheOptions {
   /// `getOrSet` refreshes in the background when the remaining TTL is below
   /// this (ms). Default: `0` (off).
   pub refresh_ahead_ms: Option<f64>,
-  /// Entries in each thread's front cache (hot reads of strings, numbers,
-  /// booleans and null that never cross into native code; validated against
-  /// version counters on every read). `0` turns it off. Default: `16_384`.
+  /// Entries in each thread's front cache: hot values kept on the JS heap of
+  /// the reading thread (strings, numbers, booleans, null, and objects and
+  /// arrays as parsed values), so a hot read never crosses into native code;
+  /// every read checks the entry against shared version counters, so it never
+  /// returns a value that was since replaced or deleted by any thread.
+  /// Bounded by a CLOCK policy. `0` turns it off. Default: `16_384` (at most
+  /// `maxEntries`).
   pub front_cache_entries: Option<f64>,
+  /// Size bound of each thread's front cache, in bytes counted as UTF-16 code
+  /// units of key + value (a string's length, an object's JSON text length;
+  /// 8 for other values). A value larger than this is never front-cached.
+  /// Default: `8_388_608` (8 MiB).
+  pub front_cache_bytes: Option<f64>,
+  /// What reads return for objects and arrays. `'frozen'`: every reader of a
+  /// key gets the same deep-frozen value (`Object.isFrozen`, typed
+  /// `DeepReadonly<V>`), so a hot read costs no parse and no copy; a mutation
+  /// attempt throws in strict mode and never changes what anyone reads.
+  /// `'copy'`: every read returns a fresh mutable copy (parsed from JSON text,
+  /// no native call on a front hit). Strings, numbers, booleans and null are
+  /// immutable either way; a Buffer is always a fresh copy. Per handle (it may
+  /// differ between handles of one named cache). Default: `'frozen'`.
+  #[napi(ts_type = "'frozen' | 'copy'")]
+  pub read_mode: Option<String>,
   /// Most `setSync` writes waiting for Redis; beyond it a write-behind is
   /// dropped and counted in `l2Errors`. Default: `100_000`.
   pub max_pending_writes: Option<f64>,
@@ -77,6 +96,7 @@ struct CacheConfig {
   redis: Option<RedisConfig>,
   pubsub: bool,
   front: u64,
+  front_bytes: u64,
   max_pending: u64,
 }
 
@@ -122,6 +142,14 @@ impl CacheConfig {
       .as_ref()
       .map(RedisConfig::from_options)
       .transpose()?;
+    // Per handle: checked here, applied by the JS layer.
+    if let Some(m) = o.read_mode.as_deref() {
+      if m != "frozen" && m != "copy" {
+        return Err(HpError::invalid(format!(
+          "readMode must be 'frozen' or 'copy', got '{m}'"
+        )));
+      }
+    }
     let front = match o.front_cache_entries {
       None => 16_384u64.min(max_entries),
       Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
@@ -140,6 +168,10 @@ impl CacheConfig {
       redis,
       pubsub,
       front,
+      front_bytes: check_non_negative(
+        "frontCacheBytes",
+        o.front_cache_bytes.unwrap_or(8_388_608.0),
+      )? as u64,
       max_pending: check_positive_int(
         "maxPendingWrites",
         o.max_pending_writes.unwrap_or(100_000.0),
@@ -330,6 +362,20 @@ impl CacheInner {
 
   /// Put a value in L1 with `ttl_ms` (None: the default TTL).
   fn put_l1(&self, key: &str, val: Val, ttl_ms: Option<f64>, tags: Option<Box<[String]>>) {
+    self.put_l1_owned(key.to_string(), val, ttl_ms, tags);
+  }
+
+  /// [`put_l1`] taking the key by value (no copy). Returns what a front
+  /// cache needs to hold the written value: the slot, the version it may
+  /// hold it under (None: another change raced, don't hold it) and the
+  /// absolute expiry.
+  fn put_l1_owned(
+    &self,
+    key: String,
+    val: Val,
+    ttl_ms: Option<f64>,
+    tags: Option<Box<[String]>>,
+  ) -> (usize, Option<u32>, f64) {
     let ttl = ttl_ms.or(self.cfg.ttl_ms);
     let now = now_ms();
     let l1_ttl = match (ttl, self.cfg.l1_ttl_ms) {
@@ -342,9 +388,9 @@ impl CacheInner {
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
     let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
-    let weight = self.weight(key, &val);
-    self.l1.insert(
-      key.to_string(),
+    let weight = self.weight(&key, &val);
+    let (slot, fill) = self.l1.insert(
+      key,
       Entry {
         val,
         expires_at,
@@ -354,6 +400,7 @@ impl CacheInner {
         weight,
       },
     );
+    (slot, fill, expires_at)
   }
 
   fn l2_ttl(&self, ttl_ms: Option<f64>) -> Option<u64> {
@@ -450,10 +497,34 @@ fn val_from_js(kind: u32, payload: Either3<String, f64, Buffer>) -> HpResult<Val
   })
 }
 
+/// A JS string straight from L1's bytes (no intermediate `String` copy);
+/// ASCII text, the common case, takes V8's cheaper Latin-1 constructor.
+unsafe fn str_to_js(env: sys::napi_env, s: &str) -> Result<sys::napi_value> {
+  let mut out = std::ptr::null_mut();
+  unsafe {
+    if s.is_ascii() {
+      check_status!(sys::napi_create_string_latin1(
+        env,
+        s.as_ptr().cast(),
+        s.len() as isize,
+        &mut out
+      ))?;
+    } else {
+      check_status!(sys::napi_create_string_utf8(
+        env,
+        s.as_ptr().cast(),
+        s.len() as isize,
+        &mut out
+      ))?;
+    }
+  }
+  Ok(out)
+}
+
 unsafe fn val_to_js(env: sys::napi_env, v: &Val) -> Result<sys::napi_value> {
   unsafe {
     match v {
-      Val::Str(s) | Val::Json(s) => String::to_napi_value(env, s.clone()),
+      Val::Str(s) | Val::Json(s) => str_to_js(env, s),
       Val::Num(n) => f64::to_napi_value(env, *n),
       Val::Bool(b) => bool::to_napi_value(env, *b),
       Val::Null => Null::to_napi_value(env, Null),
@@ -499,12 +570,13 @@ impl ToNapiValue for Out {
   }
 }
 
-/// A value returned synchronously; its kind goes to the scratch array.
-pub struct SyncVal(Val);
+/// A value returned synchronously (converted straight from the L1 entry,
+/// without cloning it); its kind goes to the scratch array.
+pub struct SyncVal(Arc<Entry>);
 
 impl ToNapiValue for SyncVal {
   unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
-    unsafe { val_to_js(env, &val.0) }
+    unsafe { val_to_js(env, &val.0.val) }
   }
 }
 
@@ -599,6 +671,12 @@ impl NativeCache {
     self.inner.cfg.front as f64
   }
 
+  /// Byte bound of the JS front cache (see `frontCacheBytes`).
+  #[napi]
+  pub fn front_bytes(&self) -> f64 {
+    self.inner.cfg.front_bytes as f64
+  }
+
   #[napi]
   pub fn has_l2(&self) -> bool {
     self.inner.l2.is_some()
@@ -640,7 +718,7 @@ impl NativeCache {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
         self.fill_scratch(slot, ver, Some(&e), now);
-        Ok(Some(SyncVal(e.val.clone())))
+        Ok(Some(SyncVal(e)))
       }
       None => {
         if count_miss {
@@ -664,7 +742,7 @@ impl NativeCache {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
         self.fill_scratch(slot, ver, Some(&e), now);
-        Ok(Some(SyncVal(e.val.clone())))
+        Ok(Some(SyncVal(e)))
       }
       None => {
         if inner.l2.is_none() {
@@ -708,7 +786,8 @@ impl NativeCache {
     tags.filter(|t| !t.is_empty()).map(|t| t.into_boxed_slice())
   }
 
-  /// L1 now, L2 in the background (write-behind).
+  /// L1 now, L2 in the background (write-behind). Leaves in the scratch
+  /// array `[slot, version (-1: don't front-cache), remainingMs (-1: none)]`.
   #[napi]
   pub fn set_sync(
     &self,
@@ -733,7 +812,16 @@ impl NativeCache {
         inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
       }
     }
-    inner.put_l1(&key, val, ttl_ms, tags);
+    let (slot, fill, expires_at) = inner.put_l1_owned(key, val, ttl_ms, tags);
+    // Scratch for the JS front cache: [slot, version or -1, remainingMs or -1].
+    let s = unsafe { &mut *self.scratch.0.get() };
+    s[0] = slot as f64;
+    s[1] = fill.map_or(-1.0, |v| v as f64);
+    s[2] = if expires_at.is_infinite() {
+      -1.0
+    } else {
+      (expires_at - now_ms()).max(0.0)
+    };
     Ok(())
   }
 
