@@ -70,7 +70,9 @@ describe('bad input is ERR_INVALID_ARG and changes nothing', () => {
     c.setSync('k', 'original')
     const cyclic: Record<string, unknown> = {}
     cyclic.self = cyclic
-    const bad: unknown[] = [undefined, () => 1, Symbol('s'), 10n, cyclic, { f() {} }, { u: undefined }, [undefined], new Map(), new Date()]
+    const bad: unknown[] = [undefined, () => 1, Symbol('s'), 10n, cyclic, { f() {} }, { u: undefined }, [undefined], new Map(), new Date(),
+      // class instances nested inside a plain object are rejected too (a Date was silently stringified)
+      { d: new Date(0) }, [{ m: new Map() }], { deep: { n: 1n } }, [1, , 3]]
     for (const v of bad) {
       assert.throws(() => c.setSync('k', v as CacheValue), code('ERR_INVALID_ARG'))
       await assert.rejects(c.set('k', v as CacheValue), code('ERR_INVALID_ARG'))

@@ -7,105 +7,280 @@ import { memoryDriver } from 'bentocache/drivers/memory'
 import { CacheManager } from 'hotpath'
 import { compare, record, throughput, type Row } from './harness.mts'
 
-const N = 10_000
-const keys = Array.from({ length: N }, (_, i) => `key:${String(i).padStart(12, '0')}`) // 16 bytes
-const value = 'v'.repeat(100)
+// Interleaved rounds: every task runs `rounds` times for `msPerRound`, in
+// alternating order, and its ops/s is the median of its rounds, so drift on a
+// noisy machine hits every task alike.
+async function interleaved(
+  title: string,
+  fns: Record<string, () => unknown>,
+  opts: { batch: number; note?: string; rounds?: number; msPerRound?: number },
+) {
+  const names = Object.keys(fns)
+  const rounds = opts.rounds ?? 7
+  const ms = opts.msPerRound ?? Number(process.env.BENCH_TIME ?? 500) / 5
+  const runFor = async (fn: () => unknown, forMs: number) => {
+    let calls = 0
+    const t0 = performance.now()
+    let t = t0
+    do {
+      const p = fn()
+      if (p instanceof Promise) await p
+      calls++
+    } while ((t = performance.now()) - t0 < forMs)
+    return (calls * opts.batch * 1000) / (t - t0)
+  }
+  for (const n of names) await runFor(fns[n], Math.min(ms, 100)) // warm up (JIT)
+  const rates: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]))
+  for (let r = 0; r < rounds; r++) {
+    for (const n of r % 2 ? [...names].reverse() : names) rates[n].push(await runFor(fns[n], ms))
+  }
+  const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]
+  record({
+    title,
+    note: (opts.note ? opts.note + ' ' : '') + `Median of ${rounds} interleaved rounds.`,
+    rows: names.map((n) => {
+      const ops = median(rates[n])
+      return { name: n, opsPerSec: ops, meanNs: 1e9 / ops, p99Ns: NaN, samples: rounds, ratio: null }
+    }),
+  })
+}
+
+// The data. Keys are 16 bytes. Objects are JSON records of ~100 B and ~1 KB.
+const key = (i: number) => `key:${String(i).padStart(12, '0')}`
+const str100 = (i: number) => `${i}:`.padEnd(100, 'v')
+const obj100 = (i: number) => ({ id: i, name: `user-${i}`, email: `user-${i}@example.com`, active: i % 2 === 0, score: (i % 97) / 7, tags: ['a', 'b'] })
+const obj1k = (i: number) => ({
+  id: i,
+  name: `order-${i}`,
+  customer: { id: i * 7, name: `customer-${i}`, email: `c${i}@example.com`, tier: 'gold' },
+  items: Array.from({ length: 8 }, (_, j) => ({ sku: `SKU-${i}-${j}`, title: `Item number ${j} of order ${i}`, qty: j + 1, price: 9.99 + j })),
+  createdAt: '2026-01-01T00:00:00.000Z',
+  status: 'shipped',
+})
+const bytes = (v: unknown) => (typeof v === 'string' ? v.length : JSON.stringify(v).length)
+
+// Zipf(s) over n ranks: a fixed-seed stream of `len` ranks.
+function zipfStream(n: number, s: number, len: number, seed: number): Int32Array {
+  const cdf = new Float64Array(n)
+  let acc = 0
+  for (let k = 1; k <= n; k++) {
+    acc += 1 / Math.pow(k, s)
+    cdf[k - 1] = acc
+  }
+  for (let k = 0; k < n; k++) cdf[k] /= acc
+  let x = seed >>> 0
+  const out = new Int32Array(len)
+  for (let r = 0; r < len; r++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0
+    const u = x / 2 ** 32
+    let lo = 0
+    let hi = n - 1
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (cdf[mid] < u) lo = mid + 1
+      else hi = mid
+    }
+    out[r] = lo
+  }
+  return out
+}
 
 async function hotReads() {
-  const hp = new CacheManager({ maxEntries: 20_000 })
-  const lru = new LRUCache<string, string>({ max: 20_000 })
-  const map = new Map<string, string>()
-  for (const k of keys) {
-    hp.setSync(k, value)
-    lru.set(k, value)
-    map.set(k, value)
-  }
-  let i = 0
-  let sink = 0
-  const B = 1000
-  await compare(
-    'getSync hot hit: 10k keys, 16-byte keys, 100-byte strings',
-    {
+  const shapes: [string, number, (i: number) => unknown][] = [
+    ['100-byte strings', 10_000, str100],
+    ['~100 B JSON objects', 10_000, obj100],
+    ['~1 KB JSON objects', 4_000, obj1k],
+  ]
+  for (const [what, n, make] of shapes) {
+    const keys = Array.from({ length: n }, (_, i) => key(i))
+    const hp = new CacheManager({ maxEntries: 20_000 })
+    const hpCopy = new CacheManager({ maxEntries: 20_000, readMode: 'copy' })
+    const lru = new LRUCache<string, any>({ max: 20_000 })
+    for (let i = 0; i < n; i++) {
+      hp.setSync(keys[i], make(i) as any)
+      hpCopy.setSync(keys[i], make(i) as any)
+      lru.set(keys[i], make(i))
+    }
+    let i = 0
+    let sink = 0
+    const B = 1000
+    const fns: Record<string, () => unknown> = {
       'hotpath getSync': () => {
-        for (let j = 0; j < B; j++) sink += (hp.getSync(keys[i++ % N]) as string).length
+        for (let j = 0; j < B; j++) if (hp.getSync(keys[i++ % n]) !== undefined) sink++
       },
       'lru-cache get': () => {
-        for (let j = 0; j < B; j++) sink += lru.get(keys[i++ % N])!.length
+        for (let j = 0; j < B; j++) if (lru.get(keys[i++ % n]) !== undefined) sink++
       },
-      'Map.get (reference)': () => {
-        for (let j = 0; j < B; j++) sink += map.get(keys[i++ % N])!.length
+    }
+    if (what.includes('objects')) {
+      fns["hotpath getSync, readMode 'copy'"] = () => {
+        for (let j = 0; j < B; j++) if (hpCopy.getSync(keys[i++ % n]) !== undefined) sink++
+      }
+    }
+    await interleaved(`getSync hot hit: ${n / 1000}k keys, ${what}`, fns, {
+      batch: B,
+      note: `Working set (${n} keys, ${bytes(make(1))} B values) inside the front cache. Each call reads 1000 keys round-robin; ratio > 1 means hotpath is faster. Goal: within 2x of lru-cache (ratio >= 0.5).`,
+    })
+    if (sink === 42) console.log(sink)
+    await hp.close()
+    await hpCopy.close()
+  }
+}
+
+// Working sets larger than the front cache (default 16,384 entries / 8 MiB).
+async function largeWorkingSet() {
+  // Read-only: Zipf(0.99) over 100k keys, all in L1.
+  {
+    const U = 100_000
+    const stream = zipfStream(U, 0.99, 1 << 20, 7)
+    const keys = Array.from({ length: U }, (_, i) => key(i))
+    const hp = new CacheManager({ maxEntries: U })
+    const lru = new LRUCache<string, any>({ max: U })
+    for (let i = 0; i < U; i++) {
+      hp.setSync(keys[i], obj100(i))
+      lru.set(keys[i], obj100(i))
+    }
+    let p = 0
+    let sink = 0
+    const B = 1000
+    const M = stream.length - 1
+    await interleaved(
+      'getSync, Zipf(0.99) over 100k keys all in L1, ~100 B objects (front cache holds 16k)',
+      {
+        'hotpath getSync': () => {
+          for (let j = 0; j < B; j++) if (hp.getSync(keys[stream[p++ & M]]) !== undefined) sink++
+        },
+        'lru-cache get': () => {
+          for (let j = 0; j < B; j++) if (lru.get(keys[stream[p++ & M]]) !== undefined) sink++
+        },
       },
-    },
-    { batch: B, note: 'Each call reads 1000 keys round-robin; ratio > 1 means hotpath is faster. Goal: within 2x of lru-cache (ratio >= 0.5).' },
-  )
-  if (sink === 42) console.log(sink)
-  await hp.close()
+      { batch: B, note: 'A working set 6x the front cache: front misses are native L1 reads (parse + freeze).' },
+    )
+    if (sink === 42) console.log(sink)
+    await hp.close()
+  }
+  // Mixed: cache-aside (getSync, setSync on a miss), Zipf(0.99) over 200k keys, capacity 100k.
+  {
+    const U = 200_000
+    const CAP = 100_000
+    const stream = zipfStream(U, 0.99, 1 << 20, 9)
+    const keys = Array.from({ length: U }, (_, i) => key(i))
+    const POOL = 4096
+    const objs = Array.from({ length: POOL }, (_, i) => obj100(i))
+    const hp = new CacheManager({ maxEntries: CAP })
+    const lru = new LRUCache<string, any>({ max: CAP })
+    const M = stream.length - 1
+    let p = 0
+    let sets = 0
+    let gets = 0
+    const B = 1000
+    const fns = {
+      'hotpath getSync/setSync': () => {
+        for (let j = 0; j < B; j++) {
+          const k = stream[p++ & M]
+          if (hp.getSync(keys[k]) === undefined) hp.setSync(keys[k], objs[k & (POOL - 1)])
+        }
+      },
+      'lru-cache get/set': () => {
+        for (let j = 0; j < B; j++) {
+          const k = stream[p++ & M]
+          if (lru.get(keys[k]) === undefined) lru.set(keys[k], objs[k & (POOL - 1)])
+        }
+      },
+    }
+    for (let w = 0; w < 2; w++) {
+      for (let j = 0; j < stream.length; j++) {
+        const k = stream[j]
+        gets++
+        if (hp.getSync(keys[k]) === undefined) {
+          sets++
+          hp.setSync(keys[k], objs[k & (POOL - 1)])
+        }
+        if (lru.get(keys[k]) === undefined) lru.set(keys[k], objs[k & (POOL - 1)])
+      }
+    }
+    await interleaved('mixed getSync/setSync: Zipf(0.99) over 200k keys, capacity 100k, ~100 B objects', fns, {
+      batch: B,
+      note: `Cache-aside: each op is a getSync, and a setSync when it misses (${((100 * sets) / gets).toFixed(1)}% of ops in hotpath's warm-up pass). Goal: within 3x of lru-cache (ratio >= 0.33).`,
+    })
+    await hp.close()
+  }
 }
 
 async function asyncReads() {
-  const hp = new CacheManager({ maxEntries: 20_000 })
-  const lru = new LRUCache<string, string>({ max: 20_000 })
-  const cm = createCache()
-  const bento = new BentoCache({ default: 'mem', stores: { mem: bentostore().useL1Layer(memoryDriver({ maxItems: 20_000 })) } })
-  for (const k of keys) {
-    hp.setSync(k, value)
-    lru.set(k, value)
-    await cm.set(k, value)
-    await bento.set({ key: k, value })
+  const N = 10_000
+  const keys = Array.from({ length: N }, (_, i) => key(i))
+  for (const [what, make] of [
+    ['~100 B objects', obj100],
+    ['100-byte strings', str100],
+  ] as const) {
+    const hp = new CacheManager({ maxEntries: 20_000 })
+    const lru = new LRUCache<string, any>({ max: 20_000 })
+    const cm = createCache()
+    const bento = new BentoCache({ default: 'mem', stores: { mem: bentostore().useL1Layer(memoryDriver({ maxItems: 20_000 })) } })
+    for (let i = 0; i < N; i++) {
+      const v = make(i) as any
+      hp.setSync(keys[i], v)
+      lru.set(keys[i], v)
+      await cm.set(keys[i], v)
+      await bento.set({ key: keys[i], value: v })
+    }
+    let i = 0
+    const B = 100
+    await interleaved(
+      `async get, L1 hit, ${what}`,
+      {
+        'hotpath get': async () => {
+          for (let j = 0; j < B; j++) await hp.get(keys[i++ % N])
+        },
+        'cache-manager get': async () => {
+          for (let j = 0; j < B; j++) await cm.get(keys[i++ % N])
+        },
+        'bentocache get': async () => {
+          for (let j = 0; j < B; j++) await bento.get({ key: keys[i++ % N] })
+        },
+        'await Promise.resolve(lru.get) (floor)': async () => {
+          for (let j = 0; j < B; j++) await Promise.resolve(lru.get(keys[i++ % N]))
+        },
+      },
+      { batch: B, note: 'Goal: at least 3x cache-manager.' },
+    )
+    const factory = () => make(0) as any
+    await interleaved(
+      `getOrSet / wrap, hit, ${what}`,
+      {
+        'hotpath getOrSet': async () => {
+          for (let j = 0; j < B; j++) await hp.getOrSet(keys[i++ % N], factory)
+        },
+        'cache-manager wrap': async () => {
+          for (let j = 0; j < B; j++) await cm.wrap(keys[i++ % N], factory)
+        },
+        'bentocache getOrSet': async () => {
+          for (let j = 0; j < B; j++) await bento.getOrSet({ key: keys[i++ % N], factory })
+        },
+      },
+      { batch: B, note: 'Goal: at least 3x cache-manager.' },
+    )
+    const POOL = 1024
+    const vals = Array.from({ length: POOL }, (_, k) => make(k) as any)
+    await interleaved(
+      `set, ${what} (sync where the library has it)`,
+      {
+        'hotpath setSync': () => {
+          for (let j = 0; j < B; j++) hp.setSync(keys[i++ % N], vals[i & (POOL - 1)])
+        },
+        'lru-cache set': () => {
+          for (let j = 0; j < B; j++) lru.set(keys[i++ % N], vals[i & (POOL - 1)])
+        },
+        'cache-manager set': async () => {
+          for (let j = 0; j < B; j++) await cm.set(keys[i++ % N], vals[i & (POOL - 1)])
+        },
+      },
+      { batch: B, note: 'Overwrites of resident keys. Goal (objects): at least 1.5x cache-manager.' },
+    )
+    await hp.close()
+    await bento.disconnectAll()
   }
-  let i = 0
-  const B = 100
-  await compare(
-    'async get, L1 hit',
-    {
-      'hotpath get': async () => {
-        for (let j = 0; j < B; j++) await hp.get(keys[i++ % N])
-      },
-      'cache-manager get': async () => {
-        for (let j = 0; j < B; j++) await cm.get(keys[i++ % N])
-      },
-      'bentocache get': async () => {
-        for (let j = 0; j < B; j++) await bento.get({ key: keys[i++ % N] })
-      },
-      'await Promise.resolve(lru.get) (floor)': async () => {
-        for (let j = 0; j < B; j++) await Promise.resolve(lru.get(keys[i++ % N]))
-      },
-    },
-    { batch: B, note: 'Goal: at least 3x the faster of cache-manager and bentocache.' },
-  )
-  const factory = () => value
-  await compare(
-    'getOrSet / wrap, hit',
-    {
-      'hotpath getOrSet': async () => {
-        for (let j = 0; j < B; j++) await hp.getOrSet(keys[i++ % N], factory)
-      },
-      'cache-manager wrap': async () => {
-        for (let j = 0; j < B; j++) await cm.wrap(keys[i++ % N], factory)
-      },
-      'bentocache getOrSet': async () => {
-        for (let j = 0; j < B; j++) await bento.getOrSet({ key: keys[i++ % N], factory })
-      },
-    },
-    { batch: B, note: 'Goal: at least 3x the faster of cache-manager and bentocache.' },
-  )
-  await compare(
-    'set (sync where the library has it)',
-    {
-      'hotpath setSync': () => {
-        for (let j = 0; j < B; j++) hp.setSync(keys[i++ % N], value)
-      },
-      'lru-cache set': () => {
-        for (let j = 0; j < B; j++) lru.set(keys[i++ % N], value)
-      },
-      'cache-manager set': async () => {
-        for (let j = 0; j < B; j++) await cm.set(keys[i++ % N], value)
-      },
-    },
-    { batch: B },
-  )
-  await hp.close()
-  await bento.disconnectAll()
 }
 
 // Zipf(0.9) over 100k keys with periodic one-off scans; capacity 2,000.
@@ -169,21 +344,25 @@ function ratioRow(r: number) {
 
 // Memory with 1,000,000 entries: each store in its own process.
 function memory() {
-  const stores = ['hotpath', 'lru-cache', 'Map']
-  const rows: Row[] = []
-  const details: string[] = []
-  for (const s of stores) {
-    const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', new URL('./cache-memory.mts', import.meta.url).pathname, s], { encoding: 'utf8' })
-    if (r.status !== 0) throw new Error(`memory(${s}) failed: ${r.stderr}`)
-    const m = JSON.parse(r.stdout.trim().split('\n').pop()!)
-    details.push(`${s}: RSS +${(m.rss / 1e6).toFixed(0)} MB (${(m.rss / 1e6).toFixed(0)} B/entry), V8 heap +${(m.heap / 1e6).toFixed(1)} MB, full gc() ${m.gcMs.toFixed(1)} ms`)
-    rows.push({ name: s, opsPerSec: m.rss / 1e6, meanNs: m.gcMs * 1e6, p99Ns: m.heap, samples: 1, ratio: null })
+  for (const shape of ['object', 'string']) {
+    const stores = ['hotpath', 'lru-cache', 'Map']
+    const rows: Row[] = []
+    const details: string[] = []
+    for (const s of stores) {
+      const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', new URL('./cache-memory.mts', import.meta.url).pathname, s, shape], { encoding: 'utf8' })
+      if (r.status !== 0) throw new Error(`memory(${s}) failed: ${r.stderr}`)
+      const m = JSON.parse(r.stdout.trim().split('\n').pop()!)
+      details.push(`${s}: RSS +${(m.rss / 1e6).toFixed(0)} MB (${(m.rss / 1e6).toFixed(0)} B/entry), V8 heap +${(m.heap / 1e6).toFixed(1)} MB, full gc() ${m.gcMs.toFixed(1)} ms`)
+      rows.push({ name: s, opsPerSec: m.rss / 1e6, meanNs: m.gcMs * 1e6, p99Ns: m.heap, samples: 1, ratio: null })
+    }
+    record({
+      title: `1,000,000 entries (16-byte key, ${shape === 'object' ? '~100 B JSON object' : '100-byte string'} value): memory and GC`,
+      note:
+        'ops/s column = RSS added (MB); mean = full gc() pause; ratio column = hotpath RSS ÷ this RSS (lower means hotpath uses less). hotpath runs with its default front cache, filled by reading 20k keys. ' +
+        details.join('; '),
+      rows,
+    })
   }
-  record({
-    title: '1,000,000 entries (16-byte key, 100-byte value): memory and GC',
-    note: 'ops/s column = RSS added (MB); mean = full gc() pause; ratio column = hotpath RSS ÷ this RSS (lower means hotpath uses less). ' + details.join('; '),
-    rows,
-  })
 }
 
 async function redisGetMany() {
@@ -195,6 +374,7 @@ async function redisGetMany() {
   const keyPrefix = `hp-bench-${process.pid}:`
   const writer = new CacheManager({ redis: { url, keyPrefix } })
   const K = 10_000
+  const value = str100(0)
   await writer.setMany(Array.from({ length: K }, (_, i) => [`r${i}`, value] as [string, string]))
   const reader = new CacheManager({ redis: { url, keyPrefix }, maxEntries: 10, invalidation: 'none', frontCacheEntries: 0 })
   let i = 0
@@ -218,6 +398,7 @@ async function redisGetMany() {
 
 export default async function () {
   await hotReads()
+  await largeWorkingSet()
   await asyncReads()
   hitRatio()
   memory()

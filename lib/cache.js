@@ -27,12 +27,35 @@ const K_BYTES = 6
 const TOUCH_EVERY = 64
 const TOUCH_MASK = TOUCH_EVERY - 1
 
-function strictReplacer(k, v) {
-  const t = typeof v
-  if (t === 'function' || t === 'symbol' || t === 'undefined' || t === 'bigint') {
-    throw invalidArg(`cache values must be JSON-serialisable: ${k ? `property "${k}" is` : 'got'} ${show(v)}`)
+// After JSON.stringify succeeded (so the value is acyclic): every value
+// inside must be JSON itself — no function, symbol, undefined or BigInt (which
+// JSON.stringify would silently drop or turn into null) and no class instance
+// (a Date would silently become a string). A walk of typeof checks costs far
+// less than a JSON.stringify replacer, which is a JS call per property.
+function checkJson(v) {
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) checkJsonValue(v[i], i)
+  } else {
+    for (const k in v) checkJsonValue(v[k], k)
   }
-  return v
+}
+
+function checkJsonValue(x, k) {
+  switch (typeof x) {
+    case 'string':
+    case 'number':
+    case 'boolean':
+      return
+    case 'object': {
+      if (x === null) return
+      if (Array.isArray(x)) return checkJson(x)
+      const proto = Object.getPrototypeOf(x)
+      if (proto === Object.prototype || proto === null) return checkJson(x)
+      throw invalidArg(`cache values must be plain JSON: property "${k}" is ${show(x)}`)
+    }
+    default:
+      throw invalidArg(`cache values must be JSON-serialisable: property "${k}" is ${show(x)}`)
+  }
 }
 
 // encode() leaves its result here (no allocation per call).
@@ -66,11 +89,11 @@ function encode(value) {
       if (Array.isArray(value) || Object.getPrototypeOf(value) === Object.prototype || Object.getPrototypeOf(value) === null) {
         let text
         try {
-          text = JSON.stringify(value, strictReplacer)
+          text = JSON.stringify(value)
         } catch (e) {
-          if (e.code === CODES.INVALID_ARG) throw e
           throw invalidArg(`cache values must be JSON-serialisable: ${e.message}`)
         }
+        checkJson(value)
         encKind = K_JSON
         encPayload = text
         return
