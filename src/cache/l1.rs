@@ -430,3 +430,86 @@ mod tests {
     assert_eq!(glob_escape("p*:"), "p\\*:");
   }
 }
+
+#[cfg(test)]
+mod cost {
+  //! `cargo test --release l1_write_cost -- --ignored --nocapture`: what an L1
+  //! write costs, piece by piece (the floor under `setSync`).
+  use super::*;
+  use std::time::Instant;
+
+  fn time(name: &str, n: usize, mut f: impl FnMut(usize)) {
+    for i in 0..n / 4 {
+      f(i);
+    }
+    let t0 = Instant::now();
+    for i in 0..n {
+      f(i);
+    }
+    println!(
+      "{name:<44} {:>6.0} ns/op",
+      t0.elapsed().as_nanos() as f64 / n as f64
+    );
+  }
+
+  #[test]
+  #[ignore]
+  fn l1_write_cost() {
+    const K: usize = 10_000;
+    const N: usize = 1_000_000;
+    let keys: Vec<String> = (0..K).map(|i| format!("key:{i:012}")).collect();
+    let text = "x".repeat(110);
+    let plain: Cache<String, Arc<String>> = Cache::builder().max_capacity(20_000).build();
+    time("moka insert (no listener, no expiry)", N, |i| {
+      plain.insert(keys[i % K].clone(), Arc::new(text.clone()))
+    });
+    let listened: Cache<String, Arc<String>> = Cache::builder()
+      .max_capacity(20_000)
+      .eviction_listener(|_k, _v, _c| {})
+      .build();
+    time("moka insert + eviction listener", N, |i| {
+      listened.insert(keys[i % K].clone(), Arc::new(text.clone()))
+    });
+    struct NoExpiry;
+    impl Expiry<String, Arc<String>> for NoExpiry {}
+    let expiring: Cache<String, Arc<String>> = Cache::builder()
+      .max_capacity(20_000)
+      .expire_after(NoExpiry)
+      .build();
+    time("moka insert + expire_after (None)", N, |i| {
+      expiring.insert(keys[i % K].clone(), Arc::new(text.clone()))
+    });
+    time("moka get", N, |i| {
+      std::hint::black_box(plain.get(&keys[i % K]));
+    });
+    let l1 = L1::new(&L1Config {
+      max_entries: 20_000,
+      max_bytes: None,
+      idle: None,
+      lru: false,
+    });
+    time("L1::insert (listener, expiry, versions)", N, |i| {
+      std::hint::black_box(l1.insert(
+        keys[i % K].clone(),
+        Entry {
+          val: Val::Json(text.clone()),
+          expires_at: f64::INFINITY,
+          stale_until: f64::INFINITY,
+          keep_for: None,
+          tags: None,
+          weight: 1,
+        },
+      ));
+    });
+    time("L1::get_live", N, |i| {
+      std::hint::black_box(l1.get_live(&keys[i % K]));
+    });
+    time("key + value String copies", N, |i| {
+      std::hint::black_box((keys[i % K].clone(), text.clone()));
+    });
+    let mut m = std::collections::HashMap::new();
+    time("std HashMap insert (reference)", N, |i| {
+      m.insert(keys[i % K].clone(), Arc::new(text.clone()));
+    });
+  }
+}
