@@ -9,7 +9,7 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
+const { CODES, HotpathError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optString, oneOf, checkRedisOptions, fromNative, settled, show, MAX_COUNT } = require('./errors')
 const { now } = require('./clock')
 
 const K_STR = 1
@@ -105,7 +105,7 @@ function decodeMany(arr) {
 function setOptions(options) {
   if (options === undefined) return
   checkOptions(options, 'options')
-  const ttl = optNumber(options, 'ttlMs', { min: 0, exclusiveMin: true })
+  const ttl = ttlOption(options, 'ttlMs', { exclusiveMin: true })
   let tags = options.tags
   if (tags !== undefined) {
     if (!Array.isArray(tags)) throw invalidArg(`tags must be an array of strings, got ${show(tags)}`)
@@ -119,17 +119,41 @@ let optTags
 
 function flightError(json) {
   const o = JSON.parse(json)
-  const e = new Error(o.message)
-  if (o.name && o.name !== 'Error') e.name = o.name
+  const e = o.name === 'HotpathError' && typeof o.code === 'string' ? new HotpathError(o.code, o.message) : new Error(o.message)
+  if (o.name && o.name !== 'Error' && o.name !== 'HotpathError') e.name = o.name
   if (o.code) e.code = o.code
   return e
+}
+
+/** The options a CacheManager takes, checked before they reach native code. */
+function checkCacheOptions(o) {
+  if (o === undefined) return
+  checkOptions(o, 'options')
+  optString(o, 'name')
+  optNumber(o, 'maxEntries', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  ttlOption(o, 'ttlMs', { exclusiveMin: true })
+  ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
+  ttlOption(o, 'idleMs', { exclusiveMin: true })
+  oneOf(o, 'policy', ['tinylfu', 'lru'])
+  checkRedisOptions(o.redis)
+  oneOf(o, 'invalidation', ['pubsub', 'none'])
+  ttlOption(o, 'staleMs')
+  ttlOption(o, 'refreshAheadMs')
+  optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 0, max: 2 ** 32, integer: true })
+}
+
+// A native call that may throw (closed, a bug): its error as a hotpath error.
+function rethrow(err) {
+  throw fromNative(err)
 }
 
 const noop = () => {}
 
 class CacheManager {
   constructor(options) {
-    checkOptions(options, 'options')
+    checkCacheOptions(options)
     try {
       this._n = new NativeCache(options)
     } catch (e) {
@@ -148,7 +172,12 @@ class CacheManager {
 
   // Fill from L1 (native), caching immutable values in the front cache.
   _load(key, countMiss) {
-    const v = this._n.getSync(key, countMiss)
+    let v
+    try {
+      v = this._n.getSync(key, countMiss)
+    } catch (err) {
+      rethrow(err)
+    }
     const sc = this._sc
     const kind = sc[3]
     if (kind === 0) return undefined
@@ -197,17 +226,21 @@ class CacheManager {
       checkKey(key)
       const v = this._load(key, !this._hasL2)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._n.getL2(key).then(decodeOne)
+      return this._getL2(key)
     } catch (err) {
       return Promise.reject(err)
     }
+  }
+
+  async _getL2(key) {
+    return decodeOne(await settled(this._n.getL2(key)))
   }
 
   getMany(keys) {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.getMany(keys).then(decodeMany)
+      return settled(this._n.getMany(keys)).then(decodeMany)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -219,7 +252,7 @@ class CacheManager {
       encode(value)
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.set(key, encKind, encPayload, optTtl, optTags).then(noop)
+      return settled(this._n.set(key, encKind, encPayload, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -230,7 +263,11 @@ class CacheManager {
     encode(value)
     optTtl = optTags = undefined
     setOptions(options)
-    this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    try {
+      this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   setMany(entries, options) {
@@ -250,7 +287,7 @@ class CacheManager {
       }
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.setMany(keys, kinds, payloads, optTtl, optTags).then(noop)
+      return settled(this._n.setMany(keys, kinds, payloads, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -260,7 +297,11 @@ class CacheManager {
     const e = this._front.get(key)
     if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) return true
     checkKey(key)
-    return this._n.has(key)
+    try {
+      return this._n.has(key)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   getOrSet(key, factory, options) {
@@ -277,7 +318,12 @@ class CacheManager {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
-      const v = this._n.peek(key)
+      let v
+      try {
+        v = this._n.peek(key)
+      } catch (err) {
+        rethrow(err)
+      }
       const kind = this._sc[3]
       if (kind !== 0) {
         const state = this._sc[4]
@@ -287,7 +333,7 @@ class CacheManager {
       }
       let p = this._flights.get(key)
       if (p !== undefined) return p
-      p = this._fly(key, factory, options)
+      p = settled(this._fly(key, factory, options))
       this._flights.set(key, p)
       const done = () => {
         if (this._flights.get(key) === p) this._flights.delete(key)
@@ -312,13 +358,13 @@ class CacheManager {
 
   async _fly(key, factory, options) {
     if (this._hasL2) {
-      const r = await this._n.getL2(key)
+      const r = await settled(this._n.getL2(key))
       if (r[0] !== 0) return decodeOne(r)
     }
     for (;;) {
       const led = await this._lead(key, factory, options, false)
       if (led !== NOT_LEADER) return led
-      const r = await this._n.flightWait(key)
+      const r = await settled(this._n.flightWait(key))
       if (typeof r === 'string') throw flightError(r)
       if (r.length > 0) return decodeOne(r)
       // The flight ended before we could wait on it: its value is in L1 now,
@@ -346,7 +392,7 @@ class CacheManager {
       // The value is in L1 now: later misses must not join this flight while
       // its L2 write finishes.
       this._flights.delete(key)
-      await written
+      await settled(written)
       return value
     } catch (err) {
       if (!ended) this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
@@ -358,7 +404,7 @@ class CacheManager {
   delete(key) {
     try {
       checkKey(key)
-      return this._n.deleteMany([key]).then((n) => n > 0)
+      return settled(this._n.deleteMany([key])).then((n) => n > 0)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -368,7 +414,7 @@ class CacheManager {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.deleteMany(keys)
+      return settled(this._n.deleteMany(keys))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -377,7 +423,7 @@ class CacheManager {
   deletePattern(glob) {
     try {
       checkKey(glob, 'glob')
-      return this._n.deletePattern(glob)
+      return settled(this._n.deletePattern(glob))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -386,7 +432,7 @@ class CacheManager {
   deleteTag(tag) {
     try {
       checkKey(tag, 'tag')
-      return this._n.deleteTag(tag)
+      return settled(this._n.deleteTag(tag))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -394,15 +440,19 @@ class CacheManager {
 
   deleteLater(key, delayMs) {
     checkKey(key)
-    optNumber({ delayMs }, 'delayMs')
-    if (delayMs === undefined) throw invalidArg('delayMs must be a finite number, got undefined')
-    this._n.deleteLater(key, delayMs)
+    if (delayMs === undefined) throw invalidArg('delayMs must be a number, got undefined')
+    optDuration({ delayMs }, 'delayMs')
+    try {
+      this._n.deleteLater(key, delayMs)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   remainingTtlMs(key) {
     try {
       checkKey(key)
-      return this._n.remainingTtlMs(key).then((ms) => (ms === -2 ? undefined : ms))
+      return settled(this._n.remainingTtlMs(key)).then((ms) => (ms === -2 ? undefined : ms))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -411,15 +461,19 @@ class CacheManager {
   clear() {
     try {
       this._front.clear()
-      return this._n.clear()
+      return settled(this._n.clear())
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
   stats() {
-    this._flushHits()
-    return this._n.stats()
+    try {
+      this._flushHits()
+      return this._n.stats()
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   close() {
@@ -428,7 +482,7 @@ class CacheManager {
       this._flushFront()
       this._cap = 0
     }
-    return this._n.close()
+    return settled(this._n.close())
   }
 }
 
