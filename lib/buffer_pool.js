@@ -10,7 +10,7 @@
 // tell a second release (ERR_BUFFER_RELEASED) from a foreign Buffer.
 
 const { NativeBufferPool } = require('../index.js')
-const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optString, optBoolean, fromNative, settled, show } = require('./errors')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optName, optBoolean, fromNative, settled, show } = require('./errors')
 
 /** The largest size allocate() accepts: 2 GiB - 1. */
 const MAX_SIZE = 2 ** 31 - 1
@@ -23,7 +23,7 @@ const empties = new WeakMap()
 class BufferPool {
   constructor(options) {
     checkOptions(options, 'options')
-    optString(options, 'name')
+    optName(options)
     optNumber(options, 'chunkSize', { min: 1, integer: true })
     optNumber(options, 'maxPooledBytes', { min: 0, integer: true })
     optBoolean(options, 'zeroOnRelease')

@@ -9,7 +9,7 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, HotpathError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optString, oneOf, checkRedisOptions, fromNative, settled, show, MAX_COUNT } = require('./errors')
+const { CODES, HotpathError, invalidArg, rangeError, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, show, MAX_COUNT } = require('./errors')
 const { now } = require('./clock')
 
 const K_STR = 1
@@ -39,6 +39,8 @@ let encPayload = null
 function encode(value) {
   switch (typeof value) {
     case 'string':
+      // A lone surrogate would be stored as U+FFFD: refuse rather than change it.
+      if (!value.isWellFormed()) throw rangeError(`string cache values must be well-formed UTF-16 (this one has a lone surrogate), got ${show(value)}`)
       encKind = K_STR
       encPayload = value
       return
@@ -129,7 +131,7 @@ function flightError(json) {
 function checkCacheOptions(o) {
   if (o === undefined) return
   checkOptions(o, 'options')
-  optString(o, 'name')
+  optName(o)
   optNumber(o, 'maxEntries', { min: 1, integer: true })
   optNumber(o, 'maxBytes', { min: 1, integer: true })
   ttlOption(o, 'ttlMs', { exclusiveMin: true })
@@ -141,7 +143,7 @@ function checkCacheOptions(o) {
   ttlOption(o, 'staleMs')
   ttlOption(o, 'refreshAheadMs')
   optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
-  optNumber(o, 'maxPendingWrites', { min: 0, max: 2 ** 32, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
 }
 
 // A native call that may throw (closed, a bug): its error as a hotpath error.

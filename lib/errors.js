@@ -173,6 +173,13 @@ function optTtl(o, name, { exclusiveMin = false } = {}) {
   return checkNumber(name, o?.[name], { min: 0, max: MAX_TTL_MS, exclusiveMin })
 }
 
+/** A `name` option: a key (non-empty, well-formed) or absent. */
+function optName(o, name = 'name') {
+  const v = o?.[name]
+  if (v !== undefined) checkKey(v, name)
+  return v
+}
+
 function optString(o, name, { nonEmpty = true } = {}) {
   const v = o?.[name]
   if (v === undefined) return undefined
@@ -213,16 +220,18 @@ function optSignal(o, name = 'signal') {
 function checkRedisOptions(r, what = 'redis') {
   if (r === undefined) return
   checkOptions(r, what)
-  optString(r, 'url')
+  // url may be '' with cluster (the native side says when one is missing).
+  if (r.url !== undefined && typeof r.url !== 'string') throw invalidArg(`${what}.url must be a string, got ${show(r.url)}`)
   if (r.cluster !== undefined) {
     if (!Array.isArray(r.cluster)) throw invalidArg(`${what}.cluster must be an array of URLs, got ${show(r.cluster)}`)
     for (let i = 0; i < r.cluster.length; i++) {
       if (typeof r.cluster[i] !== 'string') throw invalidArg(`${what}.cluster[${i}] must be a string, got ${show(r.cluster[i])}`)
     }
   }
-  optString(r, 'keyPrefix', { nonEmpty: false })
-  optDuration(r, 'connectTimeoutMs', { exclusiveMin: true })
-  optDuration(r, 'commandTimeoutMs', { exclusiveMin: true })
+  if (r.keyPrefix !== undefined && typeof r.keyPrefix !== 'string') throw invalidArg(`${what}.keyPrefix must be a string, got ${show(r.keyPrefix)}`)
+  for (const name of ['connectTimeoutMs', 'commandTimeoutMs']) {
+    checkNumber(`${what}.${name}`, r[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: true })
+  }
 }
 
 // napi-rs's own messages for a value it could not convert, e.g.
@@ -337,6 +346,7 @@ module.exports = {
   optDuration,
   optTtl,
   optString,
+  optName,
   optBoolean,
   oneOf,
   isSignal,

@@ -10,7 +10,7 @@
 // function per check on the native side).
 
 const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
-const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optString, oneOf, optSignal, checkRedisOptions, fromNative, settled, show } = require('./errors')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
 const ON_REDIS_ERROR = ['allow', 'deny', 'local']
@@ -50,7 +50,7 @@ class RateLimiter {
     oneOf(options, 'algorithm', ALGORITHMS)
     oneOf(options, 'onRedisError', ON_REDIS_ERROR)
     optNumber(options, 'maxKeys', { min: 1, integer: true })
-    optString(options, 'name')
+    optName(options)
     checkRedisOptions(options.redis)
     // Redis decisions arrive here in batches. The callback holds only what
     // it needs (not `this`), so an unclosed limiter can still be collected.

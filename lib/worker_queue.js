@@ -19,7 +19,7 @@ const fs = require('node:fs')
 const { fileURLToPath } = require('node:url')
 const { Worker } = require('node:worker_threads')
 const { NativeWorkerQueue } = require('../index.js')
-const { CODES, CODE_BY_INDEX, hpError, invalidArg, rangeError, misuse, checkOptions, checkNumber, optString, isSignal, fromNative, settled, detached, show, MAX_DURATION_MS } = require('./errors')
+const { CODES, CODE_BY_INDEX, hpError, invalidArg, rangeError, misuse, checkOptions, checkNumber, optName, isSignal, fromNative, settled, detached, show, MAX_DURATION_MS } = require('./errors')
 const { enc, encode, decode } = require('./wq_codec')
 
 const HDR = 8
@@ -172,7 +172,7 @@ class WorkerQueue {
         threads: threads ?? os.availableParallelism(),
       }
     }
-    optString(o, 'name')
+    optName(o)
     const concurrency = countOption(o, 'concurrency', { allowInfinity: true })
     const maxQueueSize = countOption(o, 'maxQueueSize', { allowInfinity: true, min: 0 })
     const native = {
