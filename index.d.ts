@@ -709,10 +709,16 @@ export interface CacheOptions {
    */
   frontCacheEntries?: number
   /**
-   * Most `setSync` writes waiting for Redis; beyond it a write-behind is
-   * dropped and counted in `l2Errors`. Default: `100_000`.
+   * Most writes waiting for Redis; beyond it a write is dropped (L1 keeps
+   * it) and counted in `droppedWrites`. Default: `100_000`.
    */
   maxPendingWrites?: number
+  /**
+   * How long (ms) a write to Redis that failed is retried, with backoff,
+   * before it is dropped and counted in `droppedWrites`; also bounds how
+   * long `close()` waits for pending writes. Default: `10_000`.
+   */
+  writeRetryMs?: number
 }
 
 export interface CacheStats {
@@ -726,8 +732,13 @@ export interface CacheStats {
   l1Bytes: number
   l2Errors: number
   hitRatio: number
-  /** Writes from `setSync` not yet on Redis. */
+  /** Writes (and deletes) queued for Redis, not yet landed or dropped. */
   pendingWrites: number
+  /**
+   * Writes (and deletes) to Redis given up on: the queue was full, or
+   * Redis kept failing for `writeRetryMs`. L1 kept them.
+   */
+  droppedWrites: number
 }
 
 /** The raw function behind `RateLimiter.checkSync` (see the module docs). */

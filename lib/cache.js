@@ -39,8 +39,14 @@ let encPayload = null
 function encode(value) {
   switch (typeof value) {
     case 'string':
-      encKind = K_STR
-      encPayload = value
+      if (value.isWellFormed()) {
+        encKind = K_STR
+        encPayload = value
+      } else {
+        // Lone surrogates survive as JSON escapes (`"\ud800"`), not as UTF-8.
+        encKind = K_JSON
+        encPayload = JSON.stringify(value)
+      }
       return
     case 'number':
       encKind = K_NUM

@@ -23,6 +23,8 @@ use crate::runtime::{self, now_ms};
 /// The validated configuration of one cache.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {
+  /// The cache's name: part of every Redis key (see l2.rs).
+  pub name: Option<String>,
   pub l1: L1Config,
   pub ttl_ms: Option<f64>,
   pub l1_ttl_ms: Option<f64>,
@@ -32,6 +34,9 @@ pub struct CacheConfig {
   pub pubsub: bool,
   pub front: u64,
   pub max_pending: u64,
+  /// How long the write path retries a failed L2 write (with backoff) before
+  /// it drops it (counted in `droppedWrites`).
+  pub write_retry_ms: f64,
 }
 
 #[derive(Default)]
@@ -42,11 +47,37 @@ pub struct Counters {
   pub sets: AtomicU64,
   pub deletes: AtomicU64,
   pub l2_errors: AtomicU64,
+  /// Writes (and deletes) to L2 given up on: queue full, or still failing
+  /// after `writeRetryMs`.
+  pub dropped_writes: AtomicU64,
+  /// Writes (and deletes) queued for L2 and not yet landed or dropped.
+  pub pending_writes: AtomicU64,
 }
 
-enum WbOp {
-  Set(Write),
-  Flush(oneshot::Sender<()>),
+/// One step of the ordered write path.
+enum OpKind {
+  Set(Vec<Write>),
+  Del(Vec<String>),
+  Flush,
+}
+
+/// `Some(existed per deleted key)` once the op landed, `None` when its first
+/// attempt failed (it is still retried).
+type Ack = oneshot::Sender<Option<Vec<bool>>>;
+
+struct Op {
+  kind: OpKind,
+  ack: Option<Ack>,
+}
+
+impl Op {
+  fn writes(&self) -> u64 {
+    match &self.kind {
+      OpKind::Set(w) => w.len() as u64,
+      OpKind::Del(k) => k.len() as u64,
+      OpKind::Flush => 0,
+    }
+  }
 }
 
 pub type FlightResult = std::result::Result<Val, String>;
@@ -60,17 +91,26 @@ pub struct Engine {
   pub c: Counters,
   max_bytes_scale: Option<(u64, u64)>,
   flights: Mutex<HashMap<String, watch::Sender<Option<FlightResult>>>>,
-  wb: Mutex<Option<mpsc::Sender<WbOp>>>,
+  /// The ordered write path: every L1 write of this instance and its L2 op
+  /// are made under `order`, so L1 and the queue see one order, and one
+  /// task sends the queue to Redis in that order.
+  order: Mutex<Option<mpsc::Sender<Op>>>,
+  /// Upper bound of L1's weighted size since moka last ran its maintenance
+  /// (see `enforce_bounds`).
+  unmaintained: AtomicU64,
+  /// true once the invalidation subscription is up (fills wait for it).
+  subscribed: watch::Sender<bool>,
+  waited_for_subscribe: AtomicBool,
   closed: AtomicBool,
+  #[cfg(test)]
+  pub fill_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Engine {
   pub fn new(cfg: CacheConfig) -> HpResult<Arc<Engine>> {
     let l1 = L1::new(&cfg.l1);
     let l2 = match &cfg.redis {
-      Some(rc) => Some(L2 {
-        redis: Redis::new(rc.clone())?,
-      }),
+      Some(rc) => Some(L2::new(Redis::new(rc.clone())?, cfg.name.as_deref())),
       None => None,
     };
     let max_bytes_scale = cfg.l1.max_bytes.map(|b| (b, cfg.l1.max_entries));
@@ -81,12 +121,17 @@ impl Engine {
       c: Counters::default(),
       max_bytes_scale,
       flights: Mutex::new(HashMap::new()),
-      wb: Mutex::new(None),
+      order: Mutex::new(None),
+      unmaintained: AtomicU64::new(0),
+      subscribed: watch::channel(false).0,
+      waited_for_subscribe: AtomicBool::new(false),
       closed: AtomicBool::new(false),
+      #[cfg(test)]
+      fill_hook: Mutex::new(None),
       cfg,
     });
     if inner.l2.is_some() {
-      inner.start_write_behind();
+      inner.start_writer();
       if inner.cfg.pubsub {
         inner.start_subscriber();
       }
@@ -94,35 +139,155 @@ impl Engine {
     Ok(inner)
   }
 
-  fn start_write_behind(self: &Arc<Self>) {
-    let (tx, mut rx) = mpsc::channel::<WbOp>(self.cfg.max_pending as usize);
-    *self.wb.lock() = Some(tx);
+  fn capacity(&self) -> u64 {
+    match self.max_bytes_scale {
+      None => self.cfg.l1.max_entries,
+      Some((_, max_entries)) => max_entries.saturating_mul(1024),
+    }
+  }
+
+  /// The one task that sends this instance's L2 writes and deletes, in the
+  /// order they were made, batching what is queued into one pipeline.
+  fn start_writer(self: &Arc<Self>) {
+    let (tx, mut rx) = mpsc::channel::<Op>(self.cfg.max_pending as usize);
+    *self.order.lock() = Some(tx);
     let weak = Arc::downgrade(self);
     runtime::spawn(async move {
-      let mut batch: Vec<Write> = Vec::new();
-      let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+      let mut failing_since: Option<f64> = None;
       while let Some(op) = rx.recv().await {
-        let mut next = Some(op);
-        while let Some(op) = next.take() {
-          match op {
-            WbOp::Set(w) => batch.push(w),
-            WbOp::Flush(f) => flushes.push(f),
-          }
-          if batch.len() < 256 {
-            next = rx.try_recv().ok();
-          }
-        }
-        if let Some(inner) = weak.upgrade() {
-          if !batch.is_empty() {
-            inner.write_l2(&batch).await;
-            batch.clear();
+        let mut batch = vec![op];
+        let mut n = batch[0].writes();
+        while n < 512 {
+          match rx.try_recv() {
+            Ok(op) => {
+              n += op.writes();
+              batch.push(op);
+            }
+            Err(_) => break,
           }
         }
-        for f in flushes.drain(..) {
-          let _ = f.send(());
+        match weak.upgrade() {
+          Some(inner) => inner.send_batch(batch, &mut failing_since).await,
+          None => {
+            for op in batch {
+              if let Some(a) = op.ack {
+                let _ = a.send(None);
+              }
+            }
+          }
         }
       }
     });
+  }
+
+  async fn send_batch(&self, batch: Vec<Op>, failing_since: &mut Option<f64>) {
+    let l2 = self.l2.as_ref().expect("l2");
+    let mut cmds: Vec<redis::Cmd> = Vec::new();
+    // Index of each DEL in `cmds`, per op.
+    let mut dels: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+    let mut keys: Vec<String> = Vec::new();
+    let mut writes = 0u64;
+    for op in &batch {
+      let mut d = Vec::new();
+      match &op.kind {
+        OpKind::Set(ws) => {
+          for w in ws {
+            l2.write_cmds(w, &mut cmds);
+            keys.push(w.key.clone());
+          }
+        }
+        OpKind::Del(ks) => {
+          for k in ks {
+            d.push(cmds.len());
+            cmds.push(l2.del_cmd(k));
+            keys.push(k.clone());
+          }
+        }
+        OpKind::Flush => {}
+      }
+      writes += op.writes();
+      dels.push(d);
+    }
+    let mut acks: Vec<Option<Ack>> = batch.into_iter().map(|op| op.ack).collect();
+    if cmds.is_empty() {
+      for a in acks.into_iter().flatten() {
+        let _ = a.send(Some(Vec::new()));
+      }
+      return;
+    }
+    if self.cfg.pubsub && !keys.is_empty() {
+      keys.sort_unstable();
+      keys.dedup();
+      // In the same pipeline: other instances hear of the writes right after
+      // they landed.
+      cmds.push(
+        redis::cmd("PUBLISH")
+          .arg(l2.channel())
+          .arg(Message::keys(&self.id, keys).encode())
+          .to_owned(),
+      );
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+      match l2.redis.many::<redis::Value>(&cmds).await {
+        Ok(vals) => {
+          *failing_since = None;
+          for (a, d) in acks.into_iter().zip(dels) {
+            if let Some(a) = a {
+              let existed = d
+                .iter()
+                .map(|&i| matches!(vals.get(i), Some(redis::Value::Int(n)) if *n > 0))
+                .collect();
+              let _ = a.send(Some(existed));
+            }
+          }
+          self.c.pending_writes.fetch_sub(writes, Ordering::Relaxed);
+          return;
+        }
+        Err(_) => {
+          self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+          // The callers learn now that L2 failed; the writes stay queued.
+          for a in acks.iter_mut() {
+            if let Some(a) = a.take() {
+              let _ = a.send(None);
+            }
+          }
+          let now = now_ms();
+          let since = *failing_since.get_or_insert(now);
+          if now - since >= self.cfg.write_retry_ms {
+            self.c.dropped_writes.fetch_add(writes, Ordering::Relaxed);
+            self.c.pending_writes.fetch_sub(writes, Ordering::Relaxed);
+            return;
+          }
+          let left = Duration::from_secs_f64((self.cfg.write_retry_ms - (now - since)) / 1000.0);
+          tokio::time::sleep(backoff.min(left)).await;
+          backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+      }
+    }
+  }
+
+  /// Queue an op behind every earlier one. Call with `order` locked.
+  fn enqueue(&self, q: &Option<mpsc::Sender<Op>>, kind: OpKind, ack: Option<Ack>) -> bool {
+    let Some(tx) = q else { return false };
+    let op = Op { kind, ack };
+    let n = op.writes();
+    self.c.pending_writes.fetch_add(n, Ordering::Relaxed);
+    match tx.try_send(op) {
+      Ok(()) => true,
+      Err(e) => {
+        let op = match e {
+          mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op) => op,
+        };
+        self.c.pending_writes.fetch_sub(n, Ordering::Relaxed);
+        self.c.dropped_writes.fetch_add(n, Ordering::Relaxed);
+        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = op.ack {
+          let _ = a.send(None);
+        }
+        false
+      }
+    }
   }
 
   fn start_subscriber(self: &Arc<Self>) {
@@ -140,11 +305,13 @@ impl Engine {
         }
       },
       move |reconnected| {
-        if reconnected {
-          if let Some(inner) = w2.upgrade() {
+        if let Some(inner) = w2.upgrade() {
+          if reconnected {
             // Messages may have been missed while disconnected.
+            let _g = inner.order.lock();
             inner.l1.clear();
           }
+          inner.subscribed.send_replace(true);
         }
       },
       move || {
@@ -159,6 +326,7 @@ impl Engine {
     if m.s == self.id {
       return;
     }
+    let _g = self.order.lock();
     if m.all {
       self.l1.clear();
     }
@@ -183,25 +351,6 @@ impl Engine {
     }
   }
 
-  pub async fn write_l2(&self, writes: &[Write]) -> bool {
-    let Some(l2) = &self.l2 else { return true };
-    match l2.set_many(writes).await {
-      Ok(()) => {
-        self
-          .publish(Message::keys(
-            &self.id,
-            writes.iter().map(|w| w.key.clone()).collect(),
-          ))
-          .await;
-        true
-      }
-      Err(_) => {
-        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-        false
-      }
-    }
-  }
-
   fn weight(&self, key: &str, val: &Val) -> u32 {
     let bytes = (key.len() + val.weight()) as u64;
     match self.max_bytes_scale {
@@ -214,8 +363,18 @@ impl Engine {
     }
   }
 
-  /// Put a value in L1 with `ttl_ms` (None: the default TTL).
-  pub fn put_l1(&self, key: &str, val: Val, ttl_ms: Option<f64>, tags: Option<Box<[String]>>) {
+  /// Put a value in L1 with `ttl_ms` (None: the default TTL). Call with
+  /// `order` locked. `maxEntries` / `maxBytes` hold when it returns: a value
+  /// heavier than the whole capacity is not kept (the key's old value goes),
+  /// and when the entries written since moka's last maintenance could exceed
+  /// the capacity, the maintenance (eviction) runs now.
+  fn put_l1(&self, key: &str, val: Val, ttl_ms: Option<f64>, tags: Option<Box<[String]>>) {
+    let weight = self.weight(key, &val);
+    let cap = self.capacity();
+    if weight as u64 > cap {
+      self.l1.remove(key);
+      return;
+    }
     let ttl = ttl_ms.or(self.cfg.ttl_ms);
     let now = now_ms();
     let l1_ttl = match (ttl, self.cfg.l1_ttl_ms) {
@@ -228,7 +387,6 @@ impl Engine {
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
     let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
-    let weight = self.weight(key, &val);
     self.l1.insert(
       key.to_string(),
       Entry {
@@ -240,18 +398,77 @@ impl Engine {
         weight,
       },
     );
+    self.enforce_bounds(weight as u64);
+  }
+
+  fn enforce_bounds(&self, added: u64) {
+    let cap = self.capacity();
+    let mut bound = self.unmaintained.fetch_add(added, Ordering::Relaxed) + added;
+    if bound == added {
+      // First write since the last maintenance: start from what moka holds.
+      let held = if self.max_bytes_scale.is_some() {
+        self.l1.cache.weighted_size()
+      } else {
+        self.l1.cache.entry_count()
+      };
+      self.unmaintained.fetch_add(held, Ordering::Relaxed);
+      bound += held;
+    }
+    if bound > cap {
+      self.l1.cache.run_pending_tasks();
+      self.unmaintained.store(0, Ordering::Relaxed);
+    }
   }
 
   pub fn l2_ttl(&self, ttl_ms: Option<f64>) -> Option<u64> {
     ttl_ms.or(self.cfg.ttl_ms).map(|t| t.ceil() as u64)
   }
 
+  /// Whether a value read from L2 from now on may fill L1: only once the
+  /// invalidation subscription is up, or an invalidation sent before it was
+  /// could be missed. The first caller waits for it (bounded by the command
+  /// timeout); later callers do not wait.
+  async fn ready_to_fill(&self) -> bool {
+    if !self.cfg.pubsub || *self.subscribed.borrow() {
+      return true;
+    }
+    let Some(l2) = &self.l2 else { return true };
+    if self.waited_for_subscribe.swap(true, Ordering::Relaxed) {
+      return false;
+    }
+    let mut rx = self.subscribed.subscribe();
+    tokio::time::timeout(l2.redis.cfg.command_timeout, rx.wait_for(|s| *s))
+      .await
+      .is_ok_and(|r| r.is_ok())
+  }
+
+  /// Fill L1 with a value read from L2, unless the key's slot moved since
+  /// `ver` was read (before the L2 request): then a write, delete or
+  /// invalidation came meanwhile and the value read may be older.
+  fn fill(&self, key: &str, ver: u32, val: Val, pttl: Option<u64>) -> bool {
+    #[cfg(test)]
+    if let Some(h) = self.fill_hook.lock().as_ref() {
+      h();
+    }
+    let _g = self.order.lock();
+    let slot = self.l1.slot(key);
+    if self.l1.versions().get(slot) != ver {
+      return false;
+    }
+    self.put_l1(key, val, pttl.map(|t| t as f64), None);
+    true
+  }
+
   pub async fn get_l2(&self, key: &str) -> Option<Val> {
     let l2 = self.l2.as_ref()?;
+    let ready = self.ready_to_fill().await;
+    let ver = self.l1.versions().get(self.l1.slot(key));
     match l2.get(key).await {
       Ok(Some((v, pttl))) => {
         self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-        self.put_l1(key, v.clone(), pttl.map(|t| t as f64), None);
+        if ready {
+          self.fill(key, ver, v.clone(), pttl);
+        }
         Some(v)
       }
       Ok(None) => {
@@ -266,41 +483,56 @@ impl Engine {
     }
   }
 
-  /// Delete from L1 and L2; how many keys existed on either level.
-  pub async fn delete_keys(&self, keys: Vec<String>) -> u32 {
-    let mut existed: Vec<bool> = keys.iter().map(|k| self.l1.remove(k)).collect();
-    if let Some(l2) = &self.l2 {
-      match l2.del_many(&keys).await {
-        Ok(in_l2) => {
+  /// Delete from L1 now and from L2 behind every earlier write of this
+  /// instance; the future resolves to how many keys existed on either level.
+  pub fn delete(self: &Arc<Self>, keys: Vec<String>) -> impl Future<Output = u32> + Send + 'static {
+    let (existed, rx) = {
+      let q = self.order.lock();
+      let existed: Vec<bool> = keys.iter().map(|k| self.l1.remove(k)).collect();
+      let rx = if q.is_some() {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(&q, OpKind::Del(keys), Some(tx));
+        Some(rx)
+      } else {
+        None
+      };
+      (existed, rx)
+    };
+    let inner = self.clone();
+    async move {
+      let mut existed = existed;
+      if let Some(rx) = rx {
+        if let Ok(Some(in_l2)) = rx.await {
           for (e, x) in existed.iter_mut().zip(in_l2) {
             *e |= x;
           }
-          self.publish(Message::keys(&self.id, keys)).await;
-        }
-        Err(_) => {
-          self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
         }
       }
+      let n = existed.iter().filter(|x| **x).count() as u32;
+      inner.c.deletes.fetch_add(n as u64, Ordering::Relaxed);
+      n
     }
-    let n = existed.iter().filter(|x| **x).count() as u32;
-    self.c.deletes.fetch_add(n as u64, Ordering::Relaxed);
-    n
   }
 
+  /// Wait until every write queued before this call reached Redis (or was
+  /// given up on after `writeRetryMs`).
   pub async fn flush_write_behind(&self) {
-    let tx = self.wb.lock().clone();
-    if let Some(tx) = tx {
-      let (ftx, frx) = oneshot::channel();
-      if tx.send(WbOp::Flush(ftx)).await.is_ok() {
-        let _ = frx.await;
+    let rx = {
+      let q = self.order.lock();
+      if q.is_none() {
+        return;
       }
-    }
+      let (tx, rx) = oneshot::channel();
+      self.enqueue(&q, OpKind::Flush, Some(tx));
+      rx
+    };
+    let _ = rx.await;
   }
 
   pub async fn shutdown(&self) {
     self.flush_write_behind().await;
     self.closed.store(true, Ordering::Relaxed);
-    *self.wb.lock() = None;
+    *self.order.lock() = None;
     // Waiters of flights that will never end (their leader is gone).
     for (_, tx) in self.flights.lock().drain() {
       let _ = tx.send(Some(Err(flight_error(
@@ -330,6 +562,7 @@ pub struct Stats {
   pub l2_errors: f64,
   pub hit_ratio: f64,
   pub pending_writes: f64,
+  pub dropped_writes: f64,
 }
 
 /// Waiting on a flight led elsewhere.
@@ -341,25 +574,26 @@ pub enum FlightOutcome {
 }
 
 impl Engine {
-  /// L1 now, L2 in the background (write-behind).
+  /// L1 now, L2 in the background (write-behind), behind every earlier
+  /// write of this instance.
   pub fn set_sync(&self, key: String, val: Val, ttl_ms: Option<f64>, tags: Option<Box<[String]>>) {
     self.c.sets.fetch_add(1, Ordering::Relaxed);
-    if let Some(tx) = self.wb.lock().as_ref() {
+    let q = self.order.lock();
+    if q.is_some() {
       let w = Write {
         key: key.clone(),
         val: val.clone(),
         ttl_ms: self.l2_ttl(ttl_ms),
         tags: tags.clone(),
       };
-      if tx.try_send(WbOp::Set(w)).is_err() {
-        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-      }
+      self.enqueue(&q, OpKind::Set(vec![w]), None);
     }
     self.put_l1(&key, val, ttl_ms, tags);
   }
 
-  /// L1 now; the returned future writes L2 (write-through) and resolves
-  /// `true` when L2 took it (or there is no L2).
+  /// L1 now; the returned future resolves when the write reached L2
+  /// (write-through): `true` when it landed (or there is no L2), `false`
+  /// when its first attempt failed (it is retried in the background).
   pub fn set(
     self: &Arc<Self>,
     key: String,
@@ -370,7 +604,7 @@ impl Engine {
     self.set_many(vec![(key, val)], ttl_ms, tags)
   }
 
-  /// Many writes: L1 now, one pipeline to L2.
+  /// Many writes: L1 now, one op (one pipeline) to L2.
   pub fn set_many(
     self: &Arc<Self>,
     entries: Vec<(String, Val)>,
@@ -378,27 +612,42 @@ impl Engine {
     tags: Option<Box<[String]>>,
   ) -> impl Future<Output = bool> + Send + 'static {
     let ttl = self.l2_ttl(ttl_ms);
-    let writes: Vec<Write> = entries
-      .into_iter()
-      .map(|(key, val)| Write {
-        key,
-        val,
-        ttl_ms: ttl,
-        tags: tags.clone(),
-      })
-      .collect();
-    for w in &writes {
-      self.put_l1(&w.key, w.val.clone(), ttl_ms, tags.clone());
-    }
     self
       .c
       .sets
-      .fetch_add(writes.len() as u64, Ordering::Relaxed);
-    let this = self.clone();
-    async move { this.write_l2(&writes).await }
+      .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    let rx = {
+      let q = self.order.lock();
+      for (k, v) in &entries {
+        self.put_l1(k, v.clone(), ttl_ms, tags.clone());
+      }
+      if q.is_some() {
+        let writes: Vec<Write> = entries
+          .into_iter()
+          .map(|(key, val)| Write {
+            key,
+            val,
+            ttl_ms: ttl,
+            tags: tags.clone(),
+          })
+          .collect();
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(&q, OpKind::Set(writes), Some(tx));
+        Some(rx)
+      } else {
+        None
+      }
+    };
+    async move {
+      match rx {
+        None => true,
+        Some(rx) => matches!(rx.await, Ok(Some(_))),
+      }
+    }
   }
 
-  /// L1 for each key now; the future does one L2 round trip for the misses.
+  /// L1 for each key now; the future does one L2 round trip for the misses
+  /// and fills L1 with each hit and its remaining TTL in Redis.
   pub fn get_many(
     self: &Arc<Self>,
     keys: Vec<String>,
@@ -422,53 +671,62 @@ impl Engine {
       if missing.is_empty() {
         return out;
       }
-      match &inner.l2 {
-        None => {
+      let Some(l2) = &inner.l2 else {
+        inner
+          .c
+          .misses
+          .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        return out;
+      };
+      let ready = inner.ready_to_fill().await;
+      let vers: Vec<u32> = missing
+        .iter()
+        .map(|(_, k)| inner.l1.versions().get(inner.l1.slot(k)))
+        .collect();
+      let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
+      match l2.get_many(&keys).await {
+        Ok(vals) => {
+          for (((i, k), v), ver) in missing.into_iter().zip(vals).zip(vers) {
+            match v {
+              Some((v, pttl)) => {
+                inner.c.l2_hits.fetch_add(1, Ordering::Relaxed);
+                if ready {
+                  inner.fill(&k, ver, v.clone(), pttl);
+                }
+                out[i] = Some(v);
+              }
+              None => {
+                inner.c.misses.fetch_add(1, Ordering::Relaxed);
+              }
+            }
+          }
+        }
+        Err(_) => {
+          inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
           inner
             .c
             .misses
             .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        }
-        Some(l2) => {
-          let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
-          match l2.get_many(&keys).await {
-            Ok(vals) => {
-              for ((i, k), v) in missing.into_iter().zip(vals) {
-                match v {
-                  Some(v) => {
-                    inner.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    inner.put_l1(&k, v.clone(), None, None);
-                    out[i] = Some(v);
-                  }
-                  None => {
-                    inner.c.misses.fetch_add(1, Ordering::Relaxed);
-                  }
-                }
-              }
-            }
-            Err(_) => {
-              inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-              inner
-                .c
-                .misses
-                .fetch_add(missing.len() as u64, Ordering::Relaxed);
-            }
-          }
         }
       }
       out
     }
   }
 
-  /// Delete every key matching `glob` on every level.
+  /// Delete every key matching `glob` on every level (after this instance's
+  /// earlier writes landed).
   pub async fn delete_pattern(&self, glob: String) -> HpResult<u32> {
-    let local = self
-      .l1
-      .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
-    let mut all: HashSet<String> = local.into_iter().collect();
-    for k in &all {
-      self.l1.remove(k);
-    }
+    self.flush_write_behind().await;
+    let mut all: HashSet<String> = {
+      let _g = self.order.lock();
+      let local = self
+        .l1
+        .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
+      for k in &local {
+        self.l1.remove(k);
+      }
+      local.into_iter().collect()
+    };
     if let Some(l2) = &self.l2 {
       match l2.del_pattern(&glob).await {
         Ok(keys) => all.extend(keys),
@@ -486,15 +744,20 @@ impl Engine {
     Ok(all.len() as u32)
   }
 
-  /// Delete every entry written with `tag`.
+  /// Delete every entry written with `tag` (after this instance's earlier
+  /// writes landed).
   pub async fn delete_tag(&self, tag: String) -> HpResult<u32> {
-    let local = self
-      .l1
-      .keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
-    let mut all: HashSet<String> = local.into_iter().collect();
-    for k in &all {
-      self.l1.remove(k);
-    }
+    self.flush_write_behind().await;
+    let mut all: HashSet<String> = {
+      let _g = self.order.lock();
+      let local = self
+        .l1
+        .keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
+      for k in &local {
+        self.l1.remove(k);
+      }
+      local.into_iter().collect()
+    };
     if let Some(l2) = &self.l2 {
       match l2.del_tag(&tag).await {
         Ok((members, deleted)) => {
@@ -514,15 +777,16 @@ impl Engine {
     Ok(all.len() as u32)
   }
 
-  /// Delayed double delete: now, and again after `delay_ms`.
+  /// Delayed double delete: now (L1 at once, L2 behind earlier writes), and
+  /// again on every level after `delay_ms`.
   pub fn delete_later(self: &Arc<Self>, key: String, delay_ms: f64) {
+    let first = self.delete(vec![key.clone()]);
     let inner = self.clone();
-    inner.l1.remove(&key);
     runtime::spawn(async move {
-      inner.delete_keys(vec![key.clone()]).await;
+      first.await;
       tokio::time::sleep(Duration::from_secs_f64(delay_ms / 1000.0)).await;
       if !inner.closed.load(Ordering::Relaxed) {
-        inner.delete_keys(vec![key]).await;
+        inner.delete(vec![key]).await;
       }
     });
   }
@@ -558,9 +822,13 @@ impl Engine {
     }
   }
 
-  /// L1 now; the future clears this cache's keys in L2.
+  /// L1 now; the future clears this cache's keys in L2 (after this
+  /// instance's earlier writes landed).
   pub fn clear(self: &Arc<Self>) -> impl Future<Output = HpResult<()>> + Send + 'static {
-    self.l1.clear();
+    {
+      let _g = self.order.lock();
+      self.l1.clear();
+    }
     let inner = self.clone();
     async move {
       if let Some(l2) = &inner.l2 {
@@ -625,12 +893,6 @@ impl Engine {
       c.misses.load(Ordering::Relaxed) as f64,
     );
     let total = l1h + l2h + m;
-    let pending = self
-      .wb
-      .lock()
-      .as_ref()
-      .map(|tx| (tx.max_capacity() - tx.capacity()) as f64)
-      .unwrap_or(0.0);
     Stats {
       l1_hits: l1h,
       l2_hits: l2h,
@@ -646,7 +908,8 @@ impl Engine {
       } else {
         0.0
       },
-      pending_writes: pending,
+      pending_writes: c.pending_writes.load(Ordering::Relaxed) as f64,
+      dropped_writes: c.dropped_writes.load(Ordering::Relaxed) as f64,
     }
   }
 
@@ -675,6 +938,8 @@ mod tests {
       pubsub: false,
       front: 0,
       max_pending: 1000,
+      write_retry_ms: 1000.0,
+      name: None,
     }
   }
 
@@ -683,7 +948,7 @@ mod tests {
     let e = Engine::new(cfg()).unwrap();
     e.set_sync("k".into(), Val::Str("v".into()), None, None);
     assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("v".into()));
-    let n = runtime::handle().block_on(e.delete_keys(vec!["k".into()]));
+    let n = runtime::handle().block_on(e.delete(vec!["k".into()]));
     assert_eq!(n, 1);
     assert!(e.l1.get_live("k").is_none());
   }
@@ -700,5 +965,40 @@ mod tests {
       _ => panic!("expected the value"),
     }
     assert!(e.flight_lead("f".into()));
+  }
+
+  #[test]
+  fn max_entries_holds_after_every_write() {
+    let mut c = cfg();
+    c.l1.max_entries = 10;
+    let e = Engine::new(c).unwrap();
+    for i in 0..60 {
+      e.set_sync(format!("k{i}"), Val::Num(i as f64), None, None);
+      let live = (0..=i)
+        .filter(|j| e.l1.get_live(&format!("k{j}")).is_some())
+        .count();
+      assert!(live <= 10, "after write {i}: {live} live");
+    }
+  }
+
+  #[test]
+  fn a_value_heavier_than_max_bytes_is_not_kept_and_drops_the_old_one() {
+    let mut c = cfg();
+    c.l1.max_bytes = Some(1000);
+    let e = Engine::new(c).unwrap();
+    e.set_sync("k".into(), Val::Str("small".into()), None, None);
+    e.set_sync("k".into(), Val::Bytes(vec![0; 2000]), None, None);
+    assert!(e.l1.get_live("k").is_none());
+  }
+
+  #[test]
+  fn a_fill_is_dropped_when_the_slot_moved_after_its_read() {
+    let e = Engine::new(cfg()).unwrap();
+    let ver = e.l1.versions().get(e.l1.slot("k"));
+    e.set_sync("k".into(), Val::Str("new".into()), None, None);
+    assert!(!e.fill("k", ver, Val::Str("old".into()), None));
+    assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("new".into()));
+    let ver = e.l1.versions().get(e.l1.slot("k"));
+    assert!(e.fill("k", ver, Val::Str("newer".into()), None));
   }
 }

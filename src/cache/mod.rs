@@ -60,9 +60,13 @@ pub struct CacheOptions {
   /// booleans and null that never cross into native code; validated against
   /// version counters on every read). `0` turns it off. Default: `16_384`.
   pub front_cache_entries: Option<f64>,
-  /// Most `setSync` writes waiting for Redis; beyond it a write-behind is
-  /// dropped and counted in `l2Errors`. Default: `100_000`.
+  /// Most writes waiting for Redis; beyond it a write is dropped (L1 keeps
+  /// it) and counted in `droppedWrites`. Default: `100_000`.
   pub max_pending_writes: Option<f64>,
+  /// How long (ms) a write to Redis that failed is retried, with backoff,
+  /// before it is dropped and counted in `droppedWrites`; also bounds how
+  /// long `close()` waits for pending writes. Default: `10_000`.
+  pub write_retry_ms: Option<f64>,
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
@@ -112,6 +116,8 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
     Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
   };
   Ok(CacheConfig {
+    name: o.name.clone(),
+    write_retry_ms: check_non_negative("writeRetryMs", o.write_retry_ms.unwrap_or(10_000.0))?,
     l1: L1Config {
       max_entries,
       max_bytes,
@@ -229,8 +235,11 @@ pub struct CacheStats {
   pub l1_bytes: f64,
   pub l2_errors: f64,
   pub hit_ratio: f64,
-  /// Writes from `setSync` not yet on Redis.
+  /// Writes (and deletes) queued for Redis, not yet landed or dropped.
   pub pending_writes: f64,
+  /// Writes (and deletes) to Redis given up on: the queue was full, or
+  /// Redis kept failing for `writeRetryMs`. L1 kept them.
+  pub dropped_writes: f64,
 }
 
 /// The native engine behind `CacheManager` (see lib/cache.js).
@@ -490,9 +499,8 @@ impl NativeCache {
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     self.open()?;
-    let inner = self.inner.clone();
-    runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) })
-      .map_err(crate::error::from_napi)
+    let fut = self.inner.delete(keys);
+    runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
@@ -595,6 +603,7 @@ impl NativeCache {
       l2_errors: s.l2_errors,
       hit_ratio: s.hit_ratio,
       pending_writes: s.pending_writes,
+      dropped_writes: s.dropped_writes,
     }
   }
 
@@ -621,5 +630,24 @@ impl NativeCache {
   #[napi]
   pub fn is_closed(&self) -> bool {
     self.closed.load(Ordering::Relaxed)
+  }
+}
+
+impl Drop for NativeCache {
+  /// A handle dropped without `close()` (garbage collected, or its worker
+  /// thread exited) still lets go of the shared state: the last one flushes
+  /// the write path and ends the subscription.
+  fn drop(&mut self) {
+    if self.closed.swap(true, Ordering::SeqCst) {
+      return;
+    }
+    let last = match &self.name {
+      Some(n) => runtime::detach(CLASS, n),
+      None => true,
+    };
+    if last {
+      let inner = self.inner.clone();
+      runtime::spawn(async move { inner.shutdown().await });
+    }
   }
 }

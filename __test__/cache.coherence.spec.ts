@@ -1,0 +1,223 @@
+// CacheManager coherence: one test per item of issue 13 (key layout per cache
+// name, bounds on every write, lone surrogates, deleteLater, ordered writes,
+// write-behind retries, getOrSet timeouts and leader death), on a real
+// redis-server where Redis is the point.
+import { test, describe, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import Redis from 'ioredis'
+import { CacheManager } from 'hotpath'
+import { redisUrl, freePort, OwnRedis } from './helpers.ts'
+
+let n = 0
+const prefix = () => `hp-coh-${process.pid}-${++n}:`
+const uniq = (s: string) => `${s}-${process.pid}-${++n}`
+
+describe('CacheManager coherence (L1 only)', () => {
+  test('#6 maxEntries holds after every write, without stats() running maintenance', () => {
+    const c = new CacheManager({ maxEntries: 10 })
+    for (let i = 0; i < 60; i++) {
+      c.setSync(`k${i}`, i)
+      let readable = 0
+      for (let j = 0; j <= i; j++) if (c.has(`k${j}`)) readable++
+      assert.ok(readable <= 10, `after write ${i}: ${readable} entries readable, maxEntries 10`)
+    }
+    void c.close()
+  })
+
+  test('#6 maxBytes holds after every write; a value larger than maxBytes is never resident', () => {
+    const c = new CacheManager({ maxBytes: 1 << 20 })
+    const big = Buffer.alloc(4 << 20, 1)
+    for (let i = 0; i < 8; i++) {
+      c.setSync(`b${i}`, big)
+      assert.equal(c.getSync(`b${i}`), undefined, `4 MiB value ${i} readable with maxBytes 1 MiB`)
+    }
+    const d = new CacheManager({ maxBytes: 10_000 })
+    const v = 'x'.repeat(1000)
+    for (let i = 0; i < 60; i++) {
+      d.setSync(`s${i}`, v)
+      let bytes = 0
+      for (let j = 0; j <= i; j++) if (d.getSync(`s${j}`) !== undefined) bytes += 1000 + `s${j}`.length
+      assert.ok(bytes <= 10_000, `after write ${i}: ${bytes} bytes readable, maxBytes 10000`)
+    }
+    void c.close()
+    void d.close()
+  })
+
+  test('#11 lone surrogates: keys rejected with ERR_INVALID_ARG, string values stored exactly', async () => {
+    const c = new CacheManager()
+    assert.throws(() => c.setSync('a\uD800', 1), { code: 'ERR_INVALID_ARG' })
+    assert.throws(() => c.getSync('a\uDC00'), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(c.set('a\uDC00', 1), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(c.get('a\uDC00'), { code: 'ERR_INVALID_ARG' })
+    assert.throws(() => c.has('x\uDFFF'), { code: 'ERR_INVALID_ARG' })
+    c.setSync('ok', 'a\uD800b')
+    assert.equal(c.getSync('ok'), 'a\uD800b')
+    await c.set('ok2', '\uDC00')
+    assert.equal(await c.get('ok2'), '\uDC00')
+    assert.deepEqual(await c.getMany(['ok', 'ok2']), ['a\uD800b', '\uDC00'])
+    // Well-formed pairs are untouched.
+    c.setSync('emoji\uD83D\uDE00', '\uD83D\uDE00')
+    assert.equal(c.getSync('emoji\uD83D\uDE00'), '\uD83D\uDE00')
+    await c.close()
+  })
+
+  test('#7 deleteLater: a write made just after it returns is not deleted by its first pass', async () => {
+    const c = new CacheManager()
+    for (let i = 0; i < 50; i++) {
+      c.deleteLater(`d${i}`, 60_000)
+      c.setSync(`d${i}`, i)
+    }
+    await new Promise((r) => setTimeout(r, 20))
+    for (let i = 0; i < 50; i++) assert.equal(c.getSync(`d${i}`), i, `d${i} vanished`)
+    await c.close()
+  })
+})
+
+describe('CacheManager coherence on Redis', () => {
+  let url: string | null = null
+  let raw: Redis
+  before(() => {
+    url = process.env.REDIS_URL ?? null
+    if (url) raw = new Redis(url)
+  })
+  after(async () => {
+    await raw?.quit()
+  })
+
+  test('#1 caches with different names never share keys; clear, deletePattern and deleteTag stay inside', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const [un, sn] = [uniq('users'), uniq('sessions')]
+    const users = new CacheManager({ name: un, redis: { url: url!, keyPrefix } })
+    const sessions = new CacheManager({ name: sn, redis: { url: url!, keyPrefix } })
+    await users.set('k', 'from-users', { tags: ['t'] })
+    assert.equal(await sessions.get('k'), undefined)
+    await sessions.set('k', 'from-sessions', { tags: ['t'] })
+    await sessions.set('k2', 'from-sessions')
+    assert.equal(users.getSync('k'), 'from-users')
+    // The layout: <keyPrefix>c@<name>:<key>
+    assert.equal(await raw.get(`${keyPrefix}c@${un}:k`), '"from-users"')
+    assert.equal(await raw.get(`${keyPrefix}c@${sn}:k`), '"from-sessions"')
+    assert.equal(await users.deleteTag('t'), 1)
+    assert.equal(await raw.get(`${keyPrefix}c@${sn}:k`), '"from-sessions"')
+    await users.set('k', 'again')
+    assert.equal(await users.deletePattern('k*'), 1)
+    assert.equal(await raw.get(`${keyPrefix}c@${sn}:k2`), '"from-sessions"')
+    await users.set('k3', 'u')
+    await users.clear()
+    assert.equal(await raw.exists(`${keyPrefix}c@${un}:k3`), 0)
+    assert.equal(await raw.get(`${keyPrefix}c@${sn}:k`), '"from-sessions"')
+    assert.equal(await raw.get(`${keyPrefix}c@${sn}:k2`), '"from-sessions"')
+    assert.equal(sessions.getSync('k'), 'from-sessions')
+    assert.equal(await sessions.deleteTag('t'), 1)
+    assert.equal(await sessions.deletePattern('k*'), 1)
+    // A name with ':' cannot alias another name's keys: 'x:y' + 'k' vs 'x' + 'y:k'.
+    const base = uniq('x')
+    const a = new CacheManager({ name: `${base}:y`, redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ name: base, redis: { url: url!, keyPrefix } })
+    await a.set('k', 'from-a')
+    await b.set('y:k', 'from-b')
+    assert.equal(await raw.get(`${keyPrefix}c@${base}%3Ay:k`), '"from-a"')
+    assert.equal(await raw.get(`${keyPrefix}c@${base}:y:k`), '"from-b"')
+    await a.clear()
+    assert.equal(await raw.get(`${keyPrefix}c@${base}:y:k`), '"from-b"')
+    await b.clear()
+    await b.close()
+    await users.close()
+    await sessions.close()
+    await a.close()
+  })
+
+  test('#1 two instances with the same name share keys across processes (a fresh attach reads Redis)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const name = uniq('shared')
+    const a = new CacheManager({ name, redis: { url: url!, keyPrefix } })
+    await a.set('x', 1)
+    await a.close()
+    const b = new CacheManager({ name, redis: { url: url!, keyPrefix } })
+    assert.equal(await b.get('x'), 1)
+    const other = new CacheManager({ name: uniq('other'), redis: { url: url!, keyPrefix } })
+    assert.equal(await other.get('x'), undefined)
+    await b.clear()
+    await b.close()
+    await other.close()
+  })
+
+  test('#11 lone surrogates round-trip through Redis', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('s', 'a\uD800b')
+    assert.equal(await b.get('s'), 'a\uD800b')
+    assert.deepEqual(await b.getMany(['s']), ['a\uD800b'])
+    await a.clear()
+    await a.close()
+    await b.close()
+  })
+
+  test('#7 deleteLater then set: neither L1 nor Redis loses the new value', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const c = new CacheManager({ redis: { url: url!, keyPrefix } })
+    for (let i = 0; i < 20; i++) {
+      c.deleteLater(`d${i}`, 60_000)
+      await c.set(`d${i}`, i)
+    }
+    await c.close()
+    for (let i = 0; i < 20; i++) assert.equal(await raw.get(`${keyPrefix}c:d${i}`), String(i), `d${i} lost in Redis`)
+    const d = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await d.clear()
+    await d.close()
+  })
+
+  test('#3 setSync then delete: the delete lands after the write (no resurrection in Redis)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const c = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const keys = Array.from({ length: 300 }, (_, i) => `r${i}`)
+    for (const k of keys) c.setSync(k, k)
+    assert.equal(await c.deleteMany(keys), 300)
+    for (let i = 0; i < 100; i++) {
+      c.setSync(`s${i}`, i)
+      assert.equal(await c.delete(`s${i}`), true)
+    }
+    await c.close() // drains everything still queued
+    const left = await raw.keys(`${keyPrefix}c:*`)
+    assert.deepEqual(left, [])
+  })
+
+  test('#4 write-behind retries: setSync writes made while Redis is down land when it returns; close waits', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnRedis(await freePort())
+    await own.start()
+    try {
+      const keyPrefix = prefix()
+      const c = new CacheManager({ redis: { url: own.url, keyPrefix, commandTimeoutMs: 300, connectTimeoutMs: 200 } })
+      await c.set('warm', 1)
+      await own.stop()
+      for (let i = 0; i < 5000; i++) c.setSync(`w${i}`, i)
+      await own.start()
+      await c.close()
+      const r = new Redis(own.url)
+      const vals = await r.mget(Array.from({ length: 5000 }, (_, i) => `${keyPrefix}c:w${i}`))
+      await r.quit()
+      assert.equal(vals.filter((v, i) => v === String(i)).length, 5000)
+      const s = c.stats()
+      assert.equal(s.droppedWrites, 0)
+    } finally {
+      await own.dispose()
+    }
+  })
+
+  test('#4 write-behind gives up after writeRetryMs, counts every dropped write, and close() returns', async (t) => {
+    if (!redisUrl(t)) return
+    const c = new CacheManager({ redis: { url: 'redis://127.0.0.1:1', commandTimeoutMs: 100, connectTimeoutMs: 100 }, writeRetryMs: 300 })
+    for (let i = 0; i < 1000; i++) c.setSync(`w${i}`, i)
+    await c.close()
+    const s = c.stats()
+    assert.equal(s.droppedWrites, 1000)
+    assert.equal(s.pendingWrites, 0)
+  })
+})
