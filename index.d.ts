@@ -376,17 +376,20 @@ export declare class NativeCache {
   remainingTtlMs(key: string): Promise<number>
   clear(): Promise<void>
   /**
-   * true: the caller leads the flight for `key` (runs the factory and must
-   * end it); false: another caller in the process leads it.
+   * A token (> 0): the caller leads the flight for `key` (runs the factory
+   * and must end it with that token); 0: a live caller leads it.
    */
-  flightLead(key: string): boolean
+  flightLead(key: string): number
   /**
-   * Wait for the flight on `key` led elsewhere. Resolves to the value, to a
-   * JSON error string, or to `[]` when the flight is already over.
+   * Wait for the flight on `key` led elsewhere, at most `timeoutMs` (< 0:
+   * no bound). Resolves to the value, to a JSON error string, or to `[]`
+   * when the flight is over without a value (look again, or lead).
    */
-  flightWait(key: string): Promise<string | Array<number | string | boolean | null | Buffer | undefined>>
-  flightEnd(key: string, kind: number, payload: string | number | Buffer): void
-  flightFail(key: string, code: string, message: string, name: string): void
+  flightWait(key: string, timeoutMs: number): Promise<string | Array<number | string | boolean | null | Buffer | undefined>>
+  flightEnd(key: string, token: number, kind: number, payload: string | number | Buffer): void
+  flightFail(key: string, token: number, code: string, message: string, name: string): void
+  /** The leader gave up (its wait timed out or was aborted): the key is free. */
+  flightAbandon(key: string, token: number): void
   stats(): CacheStats
   /**
    * Close this handle. The shared state (write-behind queue, subscription)

@@ -6,11 +6,26 @@ import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
+import { Worker } from 'node:worker_threads'
+import { createRequire } from 'node:module'
 import { redisUrl, freePort, OwnRedis } from './helpers.ts'
 
 let n = 0
 const prefix = () => `hp-coh-${process.pid}-${++n}:`
 const uniq = (s: string) => `${s}-${process.pid}-${++n}`
+const require = createRequire(import.meta.url)
+const never = () => new Promise<never>(() => {})
+
+/** Fails the test instead of hanging when `p` never settles (a wedged key). */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms (wedged)`)), ms)
+    }),
+  ]).finally(() => clearTimeout(timer))
+}
 
 describe('CacheManager coherence (L1 only)', () => {
   test('#6 maxEntries holds after every write, without stats() running maintenance', () => {
@@ -69,6 +84,72 @@ describe('CacheManager coherence (L1 only)', () => {
     }
     await new Promise((r) => setTimeout(r, 20))
     for (let i = 0; i < 50; i++) assert.equal(c.getSync(`d${i}`), i, `d${i} vanished`)
+    await c.close()
+  })
+})
+
+describe('getOrSet never wedges a key (#5)', () => {
+  test('timeoutMs bounds the leader and every waiter; the key is usable again afterwards', async () => {
+    const c = new CacheManager()
+    const leader = c.getOrSet('k', never, { timeoutMs: 50 })
+    const waiter = c.getOrSet('k', never, { timeoutMs: 80 })
+    await assert.rejects(within(leader, 10_000, 'leader'), { code: 'ERR_TIMEOUT' })
+    // The waiter took the flight over once the leader gave up, then timed out itself.
+    await assert.rejects(within(waiter, 10_000, 'waiter'), { code: 'ERR_TIMEOUT' })
+    let calls = 0
+    assert.equal(await within(c.getOrSet('k', () => (calls++, 'ok')), 10_000, 'after'), 'ok')
+    assert.equal(calls, 1)
+    assert.equal(c.getSync('k'), 'ok')
+    await c.close()
+  })
+
+  test('a waiter without timeoutMs takes over when the leader times out', async () => {
+    const c = new CacheManager()
+    const leader = c.getOrSet('k', never, { timeoutMs: 30 })
+    const waiter = c.getOrSet('k', () => 'second')
+    await assert.rejects(leader, { code: 'ERR_TIMEOUT' })
+    assert.equal(await within(waiter, 10_000, 'waiter'), 'second')
+    await c.close()
+  })
+
+  test('signal aborts the wait with ERR_ABORTED (leader or waiter); the key is usable again', async () => {
+    const c = new CacheManager()
+    const ac = new AbortController()
+    const leader = c.getOrSet('k', never, { signal: ac.signal })
+    const ac2 = new AbortController()
+    const waiter = c.getOrSet('k', never, { signal: ac2.signal })
+    ac2.abort()
+    await assert.rejects(within(waiter, 10_000, 'waiter'), { code: 'ERR_ABORTED' })
+    ac.abort()
+    await assert.rejects(within(leader, 10_000, 'leader'), { code: 'ERR_ABORTED' })
+    const pre = new AbortController()
+    pre.abort()
+    await assert.rejects(c.getOrSet('k', () => 'x', { signal: pre.signal }), { code: 'ERR_ABORTED' })
+    assert.equal(await within(c.getOrSet('k', () => 'ok'), 10_000, 'after'), 'ok')
+    await assert.rejects(c.getOrSet('k', () => 'x', { timeoutMs: -1 }), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(c.getOrSet('k', () => 'x', { signal: {} as AbortSignal }), { code: 'ERR_INVALID_ARG' })
+    await c.close()
+  })
+
+  test('a leader in a worker thread that is terminated mid-factory hands the flight over', async () => {
+    const name = uniq('flight-handover')
+    const c = new CacheManager({ name })
+    const w = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       const { CacheManager } = require(${JSON.stringify(require.resolve('hotpath'))});
+       const c = new CacheManager({ name: ${JSON.stringify(name)} });
+       c.getOrSet('k', () => { parentPort.postMessage('leading'); return new Promise(() => {}) });`,
+      { eval: true },
+    )
+    await new Promise<void>((resolve, reject) => {
+      w.once('message', () => resolve())
+      w.once('error', reject)
+    })
+    let calls = 0
+    const mine = c.getOrSet('k', () => (calls++, 'from-main'))
+    await w.terminate()
+    assert.equal(await within(mine, 10_000, 'waiter after the leader thread died'), 'from-main')
+    assert.equal(calls, 1)
     await c.close()
   })
 })

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -82,6 +82,38 @@ impl Op {
 
 pub type FlightResult = std::result::Result<Val, String>;
 
+/// One getOrSet flight: its result channel, its token (so only its leader
+/// ends it) and the liveness of the leader's thread.
+struct Flight {
+  tx: watch::Sender<Option<FlightResult>>,
+  token: u64,
+  owner: Weak<()>,
+}
+
+/// Held by each thread that ever led a flight; dropped when the thread exits
+/// (a terminated worker thread included), which wakes the waiters.
+struct ThreadAlive(Option<Arc<()>>);
+
+impl Drop for ThreadAlive {
+  fn drop(&mut self) {
+    self.0.take();
+    deaths().notify_waiters();
+  }
+}
+
+thread_local! {
+  static THREAD_ALIVE: ThreadAlive = ThreadAlive(Some(Arc::new(())));
+}
+
+fn thread_alive() -> Weak<()> {
+  THREAD_ALIVE.with(|t| Arc::downgrade(t.0.as_ref().expect("alive while the thread runs")))
+}
+
+fn deaths() -> &'static tokio::sync::Notify {
+  static N: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+  N.get_or_init(tokio::sync::Notify::new)
+}
+
 /// The shared state of one cache (one per name, or per unnamed instance).
 pub struct Engine {
   pub cfg: CacheConfig,
@@ -90,7 +122,8 @@ pub struct Engine {
   id: String,
   pub c: Counters,
   max_bytes_scale: Option<(u64, u64)>,
-  flights: Mutex<HashMap<String, watch::Sender<Option<FlightResult>>>>,
+  flights: Mutex<HashMap<String, Flight>>,
+  next_token: AtomicU64,
   /// The ordered write path: every L1 write of this instance and its L2 op
   /// are made under `order`, so L1 and the queue see one order, and one
   /// task sends the queue to Redis in that order.
@@ -121,6 +154,7 @@ impl Engine {
       c: Counters::default(),
       max_bytes_scale,
       flights: Mutex::new(HashMap::new()),
+      next_token: AtomicU64::new(0),
       order: Mutex::new(None),
       unmaintained: AtomicU64::new(0),
       subscribed: watch::channel(false).0,
@@ -534,8 +568,8 @@ impl Engine {
     self.closed.store(true, Ordering::Relaxed);
     *self.order.lock() = None;
     // Waiters of flights that will never end (their leader is gone).
-    for (_, tx) in self.flights.lock().drain() {
-      let _ = tx.send(Some(Err(flight_error(
+    for (_, fl) in self.flights.lock().drain() {
+      let _ = fl.tx.send(Some(Err(flight_error(
         "ERR_CLOSED",
         "CacheManager is closed",
         "Error",
@@ -845,43 +879,104 @@ impl Engine {
 
   // ---------------------------------------------------------- single flight
 
-  /// true: the caller leads the flight for `key` (and must end it).
-  pub fn flight_lead(&self, key: String) -> bool {
+  /// `Some(token)`: the caller leads the flight for `key` and must end it
+  /// (`flight_end` / `flight_fail` / `flight_abandon` with that token).
+  /// `None`: a live caller leads it. A flight whose leader's thread has
+  /// exited is taken over.
+  pub fn flight_lead(&self, key: String) -> Option<u64> {
     let mut f = self.flights.lock();
-    if f.contains_key(&key) {
-      return false;
+    if let Some(fl) = f.get(&key) {
+      if fl.owner.strong_count() > 0 {
+        return None;
+      }
     }
+    let token = self.next_token.fetch_add(1, Ordering::Relaxed) + 1;
     let (tx, _rx) = watch::channel(None);
-    f.insert(key, tx);
-    true
+    f.insert(
+      key,
+      Flight {
+        tx,
+        token,
+        owner: thread_alive(),
+      },
+    );
+    Some(token)
   }
 
-  /// Wait for the flight on `key` led elsewhere.
-  pub fn flight_wait(&self, key: &str) -> impl Future<Output = FlightOutcome> + Send + 'static {
-    let rx = self.flights.lock().get(key).map(|tx| tx.subscribe());
+  /// Wait for the flight on `key` led elsewhere, at most `timeout`. `Gone`
+  /// when it is over without a value for us (it ended before we looked, was
+  /// abandoned, or its leader's thread died): then look again / lead.
+  pub fn flight_wait(
+    self: &Arc<Self>,
+    key: String,
+    timeout: Option<Duration>,
+  ) -> impl Future<Output = FlightOutcome> + Send + 'static {
+    let found = self
+      .flights
+      .lock()
+      .get(&key)
+      .map(|fl| (fl.tx.subscribe(), fl.token, fl.owner.clone()));
+    let inner = self.clone();
     async move {
-      let Some(mut rx) = rx else {
+      let Some((mut rx, token, owner)) = found else {
         return FlightOutcome::Gone;
       };
-      let r = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
-      match r {
-        Ok(Some(Ok(v))) => FlightOutcome::Value(v),
-        Ok(Some(Err(e))) => FlightOutcome::Failed(e),
-        _ => FlightOutcome::Gone,
+      let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+      loop {
+        let died = deaths().notified();
+        if owner.strong_count() == 0 {
+          let mut f = inner.flights.lock();
+          if f.get(&key).is_some_and(|fl| fl.token == token) {
+            f.remove(&key);
+          }
+          return FlightOutcome::Gone;
+        }
+        let sleep = async {
+          match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+          }
+        };
+        tokio::select! {
+          r = rx.wait_for(|v| v.is_some()) => {
+            return match r.map(|v| v.clone()) {
+              Ok(Some(Ok(v))) => FlightOutcome::Value(v),
+              Ok(Some(Err(e))) => FlightOutcome::Failed(e),
+              _ => FlightOutcome::Gone,
+            };
+          }
+          _ = died => {}
+          // Liveness is also polled, in case a thread's end was not seen.
+          _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+          _ = sleep => return FlightOutcome::Gone,
+        }
       }
     }
   }
 
-  pub fn flight_end(&self, key: &str, val: Val) {
-    if let Some(tx) = self.flights.lock().remove(key) {
-      let _ = tx.send(Some(Ok(val)));
+  fn take_flight(&self, key: &str, token: u64) -> Option<Flight> {
+    let mut f = self.flights.lock();
+    if f.get(key).is_some_and(|fl| fl.token == token) {
+      return f.remove(key);
+    }
+    None
+  }
+
+  pub fn flight_end(&self, key: &str, token: u64, val: Val) {
+    if let Some(fl) = self.take_flight(key, token) {
+      let _ = fl.tx.send(Some(Ok(val)));
     }
   }
 
-  pub fn flight_fail(&self, key: &str, code: &str, message: &str, name: &str) {
-    if let Some(tx) = self.flights.lock().remove(key) {
-      let _ = tx.send(Some(Err(flight_error(code, message, name))));
+  pub fn flight_fail(&self, key: &str, token: u64, code: &str, message: &str, name: &str) {
+    if let Some(fl) = self.take_flight(key, token) {
+      let _ = fl.tx.send(Some(Err(flight_error(code, message, name))));
     }
+  }
+
+  /// The leader gave up (timeout, abort): waiters look again, one leads.
+  pub fn flight_abandon(&self, key: &str, token: u64) {
+    self.take_flight(key, token);
   }
 
   pub fn stats(&self) -> Stats {
@@ -956,15 +1051,41 @@ mod tests {
   #[test]
   fn flights_lead_once_and_deliver() {
     let e = Engine::new(cfg()).unwrap();
-    assert!(e.flight_lead("f".into()));
-    assert!(!e.flight_lead("f".into()));
-    let w = e.flight_wait("f");
-    e.flight_end("f", Val::Num(1.0));
+    let t = e.flight_lead("f".into()).unwrap();
+    assert!(e.flight_lead("f".into()).is_none());
+    let w = e.flight_wait("f".into(), None);
+    e.flight_end("f", t + 1, Val::Num(2.0)); // not the leader's token: ignored
+    e.flight_end("f", t, Val::Num(1.0));
     match runtime::handle().block_on(w) {
       FlightOutcome::Value(v) => assert_eq!(v, Val::Num(1.0)),
       _ => panic!("expected the value"),
     }
-    assert!(e.flight_lead("f".into()));
+    assert!(e.flight_lead("f".into()).is_some());
+  }
+
+  #[test]
+  fn a_flight_whose_leader_thread_exited_is_handed_over() {
+    let e = Engine::new(cfg()).unwrap();
+    let e2 = e.clone();
+    std::thread::spawn(move || {
+      assert!(e2.flight_lead("f".into()).is_some());
+    })
+    .join()
+    .unwrap();
+    // The waiter learns the leader is gone, and a new caller leads.
+    let w = e.flight_wait("f".into(), Some(Duration::from_secs(30)));
+    assert!(matches!(runtime::handle().block_on(w), FlightOutcome::Gone));
+    assert!(e.flight_lead("f".into()).is_some());
+  }
+
+  #[test]
+  fn an_abandoned_flight_frees_the_key_and_wakes_waiters() {
+    let e = Engine::new(cfg()).unwrap();
+    let t = e.flight_lead("f".into()).unwrap();
+    let w = e.flight_wait("f".into(), None);
+    e.flight_abandon("f", t);
+    assert!(matches!(runtime::handle().block_on(w), FlightOutcome::Gone));
+    assert!(e.flight_lead("f".into()).is_some());
   }
 
   #[test]

@@ -547,20 +547,35 @@ impl NativeCache {
 
   // ---------------------------------------------------------- single flight
 
-  /// true: the caller leads the flight for `key` (runs the factory and must
-  /// end it); false: another caller in the process leads it.
+  /// A token (> 0): the caller leads the flight for `key` (runs the factory
+  /// and must end it with that token); 0: a live caller leads it.
   #[napi]
-  pub fn flight_lead(&self, key: String) -> Result<bool, Code> {
-    Ok(self.open()?.flight_lead(key))
+  pub fn flight_lead(&self, key: String) -> Result<f64, Code> {
+    Ok(
+      self
+        .open()?
+        .flight_lead(key)
+        .map(|t| t as f64)
+        .unwrap_or(0.0),
+    )
   }
 
-  /// Wait for the flight on `key` led elsewhere. Resolves to the value, to a
-  /// JSON error string, or to `[]` when the flight is already over.
+  /// Wait for the flight on `key` led elsewhere, at most `timeoutMs` (< 0:
+  /// no bound). Resolves to the value, to a JSON error string, or to `[]`
+  /// when the flight is over without a value (look again, or lead).
   #[napi(
     ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>"
   )]
-  pub fn flight_wait<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
-    let fut = self.open()?.flight_wait(&key);
+  pub fn flight_wait<'e>(
+    &self,
+    env: &'e Env,
+    key: String,
+    timeout_ms: f64,
+  ) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let timeout = (timeout_ms >= 0.0 && timeout_ms.is_finite())
+      .then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
+    let fut = self.inner.flight_wait(key, timeout);
     runtime::promise(env, async move {
       Ok(match fut.await {
         FlightOutcome::Value(v) => Out::Vals(vec![Some(v)]),
@@ -575,17 +590,26 @@ impl NativeCache {
   pub fn flight_end(
     &self,
     key: String,
+    token: f64,
     kind: u32,
     payload: Either3<String, f64, Buffer>,
   ) -> Result<(), Code> {
     let val = to_js(val_from_js(kind, payload))?;
-    self.inner.flight_end(&key, val);
+    self.inner.flight_end(&key, token as u64, val);
     Ok(())
   }
 
   #[napi]
-  pub fn flight_fail(&self, key: String, code: String, message: String, name: String) {
-    self.inner.flight_fail(&key, &code, &message, &name);
+  pub fn flight_fail(&self, key: String, token: f64, code: String, message: String, name: String) {
+    self
+      .inner
+      .flight_fail(&key, token as u64, &code, &message, &name);
+  }
+
+  /// The leader gave up (its wait timed out or was aborted): the key is free.
+  #[napi]
+  pub fn flight_abandon(&self, key: String, token: f64) {
+    self.inner.flight_abandon(&key, token as u64);
   }
 
   #[napi]
