@@ -397,6 +397,15 @@ export declare class NativeCache {
    */
   close(): Promise<void>
   isClosed(): boolean
+  /**
+   * Pause (`true`) or stop pausing every L1 fill between its L2 read and
+   * the fill.
+   */
+  testPauseFills(on: boolean): void
+  /** Resolves when a fill reached the pause. */
+  testFillReached(): Promise<void>
+  /** Let one paused fill go on. */
+  testReleaseFill(): void
 }
 
 /** The engine a worker thread uses (see lib/worker_entry.js). */
@@ -815,6 +824,9 @@ export interface RedisOptions {
    */
   commandTimeoutMs?: number
 }
+
+/** Test hook: how many open handles the named cache has (0: none). */
+export declare function testCacheHandles(name: string): number
 
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {

@@ -8,12 +8,13 @@ import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
 import { createRequire } from 'node:module'
-import { redisUrl, freePort, OwnRedis } from './helpers.ts'
+import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
 let n = 0
 const prefix = () => `hp-coh-${process.pid}-${++n}:`
 const uniq = (s: string) => `${s}-${process.pid}-${++n}`
 const require = createRequire(import.meta.url)
+const hooks = require('../lib/testing.js')
 const never = () => new Promise<never>(() => {})
 
 /** Fails the test instead of hanging when `p` never settles (a wedged key). */
@@ -267,6 +268,95 @@ describe('CacheManager coherence on Redis', () => {
     await c.close() // drains everything still queued
     const left = await raw.keys(`${keyPrefix}c:*`)
     assert.deepEqual(left, [])
+  })
+
+  test('#2 a fill that raced a remote invalidation is dropped (hook pauses between the L2 read and the fill)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('k', 'v1')
+    await a.set('probe', 1)
+    assert.equal(await b.get('probe'), 1) // b subscribed and filled
+    hooks.pauseFills(b)
+    const reached = hooks.fillReached(b)
+    const read = b.get('k') // reads v1 from Redis, then pauses before filling
+    await reached
+    hooks.pauseFills(b, false)
+    await a.set('k', 'v2')
+    await a.set('probe', 2)
+    // Messages arrive in order: once probe's invalidation is in, k's is too.
+    await eventually(() => b.getSync('probe') === undefined, 10_000, 'invalidation delivered')
+    hooks.releaseFill(b)
+    assert.equal(await read, 'v1') // what it read
+    assert.equal(b.getSync('k'), undefined) // but L1 was not filled with it
+    assert.equal(await b.get('k'), 'v2')
+    await a.clear()
+    await a.close()
+    await b.close()
+  })
+
+  test('#2 a fill that raced a local set does not overwrite it (get and getMany)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('k', 'old')
+    await a.set('m', 'old')
+    assert.equal(await b.get('nothing'), undefined) // b subscribed
+    hooks.pauseFills(b)
+    let reached = hooks.fillReached(b)
+    const read = b.get('k')
+    await reached
+    b.setSync('k', 'new')
+    hooks.releaseFill(b)
+    assert.equal(await read, 'old')
+    assert.equal(b.getSync('k'), 'new')
+    reached = hooks.fillReached(b)
+    const many = b.getMany(['m'])
+    await reached
+    await b.set('m', 'new')
+    hooks.pauseFills(b, false)
+    hooks.releaseFill(b)
+    assert.deepEqual(await many, ['old'])
+    assert.equal(b.getSync('m'), 'new')
+    await a.clear()
+    await a.close()
+    await b.close()
+  })
+
+  test('#2 getMany fills L1 with the key\'s Redis TTL (an entry Redis expires does not stay in L1)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await raw.set(`${keyPrefix}c:t`, '"short"', 'PX', 60_000)
+    assert.deepEqual(await b.getMany(['t']), ['short'])
+    assert.equal(b.has('t'), true) // served from L1 now
+    const ttl = await b.remainingTtlMs('t') // from L1
+    assert.ok(ttl !== undefined && ttl <= 60_000 && ttl > 0, String(ttl))
+    await b.clear()
+    await b.close()
+  })
+
+  test('#9 a named cache whose last handle is dropped without close() (worker exit) releases it and flushes', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const name = uniq('dropped')
+    const w = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       const { CacheManager } = require(${JSON.stringify(require.resolve('hotpath'))});
+       const c = new CacheManager({ name: ${JSON.stringify(name)}, redis: { url: ${JSON.stringify(url)}, keyPrefix: ${JSON.stringify(keyPrefix)} } });
+       for (let i = 0; i < 100; i++) c.setSync('w' + i, i);
+       parentPort.postMessage('done');`,
+      { eval: true },
+    )
+    await new Promise((resolve) => w.once('exit', resolve))
+    assert.equal(hooks.cacheHandles(name), 0)
+    await eventually(async () => (await raw.exists(...Array.from({ length: 100 }, (_, i) => `${keyPrefix}c@${name}:w${i}`))) === 100, 10_000, 'flushed')
+    const c = new CacheManager({ name, redis: { url: url!, keyPrefix } })
+    assert.equal(await c.get('w99'), 99)
+    await c.clear()
+    await c.close()
   })
 
   test('#4 write-behind retries: setSync writes made while Redis is down land when it returns; close waits', async (t) => {

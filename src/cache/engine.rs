@@ -135,8 +135,26 @@ pub struct Engine {
   subscribed: watch::Sender<bool>,
   waited_for_subscribe: AtomicBool,
   closed: AtomicBool,
-  #[cfg(test)]
-  pub fill_hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+  /// Test hook: pause every L1 fill between its L2 read and the fill.
+  pub fill_pause: FillPause,
+}
+
+/// A test-only pause between an L2 read and its L1 fill (reached through
+/// `lib/testing.js`, never the public exports): deterministic races.
+#[derive(Default)]
+pub struct FillPause {
+  pub on: AtomicBool,
+  pub reached: tokio::sync::Notify,
+  pub release: tokio::sync::Notify,
+}
+
+impl FillPause {
+  async fn point(&self) {
+    if self.on.load(Ordering::Relaxed) {
+      self.reached.notify_one();
+      self.release.notified().await;
+    }
+  }
 }
 
 impl Engine {
@@ -160,8 +178,7 @@ impl Engine {
       subscribed: watch::channel(false).0,
       waited_for_subscribe: AtomicBool::new(false),
       closed: AtomicBool::new(false),
-      #[cfg(test)]
-      fill_hook: Mutex::new(None),
+      fill_pause: FillPause::default(),
       cfg,
     });
     if inner.l2.is_some() {
@@ -480,10 +497,6 @@ impl Engine {
   /// `ver` was read (before the L2 request): then a write, delete or
   /// invalidation came meanwhile and the value read may be older.
   fn fill(&self, key: &str, ver: u32, val: Val, pttl: Option<u64>) -> bool {
-    #[cfg(test)]
-    if let Some(h) = self.fill_hook.lock().as_ref() {
-      h();
-    }
     let _g = self.order.lock();
     let slot = self.l1.slot(key);
     if self.l1.versions().get(slot) != ver {
@@ -500,6 +513,7 @@ impl Engine {
     match l2.get(key).await {
       Ok(Some((v, pttl))) => {
         self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
+        self.fill_pause.point().await;
         if ready {
           self.fill(key, ver, v.clone(), pttl);
         }
@@ -720,6 +734,7 @@ impl Engine {
       let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
       match l2.get_many(&keys).await {
         Ok(vals) => {
+          inner.fill_pause.point().await;
           for (((i, k), v), ver) in missing.into_iter().zip(vals).zip(vers) {
             match v {
               Some((v, pttl)) => {

@@ -657,6 +657,40 @@ impl NativeCache {
   }
 }
 
+/// Test hooks (lib/testing.js; not exported from the package).
+#[napi]
+impl NativeCache {
+  /// Pause (`true`) or stop pausing every L1 fill between its L2 read and
+  /// the fill.
+  #[napi]
+  pub fn test_pause_fills(&self, on: bool) {
+    self.inner.fill_pause.on.store(on, Ordering::Relaxed);
+  }
+
+  /// Resolves when a fill reached the pause.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn test_fill_reached<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    let inner = self.inner.clone();
+    runtime::promise(env, async move {
+      inner.fill_pause.reached.notified().await;
+      Ok(())
+    })
+    .map_err(crate::error::from_napi)
+  }
+
+  /// Let one paused fill go on.
+  #[napi]
+  pub fn test_release_fill(&self) {
+    self.inner.fill_pause.release.notify_one();
+  }
+}
+
+/// Test hook: how many open handles the named cache has (0: none).
+#[napi]
+pub fn test_cache_handles(name: String) -> u32 {
+  runtime::handles(CLASS, &name) as u32
+}
+
 impl Drop for NativeCache {
   /// A handle dropped without `close()` (garbage collected, or its worker
   /// thread exited) still lets go of the shared state: the last one flushes
