@@ -359,6 +359,47 @@ describe('CacheManager coherence on Redis', () => {
     await c.close()
   })
 
+  test('#8 deleteTag is atomic against concurrent tagged sets: no key escapes a later deleteTag', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    let writing = true
+    const deleter = (async () => {
+      while (writing) await b.deleteTag('t')
+    })()
+    for (let round = 0; round < 40; round++) {
+      for (let i = 0; i < 50; i++) a.setSync(`k${round}-${i}`, i, { tags: ['t'] })
+      await a.set(`k${round}`, round, { tags: ['t'] })
+    }
+    writing = false
+    await deleter
+    await b.deleteTag('t')
+    // Every key that was set is gone: each was in the tag set when it existed.
+    assert.deepEqual(await raw.keys(`${keyPrefix}c:*`), [])
+    await a.close()
+    await b.close()
+  })
+
+  test('#8 tag sets expire with their longest-lived member and shrink as members go', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const c = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await c.set('x', 1, { tags: ['short'], ttlMs: 30_000 })
+    await c.set('y', 1, { tags: ['short'], ttlMs: 60_000 })
+    const ttl = await raw.pttl(`${keyPrefix}t:short`)
+    assert.ok(ttl > 30_000 && ttl <= 60_000, `tag set PTTL ${ttl}`)
+    await c.set('z', 1, { tags: ['short'] }) // a member without TTL: the set lives on
+    assert.equal(await raw.pttl(`${keyPrefix}t:short`), -1)
+    for (let i = 0; i < 100; i++) await c.set(`d${i}`, i, { tags: ['grow'] })
+    await c.deleteMany(Array.from({ length: 100 }, (_, i) => `d${i}`))
+    for (let i = 0; i < 200; i++) await c.set('live', i, { tags: ['grow'] })
+    const card = await raw.scard(`${keyPrefix}t:grow`)
+    assert.ok(card <= 50, `tag set still has ${card} members for 1 live key`)
+    await c.clear()
+    await c.close()
+  })
+
   test('#4 write-behind retries: setSync writes made while Redis is down land when it returns; close waits', async (t) => {
     if (!redisUrl(t)) return
     const own = new OwnRedis(await freePort())

@@ -29,6 +29,45 @@ pub fn escape_name(name: &str) -> String {
   name.replace('%', "%25").replace(':', "%3A")
 }
 
+/// KEYS: value key, tag sets. ARGV: encoded value, TTL ms (0: none), the
+/// key, the value-key prefix.
+const SET_TAGGED: &str = r#"
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+for i = 2, #KEYS do
+  local tag = KEYS[i]
+  local added = redis.call('SADD', tag, ARGV[3])
+  local left = redis.call('PTTL', tag)
+  if ttl == 0 then
+    if left >= 0 then redis.call('PERSIST', tag) end
+  elseif left >= 0 and left < ttl then
+    redis.call('PEXPIRE', tag, ttl)
+  elseif left == -1 and added == 1 and redis.call('SCARD', tag) == 1 then
+    redis.call('PEXPIRE', tag, ttl)
+  end
+  for _, m in ipairs(redis.call('SRANDMEMBER', tag, 2)) do
+    if redis.call('EXISTS', ARGV[4] .. m) == 0 then redis.call('SREM', tag, m) end
+  end
+end
+return 1
+"#;
+
+/// KEYS: the tag set. ARGV: the value-key prefix. Returns the members and
+/// the members whose value existed (and was deleted).
+const DEL_TAG: &str = r#"
+local members = redis.call('SMEMBERS', KEYS[1])
+local deleted = {}
+for _, m in ipairs(members) do
+  if redis.call('DEL', ARGV[1] .. m) == 1 then deleted[#deleted + 1] = m end
+end
+redis.call('DEL', KEYS[1])
+return {members, deleted}
+"#;
+
 pub struct Write {
   pub key: String,
   pub val: Val,
@@ -68,24 +107,42 @@ impl L2 {
     &full[p.min(full.len())..]
   }
 
-  /// The commands of one write, in order (SET, then SADD and PEXPIRE/PERSIST
-  /// of each tag set so that a tag set lives as long as its longest member).
+  /// The commands of one write, in order. A write with tags is one script
+  /// on a single node (SET, then SADD to each tag set; each tag set expires
+  /// with its longest-lived member and drops up to two members that no
+  /// longer exist), so `deleteTag` (also one script) sees it whole or not at
+  /// all. On a Cluster, where the keys may be on different nodes, it is SET
+  /// then SADD.
   pub fn write_cmds(&self, w: &Write, out: &mut Vec<redis::Cmd>) {
+    let tags = w.tags.as_deref().unwrap_or(&[]);
+    if !tags.is_empty() && !self.redis.is_cluster() {
+      let mut c = redis::cmd("EVAL");
+      c.arg(SET_TAGGED)
+        .arg(1 + tags.len())
+        .arg(self.value_key(&w.key));
+      for t in tags {
+        c.arg(self.tag_key(t));
+      }
+      c.arg(w.val.encode())
+        .arg(w.ttl_ms.map(|t| t.max(1)).unwrap_or(0))
+        .arg(&w.key)
+        .arg(&self.vprefix);
+      out.push(c);
+      return;
+    }
     let mut c = redis::cmd("SET");
     c.arg(self.value_key(&w.key)).arg(w.val.encode());
     if let Some(ttl) = w.ttl_ms {
       c.arg("PX").arg(ttl.max(1));
     }
     out.push(c);
-    if let Some(tags) = &w.tags {
-      for t in tags.iter() {
-        out.push(
-          redis::cmd("SADD")
-            .arg(self.tag_key(t))
-            .arg(&w.key)
-            .to_owned(),
-        );
-      }
+    for t in tags {
+      out.push(
+        redis::cmd("SADD")
+          .arg(self.tag_key(t))
+          .arg(&w.key)
+          .to_owned(),
+      );
     }
   }
 
@@ -216,6 +273,21 @@ impl L2 {
 
   /// Every key written with `tag`, deleted with the tag's set.
   pub async fn del_tag(&self, tag: &str) -> HpResult<(Vec<String>, Vec<String>)> {
+    if !self.redis.is_cluster() {
+      // One script: no tagged write can land between reading the members and
+      // deleting the set.
+      let (members, deleted): (Vec<String>, Vec<String>) = self
+        .redis
+        .query(
+          redis::cmd("EVAL")
+            .arg(DEL_TAG)
+            .arg(1)
+            .arg(self.tag_key(tag))
+            .arg(&self.vprefix),
+        )
+        .await?;
+      return Ok((members, deleted));
+    }
     let members: Vec<String> = self
       .redis
       .query(redis::cmd("SMEMBERS").arg(self.tag_key(tag)))
