@@ -673,6 +673,17 @@ describe('decorators @cached and @rateLimited', () => {
   })
 })
 
+test('cached and rateLimited are exported by the CommonJS and the ES module entries', () => {
+  const src = (kind: string) =>
+    kind === 'esm'
+      ? `import { cached, rateLimited } from 'hotpath'; console.log(typeof cached, typeof rateLimited)`
+      : `const { cached, rateLimited } = require('hotpath'); console.log(typeof cached, typeof rateLimited)`
+  for (const kind of ['esm', 'cjs']) {
+    const args = kind === 'esm' ? ['--input-type=module', '-e', src(kind)] : ['-e', src(kind)]
+    assert.equal(execFileSync(process.execPath, args, { cwd: root, encoding: 'utf8' }).trim(), 'function function', kind)
+  }
+})
+
 describe('two processes on one Redis', () => {
   test('compute the same default key for the same arguments and share the entry', async (t) => {
     const url = redisUrl(t)
@@ -706,5 +717,28 @@ describe('two processes on one Redis', () => {
     } finally {
       r.disconnect()
     }
+  })
+
+  test('limiter.wrap on a Redis limiter: denied beyond the limit, shared by every handle', async (t) => {
+    const url = redisUrl(t)
+    if (!url) return
+    const keyPrefix = `hp-wrapl-${process.pid}-${Date.now()}:`
+    const a = new RateLimiter({ limit: 2, windowMs: 60_000, redis: { url, keyPrefix } })
+    const b = new RateLimiter({ limit: 2, windowMs: 60_000, redis: { url, keyPrefix } })
+    let calls = 0
+    const fn = async function report(n: number) {
+      calls++
+      return n
+    }
+    const viaA = a.wrap(fn)
+    const viaB = b.wrap(fn)
+    assert.equal(await viaA(1), 1)
+    assert.equal(await viaB(2), 2)
+    await assert.rejects(viaA(3), (e: any) => e.code === 'ERR_RATE_LIMITED' && e.retryAfterMs > 0)
+    await assert.rejects(viaB(4), code('ERR_RATE_LIMITED'))
+    assert.equal(calls, 2)
+    await a.reset('report')
+    await a.close()
+    await b.close()
   })
 })
