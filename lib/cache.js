@@ -11,6 +11,7 @@
 const { NativeCache } = require('../index.js')
 const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
 const { now } = require('./clock')
+const { cacheWrap, cacheWarm } = require('./wrap')
 
 const K_STR = 1
 const K_NUM = 2
@@ -529,6 +530,15 @@ class CacheManager {
       this._cap = 0
     }
     return this._n.close()
+  }
+
+  // Functions instead of keys (lib/wrap.js).
+  wrap(fn, options) {
+    return cacheWrap(this, fn, options)
+  }
+
+  warm(loaders, options) {
+    return cacheWarm(this, loaders, options)
   }
 }
 
