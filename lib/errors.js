@@ -77,15 +77,24 @@ for (const C of [HotpathError, HotpathTypeError, HotpathRangeError]) {
 // TypeError and RangeError keep their names (`name: 'TypeError'`), as Node's own.
 Object.defineProperty(HotpathError.prototype, 'name', { value: 'HotpathError', writable: true, configurable: true })
 
-/** A HotpathError with `code`; `extra` properties are copied onto it. */
-function hpError(code, message, extra) {
-  const e = new HotpathError(code, message)
+/** A hotpath error with `code`; `extra` properties are copied onto it.
+ *  Also `hpError(code, message, Base, extra)` with Base Error, TypeError or
+ *  RangeError (the kind). */
+function hpError(code, message, a, b) {
+  let extra = a
+  let C = HotpathError
+  if (typeof a === 'function') {
+    extra = b
+    if (a === TypeError) C = HotpathTypeError
+    else if (a === RangeError) C = HotpathRangeError
+  }
+  const e = new C(code, message)
   if (extra) Object.assign(e, extra)
   return e
 }
 
 /** ERR_INVALID_ARG, TypeError: an argument or option of the wrong type. */
-const invalidArg = (message) => new HotpathTypeError(CODES.INVALID_ARG, message)
+const invalidArg = (message, Base = TypeError) => (Base === RangeError ? new HotpathRangeError(CODES.INVALID_ARG, message) : Base === Error ? new HotpathError(CODES.INVALID_ARG, message) : new HotpathTypeError(CODES.INVALID_ARG, message))
 /** ERR_INVALID_ARG, RangeError: a value outside what is allowed. */
 const rangeError = (message) => new HotpathRangeError(CODES.INVALID_ARG, message)
 /** ERR_INVALID_ARG, Error: a misuse that is neither (wrong mode, foreign object). */

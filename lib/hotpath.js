@@ -7,6 +7,7 @@ const { RateLimiter } = require('./rate_limiter')
 const { WorkerQueue } = require('./worker_queue')
 const { BatchProcessor } = require('./batch')
 const { BufferPool } = require('./buffer_pool')
+const { cached, rateLimited } = require('./decorators')
 const { CODES, HotpathError, isHotpathError } = require('./errors')
 
 module.exports = {
@@ -15,6 +16,8 @@ module.exports = {
   WorkerQueue,
   BatchProcessor,
   BufferPool,
+  cached,
+  rateLimited,
   HotpathError,
   isHotpathError,
   ERROR_CODES: CODES,

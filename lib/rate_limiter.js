@@ -10,6 +10,7 @@
 // function per check on the native side).
 
 const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
+const { limiterWrap } = require('./wrap')
 const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
@@ -231,6 +232,11 @@ class RateLimiter {
   close() {
     this._closed = true
     return settled(this._n.close()).then(noop)
+  }
+
+  /** A function that checks the limit, then calls `fn` (lib/wrap.js). */
+  wrap(fn, options) {
+    return limiterWrap(this, fn, options)
   }
 }
 
