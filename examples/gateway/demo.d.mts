@@ -117,24 +117,31 @@ export interface DemoOptions {
   redisUrl?: string
   /** What the gateways cache: the upstream's answer text (default) or the parsed JSON object. */
   values?: 'string' | 'json'
+  /** Runs of peers and of hotpath (default 1), alternating which goes first; the table shows medians. */
+  rounds?: number
   /** Where output goes (default process.stdout). */
   write?: (text: string) => void
   /** Progress on one updating line. */
   tty?: boolean
   /** Called after each run's load while its processes are still up. */
-  onMeasured?: (ctx: { mode: Mode; gateways: string[]; upstream: string; measured: Measured }) => Promise<void> | void
+  onMeasured?: (ctx: { mode: Mode; round: number; gateways: string[]; upstream: string; measured: Measured }) => Promise<void> | void
 }
 
 export interface DemoResult {
   table: string
   rows: Row[]
+  /** Each mode's first run. */
   measured: MeasuredAll
+  /** Every run of each mode (one for the baseline). */
+  rounds: { baseline: Measured[]; peers: Measured[]; hotpath: Measured[] }
   plan: LoadPlan
   keyPrefix: string
 }
 
 export function runDemo(options?: DemoOptions): Promise<DemoResult>
-export function tableRows(measured: MeasuredAll, plan: LoadPlan, instances: number): Row[]
+export function tableRows(rounds: DemoResult['rounds'], plan: LoadPlan, instances: number): Row[]
+/** The median of f over runs (the mean of the middle two for an even count). */
+export function median<T>(runs: T[], f: (run: T) => number): number
 export function renderTable(rows: Row[]): string
 /** hotpath's value over the peers' as "1.23x better|worse|same" (same: within 3%); '' when either is not positive. */
 export function ratio(hotpath: number, peers: number, higherIsBetter: boolean): string

@@ -15,6 +15,7 @@
 //   npm run demo                                   # embedded (in-process) cache and limits, string values
 //   npm run demo -- --values json                  # cached answers are JSON objects
 //   npm run demo -- --requests 5000                # a bigger load
+//   npm run demo -- --rounds 3                     # peers and hotpath 3 times each (alternating), medians
 //   REDIS_URL=redis://127.0.0.1:6379 npm run demo -- --instances 2   # two gateways sharing Redis
 import os from 'node:os'
 import { parseArgs } from 'node:util'
@@ -87,55 +88,79 @@ export function gatewayCost(run) {
   }
 }
 
+/** The median of `f` over `runs` (the mean of the middle two for an even count). */
+export function median(runs, f) {
+  const v = runs.map(f).sort((x, y) => x - y)
+  const mid = v.length >> 1
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2
+}
+
 /**
- * The table rows, from what was measured. Each row is
- * [label, baseline, peers, hotpath, hotpath/peers]. Exported for the test,
- * which compares them with /stats.
+ * The table rows, from what was measured: `rounds[mode]` is every run of that
+ * mode (one for the baseline; `--rounds N` runs of peers and of hotpath).
+ * Each row is [label, baseline, peers, hotpath, hotpath/peers]; each number
+ * is the median over the mode's runs, except errors and wrong answers, which
+ * are totals over every run. Exported for the test, which compares them with
+ * /stats.
  */
-export function tableRows(m, plan, instances) {
-  const runs = MODES.map((mode) => m[mode])
+export function tableRows(rounds, plan, instances) {
+  const runs = MODES.map((mode) => rounds[mode])
   const [b, p, h] = runs
-  const sum = (gws, f) => gws.reduce((n, g) => n + f(g), 0)
+  const n = p.length
+  const sum = (gws, f) => gws.reduce((k, g) => k + f(g), 0)
+  const total = (rs, f) => rs.reduce((k, r) => k + f(r), 0)
   const gw = (s) => s.gateways.map((g) => g.gateway)
-  const limitedSplit = (s) => {
-    const abusive = sum(gw(s), (g) => g.limitedByClient[plan.abusiveKey] ?? 0)
-    const all = sum(gw(s), (g) => Object.values(g.limitedByClient).reduce((n, v) => n + v, 0))
-    return `${fmtInt(abusive)} / ${fmtInt(all - abusive)}`
+  const each = (f) => runs.map((rs) => f(rs))
+  const med = (f) => (rs) => median(rs, f)
+  const limitedSplit = (rs) => {
+    const abusive = median(rs, (s) => sum(gw(s), (g) => g.limitedByClient[plan.abusiveKey] ?? 0))
+    const others = median(rs, (s) => sum(gw(s), (g) => Object.values(g.limitedByClient).reduce((k, v) => k + v, 0)) - sum(gw(s), (g) => g.limitedByClient[plan.abusiveKey] ?? 0))
+    return `${fmtInt(abusive)} / ${fmtInt(others)}`
   }
   const hitRatio = (s) => sum(gw(s), (g) => g.cacheHits) / Math.max(1, sum(gw(s), (g) => g.cacheLookups))
   const batch = (s) => sum(s.gateways, (g) => g.embedBatch.items) / Math.max(1, sum(s.gateways, (g) => g.embedBatch.batches))
   const dup = (u) => u.completeDuplicates + u.embedDuplicates + u.retrieveDuplicates
-  const cost = runs.map(gatewayCost)
-  const each = (f) => runs.map(f)
+  const cost = runs.map((rs) => {
+    const c = rs.map(gatewayCost)
+    return { cpuUsPerRequest: median(c, (x) => x.cpuUsPerRequest), rssBytes: median(c, (x) => x.rssBytes), heapUsedBytes: median(c, (x) => x.heapUsedBytes) }
+  })
+  const load = (f) => each(med((s) => f(s.load)))
+  const [, pl, hl] = runs.map((rs) => ({ rps: median(rs, (s) => s.load.requestsPerSec), p50: median(rs, (s) => s.load.p50Ms), p99: median(rs, (s) => s.load.p99Ms), calls: median(rs, (s) => s.upstream.calls) }))
   const per = instances > 1 ? ` (per gateway, mean of ${instances})` : ''
+  const allRounds = n > 1 ? ', all runs' : ''
   const rows = [
-    [`requests (${plan.clients.length} clients, 1 abusive)`, ...each((s) => fmtInt(s.load.sent)), ''],
-    ['  answered 200', ...each((s) => fmtInt(s.load.ok)), ''],
-    ['  errors (upstream refused or failed)', ...each((s) => fmtInt(s.load.errors)), ''],
-    ['  wrong answers', ...each((s) => fmtInt(s.load.wrong)), ''],
-    ['requests/s', ...each((s) => fmtInt(s.load.requestsPerSec)), ratio(h.load.requestsPerSec, p.load.requestsPerSec, true)],
-    ['latency p50 (200s)', ...each((s) => fmtMs(s.load.p50Ms)), ratio(h.load.p50Ms, p.load.p50Ms, false)],
-    ['latency p99 (200s)', ...each((s) => fmtMs(s.load.p99Ms)), ratio(h.load.p99Ms, p.load.p99Ms, false)],
+    [`requests (${plan.clients.length} clients, 1 abusive)`, ...load((l) => l.sent).map(fmtInt), ''],
+    ['  answered 200', ...load((l) => l.ok).map(fmtInt), ''],
+    [`  errors (upstream refused or failed${allRounds})`, ...each((rs) => fmtInt(total(rs, (s) => s.load.errors))), ''],
+    [`  wrong answers${allRounds}`, ...each((rs) => fmtInt(total(rs, (s) => s.load.wrong))), ''],
+    ['requests/s', ...load((l) => l.requestsPerSec).map(fmtInt), ratio(hl.rps, pl.rps, true)],
+    ['latency p50 (200s)', ...load((l) => l.p50Ms).map(fmtMs), ratio(hl.p50, pl.p50, false)],
+    ['latency p99 (200s)', ...load((l) => l.p99Ms).map(fmtMs), ratio(hl.p99, pl.p99, false)],
     ['gateway CPU time per request', ...cost.map((c) => fmtUs(c.cpuUsPerRequest)), ratio(cost[2].cpuUsPerRequest, cost[1].cpuUsPerRequest, false)],
     [`gateway RSS at the end${per}`, ...cost.map((c) => fmtMB(c.rssBytes)), ratio(cost[2].rssBytes, cost[1].rssBytes, false)],
     [`gateway V8 heap at the end, after GC${per}`, ...cost.map((c) => fmtMB(c.heapUsedBytes)), ratio(cost[2].heapUsedBytes, cost[1].heapUsedBytes, false)],
-    ['upstream calls', ...each((s) => fmtInt(s.upstream.calls)), ratio(h.upstream.calls, p.upstream.calls, false)],
-    ['  refused by upstream (429)', ...each((s) => fmtInt(s.upstream.rejected429)), ''],
-    ['  repeated work (same input again)', ...each((s) => fmtInt(dup(s.upstream))), ''],
-    [`  peak concurrent (upstream limit ${b.upstream.maxConcurrent})`, ...each((s) => fmtInt(s.upstream.peakConcurrent)), ''],
-    ['429s served by the gateway', ...each((s) => fmtInt(sum(gw(s), (g) => g.byStatus[429] ?? 0))), ''],
+    ['upstream calls', ...each(med((s) => s.upstream.calls)).map(fmtInt), ratio(hl.calls, pl.calls, false)],
+    ['  refused by upstream (429)', ...each(med((s) => s.upstream.rejected429)).map(fmtInt), ''],
+    ['  repeated work (same input again)', ...each(med((s) => dup(s.upstream))).map(fmtInt), ''],
+    [`  peak concurrent (upstream limit ${b[0].upstream.maxConcurrent})`, ...each(med((s) => s.upstream.peakConcurrent)).map(fmtInt), ''],
+    ['429s served by the gateway', ...each(med((s) => sum(gw(s), (g) => g.byStatus[429] ?? 0))).map(fmtInt), ''],
     ['  to the abusive client / to others', ...each(limitedSplit), ''],
-    ['cache hit ratio', '-', fmtPct(hitRatio(p)), fmtPct(hitRatio(h)), ''],
-    ['avg embedding batch size', (b.upstream.embedItems / Math.max(1, b.upstream.embedBatchCalls)).toFixed(1), batch(p).toFixed(1), batch(h).toFixed(1), ''],
-    ['documents chunked in worker threads', '0', ...[p, h].map((s) => fmtInt(sum(s.gateways, (g) => g.cpuQueue.completed))), ''],
-    ['body buffers reused from the pool', '0', '0', fmtInt(sum(h.gateways, (g) => g.bufferPool.hits)), ''],
+    ['cache hit ratio', '-', ...[p, h].map((rs) => fmtPct(median(rs, hitRatio))), ''],
+    ['avg embedding batch size', median(b, (s) => s.upstream.embedItems / Math.max(1, s.upstream.embedBatchCalls)).toFixed(1), ...[p, h].map((rs) => median(rs, batch).toFixed(1)), ''],
+    ['documents chunked in worker threads', '0', ...[p, h].map((rs) => fmtInt(median(rs, (s) => sum(s.gateways, (g) => g.cpuQueue.completed)))), ''],
+    ['body buffers reused from the pool', '0', '0', fmtInt(median(h, (s) => sum(s.gateways, (g) => g.bufferPool.hits))), ''],
   ]
   if (instances > 1) {
-    const perInstance = (s, f) => s.gateways.map(f).map(fmtInt).join(' / ')
+    const perInstance = (rs, f) => rs[0].gateways.map((_, i) => fmtInt(median(rs, (s) => f(s.gateways[i])))).join(' / ')
     rows.push(
-      [`requests per instance (${h.gateways.map((g) => g.instance).join(' / ')})`, ...each((s) => perInstance(s, (g) => g.gateway.requests)), ''],
-      ['cache L2 (Redis) hits per instance', '-', ...[p, h].map((s) => perInstance(s, (g) => g.cache.l2Hits)), ''],
-      [`abusive client allowed (limit ${plan.clientLimit}/min)`, fmtInt(b.load.abusiveAllowed), ...[p, h].map((s) => `${fmtInt(s.load.abusiveAllowed)} (one limit)`), ''],
+      [`requests per instance (${h[0].gateways.map((g) => g.instance).join(' / ')})`, ...each((rs) => perInstance(rs, (g) => g.gateway.requests)), ''],
+      ['cache L2 (Redis) hits per instance', '-', ...[p, h].map((rs) => perInstance(rs, (g) => g.cache.l2Hits)), ''],
+      [
+        `abusive client allowed (limit ${plan.clientLimit}/min)`,
+        fmtInt(median(b, (s) => s.load.abusiveAllowed)),
+        ...[p, h].map((rs) => `${fmtInt(median(rs, (s) => s.load.abusiveAllowed))} (one limit)`),
+        '',
+      ],
     )
   }
   return rows
@@ -191,7 +216,8 @@ function machineLine() {
  *   called after each run's load, while its processes are still up (the test reads /stats here)
  */
 export async function runDemo(options = {}) {
-  const { requests = 2000, instances = 1, redisUrl, values = 'string', write = (s) => process.stdout.write(s), tty = false, onMeasured } = options
+  const { requests = 2000, instances = 1, redisUrl, values = 'string', rounds: roundCount = 1, write = (s) => process.stdout.write(s), tty = false, onMeasured } = options
+  if (!Number.isInteger(roundCount) || roundCount < 1 || roundCount > 9) throw new Error(`--rounds must be an integer from 1 to 9, got ${roundCount}`)
   if (!Number.isInteger(requests) || requests < 100) throw new Error(`--requests must be an integer >= 100, got ${requests}`)
   if (!Number.isInteger(instances) || instances < 1 || instances > 8) throw new Error(`--instances must be an integer from 1 to 8, got ${instances}`)
   if (!VALUES.includes(values)) throw new Error(`--values must be one of ${VALUES.join(', ')}, got ${values}`)
@@ -212,14 +238,21 @@ export async function runDemo(options = {}) {
   say(`  cached values: ${values === 'json' ? 'JSON objects (parsed upstream answers, serialized per response)' : "strings (the upstream's answer text)"}`)
   say(
     `  peers and hotpath: ${instances} gateway process${instances > 1 ? 'es' : ''} each, cache and limits ` +
-      `${redisUrl ? `on Redis (${redisUrl.replace(/\/\/[^@/]*@/, '//***@')})` : 'embedded (in-process, no Redis)'}`,
+      `${redisUrl ? `on Redis (${redisUrl.replace(/\/\/[^@/]*@/, '//***@')})` : 'embedded (in-process, no Redis)'}` +
+      (roundCount > 1 ? `; ${roundCount} runs each, alternating which goes first, the table shows medians` : ''),
   )
 
   try {
     const upstream = await start('upstream.mjs', ['--max-concurrent', String(UPSTREAM_MAX_CONCURRENT)], 'upstream')
     say(`  upstream model API on ${upstream.url} (40-80 ms per completion, at most ${UPSTREAM_MAX_CONCURRENT} concurrent requests, else 429)`)
     const measured = {}
-    for (const mode of MODES) {
+    const rounds = { baseline: [], peers: [], hotpath: [] }
+    // The baseline once, then peers and hotpath `rounds` times each,
+    // alternating which goes first (a shared machine's load drifts).
+    const schedule = [['baseline', 0]]
+    for (let r = 0; r < roundCount; r++) for (const mode of r % 2 ? ['hotpath', 'peers'] : ['peers', 'hotpath']) schedule.push([mode, r])
+    for (const [mode, round] of schedule) {
+      const label = roundCount > 1 && mode !== 'baseline' ? `${mode} #${round + 1}` : mode
       await requestJson(`${upstream.url}/stats/reset`, { method: 'POST', body: {} })
       const useRedis = mode !== 'baseline' && redisUrl
       const gateways = await Promise.all(
@@ -233,22 +266,24 @@ export async function runDemo(options = {}) {
           return { ...g, name }
         }),
       )
-      say(`  ${mode}: gateway${instances > 1 ? 's' : ''} on ${gateways.map((g) => g.url).join(', ')}`)
+      say(`  ${label}: gateway${instances > 1 ? 's' : ''} on ${gateways.map((g) => g.url).join(', ')}`)
       try {
         // CPU time is counted from here (start-up and module loading excluded).
-        const before = await Promise.all(gateways.map((g) => requestJson(`${g.url}/stats`)))
-        const load = await runLoad({ targets: gateways.map((g) => g.url), plan, onProgress: progressPrinter(mode, write, tty) })
+        const before = await Promise.all(gateways.map((g) => requestJson(`${g.url}/stats?mark=1`)))
+        const load = await runLoad({ targets: gateways.map((g) => g.url), plan, onProgress: progressPrinter(label, write, tty) })
         const upstreamStats = await requestJson(`${upstream.url}/stats`)
         const gatewayStats = await Promise.all(gateways.map((g) => requestJson(`${g.url}/stats?gc=1`)))
-        measured[mode] = { load, upstream: upstreamStats, gateways: gatewayStats, before }
-        if (load.errorSamples.length && mode !== 'baseline') say(`  (${mode} errors, first ${load.errorSamples.length}: ${load.errorSamples.join(' | ')})`)
-        if (onMeasured) await onMeasured({ mode, gateways: gateways.map((g) => g.url), upstream: upstream.url, measured: measured[mode] })
+        const run = { load, upstream: upstreamStats, gateways: gatewayStats, before }
+        rounds[mode].push(run)
+        measured[mode] ??= run
+        if (load.errorSamples.length && mode !== 'baseline') say(`  (${label} errors, first ${load.errorSamples.length}: ${load.errorSamples.join(' | ')})`)
+        if (onMeasured) await onMeasured({ mode, round, gateways: gateways.map((g) => g.url), upstream: upstream.url, measured: run })
       } finally {
         await Promise.all(gateways.map((g) => shutdownGateway(g, Boolean(useRedis))))
       }
     }
     await stopChild(upstream.proc)
-    const rows = tableRows(measured, plan, instances)
+    const rows = tableRows(rounds, plan, instances)
     const table = renderTable(rows)
     say('')
     say(table)
@@ -256,7 +291,7 @@ export async function runDemo(options = {}) {
     say(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s; every number above was measured (client timings, upstream /stats, gateway /stats).`)
     say('hotpath/peers: hotpath\'s number over the peers\' (better or worse for hotpath; "same" within 3%).')
     if (redisUrl) say(`Redis keys of this run (${keyPrefix}*) were removed.`)
-    return { table, rows, measured, plan, keyPrefix }
+    return { table, rows, measured, rounds, plan, keyPrefix }
   } finally {
     await stopAll()
   }
@@ -268,11 +303,12 @@ if (isMain(import.meta.url)) {
       requests: { type: 'string', default: '2000' },
       instances: { type: 'string', default: '1' },
       values: { type: 'string', default: 'string' },
+      rounds: { type: 'string', default: '1' },
       help: { type: 'boolean', short: 'h' },
     },
   })
   if (values.help) {
-    console.log('usage: npm run demo -- [--requests N] [--instances N] [--values string|json]   (REDIS_URL=redis://... for --instances > 1)')
+    console.log('usage: npm run demo -- [--requests N] [--instances N] [--values string|json] [--rounds N]   (REDIS_URL=redis://... for --instances > 1)')
     process.exit(0)
   }
   const stop = async (code) => {
@@ -284,15 +320,17 @@ if (isMain(import.meta.url)) {
     stop(130)
   })
   process.on('SIGTERM', () => stop(143))
+  const limitS = 120 + 120 * Math.max(1, Number(values.rounds) || 1)
   const watchdog = setTimeout(() => {
-    console.error('demo: still running after 240 s, giving up')
+    console.error(`demo: still running after ${limitS} s, giving up`)
     stop(1)
-  }, 240_000)
+  }, limitS * 1000)
   watchdog.unref()
   runDemo({
     requests: Number(values.requests),
     instances: Number(values.instances),
     values: values.values,
+    rounds: Number(values.rounds),
     redisUrl: process.env.REDIS_URL || undefined,
     tty: Boolean(process.stdout.isTTY),
   }).then(

@@ -27,7 +27,9 @@
 //   embedding batches     BatchProcessor   dataloader (batchScheduleFn 10 ms, maxBatchSize 64, cache: false)
 //   upstream cap          WorkerQueue      p-queue (concurrency, timeout) + a 2-retry loop
 //   chunking threads      WorkerQueue      piscina (2 threads, chunk-worker.mjs)
-//   bodies                BufferPool       Buffer.allocUnsafe(content-length); res.end(string)
+//   bodies                BufferPool for   Buffer.allocUnsafe(content-length); res.end(string)
+//                         8 KiB and more,
+//                         else as peers
 //
 // --values json caches what the upstream answered as parsed JSON objects (as
 // gateways usually do) and serializes them for each response; --values string
@@ -36,22 +38,14 @@
 //
 // Routes: POST /v1/complete {prompt, model?}, POST /v1/embed {input},
 // POST /v1/retrieve {query, k?}, POST /v1/ingest {id, text},
-// GET /stats[?gc=1] (the gateway's counts, every component's stats, and this
-// process's CPU time and memory; gc=1 runs a full GC first when node was
-// started with --expose-gc), GET /healthz, POST /admin/shutdown {clear?}.
+// GET /stats[?gc=1][&mark=1] (the gateway's counts, every component's stats,
+// and this process's CPU time, memory and event-loop delay; gc=1 runs a full
+// GC first when node was started with --expose-gc; mark=1 restarts the
+// event-loop delay histogram), GET /healthz, POST /admin/shutdown {clear?}.
 import http from 'node:http'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { CacheManager, RateLimiter, BatchProcessor, BufferPool, WorkerQueue } from 'hotpath'
-import { LRUCache } from 'lru-cache'
-import { BentoCache, bentostore } from 'bentocache'
-import { memoryDriver } from 'bentocache/drivers/memory'
-import { redisDriver, redisBusDriver } from 'bentocache/drivers/redis'
-import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible'
-import { Redis } from 'ioredis'
-import DataLoader from 'dataloader'
-import PQueue from 'p-queue'
-import { Piscina } from 'piscina'
 import { MODES, VALUES, isMain, reportReady, sha256, sleep } from './common.mjs'
 import { chunkText } from './chunk-worker.mjs'
 
@@ -65,6 +59,10 @@ const UPSTREAM_RETRY_BACKOFF_MS = 50
 const UPSTREAM_TIMEOUT_MS = 15_000
 const UPSTREAM_MAX_QUEUE = 10_000
 const CACHE_MAX_ENTRIES = 100_000
+// Bodies at least this large go through hotpath's BufferPool; smaller ones are
+// Buffer.allocUnsafe slices of Node's shared 8 KiB slab, which is cheaper for
+// them than any pool (a pooled Buffer is one native call to get and one to give back).
+const POOL_MIN_BYTES = 8 << 10
 const chunkWorkerFile = fileURLToPath(new URL('./chunk-worker.mjs', import.meta.url))
 
 class HttpError extends Error {
@@ -87,7 +85,9 @@ function peerLimitHeaders(limit, res, allowed) {
  * Each component object: cached(key, fetch) -> {value, hit}, limit(client), upstream(fn),
  * chunk(payload), embed(input), allocate/release (bodies), stats(), close(clear, clients).
  */
-function hotpathComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWindowMs, upstreamConcurrency, embedBatch, counts }) {
+async function hotpathComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWindowMs, upstreamConcurrency, embedBatch, counts }) {
+  // Each mode loads only its own libraries, so the memory rows compare the stacks, not the imports.
+  const { CacheManager, RateLimiter, BatchProcessor, BufferPool, WorkerQueue } = await import('hotpath')
   const redis = redisUrl ? (suffix) => ({ redis: { url: redisUrl, keyPrefix: `${keyPrefix}${suffix}` } }) : () => ({})
   const cache = new CacheManager({ maxEntries: CACHE_MAX_ENTRIES, ttlMs: cacheTtlMs, ...redis('cache:') })
   const limiter = new RateLimiter({ limit: clientLimit, windowMs: clientWindowMs, algorithm: 'sliding-window', ...redis('limit:') })
@@ -131,8 +131,12 @@ function hotpathComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clien
     upstream: (fn) => upstreamQ.add(fn),
     chunk: (payload) => cpuQ.run(payload),
     embed: (input) => embedder.add(input),
-    allocate: (n) => pool.allocate(n),
-    release: (buf) => pool.release(buf),
+    // Small bodies come from Node's own slab (allocUnsafe), as the BufferPool
+    // section of the README advises: the pool is for large buffers.
+    allocate: (n) => (n < POOL_MIN_BYTES ? Buffer.allocUnsafe(n) : pool.allocate(n)),
+    release: (buf) => {
+      if (buf.length >= POOL_MIN_BYTES) pool.release(buf)
+    },
     stats: () => ({
       cache: cache.stats(),
       limiter: limiter.stats(),
@@ -155,13 +159,25 @@ function hotpathComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clien
 }
 
 /** The same components built on the npm peers, as their docs recommend (see the table at the top). */
-function peerComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWindowMs, upstreamConcurrency, embedBatch, counts }) {
+async function peerComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWindowMs, upstreamConcurrency, embedBatch, counts }) {
+  const [{ RateLimiterMemory, RateLimiterRedis }, { default: DataLoader }, { default: PQueue }, { Piscina }] = await Promise.all([
+    import('rate-limiter-flexible'),
+    import('dataloader'),
+    import('p-queue'),
+    import('piscina'),
+  ])
   const closers = []
   const ready = []
   let cachedFn, cacheStats, cacheClear
   let rlf
   const l2 = { l1Hits: 0, l2Hits: 0 }
   if (redisUrl) {
+    const [{ BentoCache, bentostore }, { memoryDriver }, { redisDriver, redisBusDriver }, { Redis }] = await Promise.all([
+      import('bentocache'),
+      import('bentocache/drivers/memory'),
+      import('bentocache/drivers/redis'),
+      import('ioredis'),
+    ])
     // bentocache: a memory L1 in each process, Redis as L2, and the Redis bus
     // that keeps the other instances' L1 coherent (its multi-tier setup).
     const connection = new Redis(redisUrl, { lazyConnect: false })
@@ -214,6 +230,7 @@ function peerComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWi
     })
     closers.push(async () => limitClient.disconnect())
   } else {
+    const { LRUCache } = await import('lru-cache')
     // lru-cache: fetch() with a fetchMethod is its single-flight getOrSet
     // (concurrent fetches of one key share one call); the route's own fetch
     // rides in the context.
@@ -280,8 +297,8 @@ function peerComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWi
     },
     { maxBatchSize: MAX_EMBED_BATCH, batchScheduleFn: (cb) => setTimeout(cb, EMBED_WAIT_MS), cache: false },
   )
+  await Promise.all(ready)
   return {
-    ready: Promise.all(ready),
     cached: cachedFn,
     async limit(client) {
       try {
@@ -318,7 +335,7 @@ function peerComponents({ redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWi
   }
 }
 
-export function createGateway(options) {
+export async function createGateway(options) {
   const {
     mode = 'hotpath',
     values = 'string',
@@ -359,10 +376,10 @@ export function createGateway(options) {
         `${upstream}${path}`,
         { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
         (res) => {
-          const parts = []
-          res.on('data', (c) => parts.push(c))
+          const chunks = []
+          res.on('data', (c) => chunks.push(c))
           res.on('end', () => {
-            const text = Buffer.concat(parts).toString('utf8')
+            const text = Buffer.concat(chunks).toString('utf8')
             if (res.statusCode === 200) return resolve(text)
             counts.upstreamErrors++
             reject(new HttpError(502, `upstream ${path} answered ${res.statusCode}: ${text.slice(0, 120)}`))
@@ -387,8 +404,7 @@ export function createGateway(options) {
 
   // ---- the components (hotpath or peers; none for the baseline) ----
   const shared = { redisUrl, keyPrefix, cacheTtlMs, clientLimit, clientWindowMs, upstreamConcurrency, embedBatch, counts }
-  const parts = mode === 'hotpath' ? hotpathComponents(shared) : mode === 'peers' ? peerComponents(shared) : null
-  const ready = Promise.resolve(parts?.ready)
+  const parts = mode === 'hotpath' ? await hotpathComponents(shared) : mode === 'peers' ? await peerComponents(shared) : null
 
   function cached(key, fetch) {
     counts.cacheLookups++
@@ -408,12 +424,14 @@ export function createGateway(options) {
         else resolve(text)
       }
       // A client that goes away mid-body must not leave the request pending.
-      req.on('close', () => settle(new HttpError(400, 'the client closed the request before its body ended')))
+      // (Checked before building the error: 'close' comes after every request.)
+      req.on('close', () => settled || settle(new HttpError(400, 'the client closed the request before its body ended')))
       req.on('error', (e) => settle(e))
       if (parts && Number.isInteger(declared) && declared > 0) {
-        // One buffer of the declared size (pooled, or Buffer.allocUnsafe for
-        // the peers): no chunk list, no concat. (Released on every path; a
-        // pooled one that is not would be reclaimed by GC.)
+        // One buffer of the declared size (Buffer.allocUnsafe, or from the
+        // BufferPool for a large body in hotpath mode): no chunk list, no
+        // concat. (Released on every path; a pooled one that is not would be
+        // reclaimed by GC.)
         let buf = parts.allocate(declared)
         let off = 0
         const release = () => {
@@ -453,8 +471,8 @@ export function createGateway(options) {
     counts.byStatus[status] = (counts.byStatus[status] ?? 0) + 1
     const n = Buffer.byteLength(text)
     res.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': n })
-    if (mode !== 'hotpath') return res.end(text)
-    // A pooled response buffer, back to the pool once the socket has it.
+    if (mode !== 'hotpath' || n < POOL_MIN_BYTES) return res.end(text)
+    // A large response: a pooled buffer, back to the pool once the socket has it.
     const buf = parts.allocate(n)
     buf.write(text, 0, 'utf8')
     let released = false
@@ -551,7 +569,10 @@ export function createGateway(options) {
     const [path, query = ''] = req.url.split('?')
     if (req.method === 'GET' && path === '/stats') {
       req.resume()
-      return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(stats({ gc: /(^|&)gc=1(&|$)/.test(query) })))
+      const flag = (name) => new RegExp(`(^|&)${name}=1(&|$)`).test(query)
+      const out = JSON.stringify(stats({ gc: flag('gc') }))
+      if (flag('mark')) loopDelay.reset() // the event-loop delay numbers count from here
+      return res.writeHead(200, { 'content-type': 'application/json' }).end(out)
     }
     if (req.method === 'GET' && path === '/healthz') {
       req.resume()
@@ -599,6 +620,10 @@ export function createGateway(options) {
   })
   server.keepAliveTimeout = 30_000
 
+  // How late the event loop ran its callbacks (a blocked or starved loop delays every request).
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+  loopDelay.enable()
+
   /** This process's CPU time so far and its memory now (after a full GC if asked and node has --expose-gc). */
   function processStats(gc) {
     const cpu = process.cpuUsage() // before the GC below, which is the measurement's, not the load's
@@ -613,6 +638,8 @@ export function createGateway(options) {
       heapTotalBytes: mem.heapTotal,
       externalBytes: mem.external,
       gcRan,
+      eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+      eventLoopDelayMaxMs: loopDelay.max / 1e6,
     }
   }
 
@@ -634,17 +661,15 @@ export function createGateway(options) {
     closing = (async () => {
       server.close()
       server.closeIdleConnections()
-      if (parts) {
-        await ready.catch(() => {})
-        await parts.close(clear, clientsSeen)
-      }
+      if (parts) await parts.close(clear, clientsSeen)
       agent.destroy()
       server.closeAllConnections()
+      loopDelay.disable()
     })()
     return closing
   }
 
-  return { server, stats, shutdown, ready }
+  return { server, stats, shutdown }
 }
 
 if (isMain(import.meta.url)) {
@@ -666,22 +691,28 @@ if (isMain(import.meta.url)) {
     console.error(`gateway: --mode must be one of ${MODES.join(', ')} (got ${values.mode}); --values one of ${VALUES.join(', ')} (got ${values.values})`)
     process.exit(2)
   }
-  const gw = createGateway({
-    // POST /admin/shutdown: exit once the shutdown it started is done.
-    onShutdown: (err) => {
-      if (err) console.error(`gateway ${values.instance}: shutdown failed: ${err?.stack ?? err}`)
-      process.exit(err ? 1 : 0)
-    },
-    mode: values.mode,
-    values: values.values,
-    upstream: values.upstream,
-    instance: values.instance,
-    clientLimit: Number(values['client-limit']),
-    clientWindowMs: Number(values['client-window-ms']),
-    upstreamConcurrency: Number(values['upstream-concurrency']),
-    redisUrl: values['redis-url'],
-    keyPrefix: values['key-prefix'],
-  })
+  let gw
+  try {
+    gw = await createGateway({
+      // POST /admin/shutdown: exit once the shutdown it started is done.
+      onShutdown: (err) => {
+        if (err) console.error(`gateway ${values.instance}: shutdown failed: ${err?.stack ?? err}`)
+        process.exit(err ? 1 : 0)
+      },
+      mode: values.mode,
+      values: values.values,
+      upstream: values.upstream,
+      instance: values.instance,
+      clientLimit: Number(values['client-limit']),
+      clientWindowMs: Number(values['client-window-ms']),
+      upstreamConcurrency: Number(values['upstream-concurrency']),
+      redisUrl: values['redis-url'],
+      keyPrefix: values['key-prefix'],
+    })
+  } catch (e) {
+    console.error(`gateway ${values.instance}: could not start: ${e?.stack ?? e}`)
+    process.exit(1)
+  }
   const stop = (clear) =>
     gw.shutdown({ clear }).then(
       () => process.exit(0),
@@ -690,16 +721,9 @@ if (isMain(import.meta.url)) {
         process.exit(1)
       },
     )
-  gw.ready.then(
-    () =>
-      gw.server.listen(Number(values.port), '127.0.0.1', () => {
-        reportReady(gw.server.address().port, () => stop(false))
-      }),
-    (e) => {
-      console.error(`gateway ${values.instance}: could not start: ${e?.stack ?? e}`)
-      process.exit(1)
-    },
-  )
+  gw.server.listen(Number(values.port), '127.0.0.1', () => {
+    reportReady(gw.server.address().port, () => stop(false))
+  })
   process.on('SIGTERM', () => stop(false))
   process.on('SIGINT', () => stop(false))
 }
