@@ -156,6 +156,16 @@ function commonClaims(run: Run) {
   assert.deepEqual(row(printed, 'gateway V8 heap at the end').slice(0, 3), cost.map((c) => `${(c.heapUsedBytes / 1e6).toFixed(1)} MB`))
   assert.deepEqual(row(printed, 'gateway RSS at the end').slice(0, 3), cost.map((c) => `${(c.rssBytes / 1e6).toFixed(1)} MB`))
   assert.match(row(printed, 'latency p99 (200s)')[3], /^\d+\.\d\dx (better|worse|same)$/)
+  const ms = (v: number) => (v >= 10 ? `${Math.round(v)} ms` : `${v.toFixed(1)} ms`)
+  assert.deepEqual(row(printed, 'gateway GC pauses during the load').slice(0, 3), cost.map((c) => `${ms(c.gcPauseTotalMs)} / ${ms(c.gcPauseMaxMs)}`))
+  let gcSeen = 0
+  for (const mode of modes) {
+    for (const g of result.measured[mode].gateways) {
+      assert.ok(g.process.gcPauses >= 0 && g.process.gcPauseMaxMs <= g.process.gcPauseTotalMs, `${mode}: GC pause counts`)
+      gcSeen += g.process.gcPauses
+    }
+  }
+  assert.ok(gcSeen > 0, 'the gateways reported the GC pauses of their load')
 }
 
 test('ratio(): hotpath over peers, better or worse by the row\'s direction', () => {

@@ -50,6 +50,12 @@ export interface ProcessStats {
   heapTotalBytes: number
   externalBytes: number
   gcRan: boolean
+  /** Since the last /stats?mark=1: event-loop delay (monitorEventLoopDelay) and GC pauses (PerformanceObserver 'gc'). */
+  eventLoopDelayP99Ms: number
+  eventLoopDelayMaxMs: number
+  gcPauses: number
+  gcPauseTotalMs: number
+  gcPauseMaxMs: number
 }
 
 /**
@@ -145,5 +151,5 @@ export function median<T>(runs: T[], f: (run: T) => number): number
 export function renderTable(rows: Row[]): string
 /** hotpath's value over the peers' as "1.23x better|worse|same" (same: within 3%); '' when either is not positive. */
 export function ratio(hotpath: number, peers: number, higherIsBetter: boolean): string
-/** CPU time per request over the load (all instances) and memory at the end (mean per gateway). */
-export function gatewayCost(run: Measured): { cpuUsPerRequest: number; rssBytes: number; heapUsedBytes: number }
+/** CPU time per request and GC pauses over the load (all instances; longest: the longest on any), memory at the end (mean per gateway). */
+export function gatewayCost(run: Measured): { cpuUsPerRequest: number; rssBytes: number; heapUsedBytes: number; gcPauseTotalMs: number; gcPauseMaxMs: number }

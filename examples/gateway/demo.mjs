@@ -74,7 +74,7 @@ export function ratio(hotpath, peers, higherIsBetter) {
   return `${r.toFixed(2)}x ${verdict}`
 }
 
-/** What one run's gateways used: CPU per request over the load, and memory at the end (per gateway, mean). */
+/** What one run's gateways used: CPU per request and GC pauses over the load (all gateways), memory at the end (per gateway, mean). */
 export function gatewayCost(run) {
   const cpuUs = run.gateways.reduce((n, g, i) => {
     const before = run.before[i].process
@@ -85,6 +85,8 @@ export function gatewayCost(run) {
     cpuUsPerRequest: cpuUs / Math.max(1, run.load.sent),
     rssBytes: mean((g) => g.process.rssBytes),
     heapUsedBytes: mean((g) => g.process.heapUsedBytes),
+    gcPauseTotalMs: run.gateways.reduce((n, g) => n + g.process.gcPauseTotalMs, 0),
+    gcPauseMaxMs: Math.max(...run.gateways.map((g) => g.process.gcPauseMaxMs)),
   }
 }
 
@@ -122,7 +124,8 @@ export function tableRows(rounds, plan, instances) {
   const dup = (u) => u.completeDuplicates + u.embedDuplicates + u.retrieveDuplicates
   const cost = runs.map((rs) => {
     const c = rs.map(gatewayCost)
-    return { cpuUsPerRequest: median(c, (x) => x.cpuUsPerRequest), rssBytes: median(c, (x) => x.rssBytes), heapUsedBytes: median(c, (x) => x.heapUsedBytes) }
+    const m = (k) => median(c, (x) => x[k])
+    return { cpuUsPerRequest: m('cpuUsPerRequest'), rssBytes: m('rssBytes'), heapUsedBytes: m('heapUsedBytes'), gcPauseTotalMs: m('gcPauseTotalMs'), gcPauseMaxMs: m('gcPauseMaxMs') }
   })
   const load = (f) => each(med((s) => f(s.load)))
   const [, pl, hl] = runs.map((rs) => ({ rps: median(rs, (s) => s.load.requestsPerSec), p50: median(rs, (s) => s.load.p50Ms), p99: median(rs, (s) => s.load.p99Ms), calls: median(rs, (s) => s.upstream.calls) }))
@@ -137,6 +140,11 @@ export function tableRows(rounds, plan, instances) {
     ['latency p50 (200s)', ...load((l) => l.p50Ms).map(fmtMs), ratio(hl.p50, pl.p50, false)],
     ['latency p99 (200s)', ...load((l) => l.p99Ms).map(fmtMs), ratio(hl.p99, pl.p99, false)],
     ['gateway CPU time per request', ...cost.map((c) => fmtUs(c.cpuUsPerRequest)), ratio(cost[2].cpuUsPerRequest, cost[1].cpuUsPerRequest, false)],
+    [
+      `gateway GC pauses during the load, total / longest`,
+      ...cost.map((c) => `${fmtMs(c.gcPauseTotalMs)} / ${fmtMs(c.gcPauseMaxMs)}`),
+      ratio(cost[2].gcPauseTotalMs, cost[1].gcPauseTotalMs, false),
+    ],
     [`gateway RSS at the end${per}`, ...cost.map((c) => fmtMB(c.rssBytes)), ratio(cost[2].rssBytes, cost[1].rssBytes, false)],
     [`gateway V8 heap at the end, after GC${per}`, ...cost.map((c) => fmtMB(c.heapUsedBytes)), ratio(cost[2].heapUsedBytes, cost[1].heapUsedBytes, false)],
     ['upstream calls', ...each(med((s) => s.upstream.calls)).map(fmtInt), ratio(hl.calls, pl.calls, false)],

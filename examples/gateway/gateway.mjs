@@ -39,11 +39,11 @@
 // Routes: POST /v1/complete {prompt, model?}, POST /v1/embed {input},
 // POST /v1/retrieve {query, k?}, POST /v1/ingest {id, text},
 // GET /stats[?gc=1][&mark=1] (the gateway's counts, every component's stats,
-// and this process's CPU time, memory and event-loop delay; gc=1 runs a full
-// GC first when node was started with --expose-gc; mark=1 restarts the
-// event-loop delay histogram), GET /healthz, POST /admin/shutdown {clear?}.
+// and this process's CPU time, memory, event-loop delay and GC pauses; gc=1
+// runs a full GC first when node was started with --expose-gc; mark=1 restarts
+// the event-loop delay and GC pause counts), GET /healthz, POST /admin/shutdown {clear?}.
 import http from 'node:http'
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { PerformanceObserver, monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { MODES, VALUES, isMain, reportReady, sha256, sleep } from './common.mjs'
@@ -571,7 +571,7 @@ export async function createGateway(options) {
       req.resume()
       const flag = (name) => new RegExp(`(^|&)${name}=1(&|$)`).test(query)
       const out = JSON.stringify(stats({ gc: flag('gc') }))
-      if (flag('mark')) loopDelay.reset() // the event-loop delay numbers count from here
+      if (flag('mark')) mark() // the event-loop delay and GC numbers count from here
       return res.writeHead(200, { 'content-type': 'application/json' }).end(out)
     }
     if (req.method === 'GET' && path === '/healthz') {
@@ -620,13 +620,28 @@ export async function createGateway(options) {
   })
   server.keepAliveTimeout = 30_000
 
-  // How late the event loop ran its callbacks (a blocked or starved loop delays every request).
+  // How late the event loop ran its callbacks (a blocked or starved loop delays every request),
+  // and the garbage collector's pauses (during which this gateway answers nobody).
   const loopDelay = monitorEventLoopDelay({ resolution: 10 })
   loopDelay.enable()
+  const gcPauses = { count: 0, totalMs: 0, maxMs: 0 }
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gcPauses.count++
+      gcPauses.totalMs += e.duration
+      if (e.duration > gcPauses.maxMs) gcPauses.maxMs = e.duration
+    }
+  })
+  gcObserver.observe({ entryTypes: ['gc'] })
+  const mark = () => {
+    loopDelay.reset()
+    gcPauses.count = gcPauses.totalMs = gcPauses.maxMs = 0
+  }
 
   /** This process's CPU time so far and its memory now (after a full GC if asked and node has --expose-gc). */
   function processStats(gc) {
     const cpu = process.cpuUsage() // before the GC below, which is the measurement's, not the load's
+    const gcSinceMark = { gcPauses: gcPauses.count, gcPauseTotalMs: gcPauses.totalMs, gcPauseMaxMs: gcPauses.maxMs }
     const gcRan = Boolean(gc && typeof globalThis.gc === 'function')
     if (gcRan) globalThis.gc()
     const mem = process.memoryUsage()
@@ -638,8 +653,10 @@ export async function createGateway(options) {
       heapTotalBytes: mem.heapTotal,
       externalBytes: mem.external,
       gcRan,
+      // Since the last /stats?mark=1 (the demo marks right before its load):
       eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
       eventLoopDelayMaxMs: loopDelay.max / 1e6,
+      ...gcSinceMark,
     }
   }
 
@@ -665,6 +682,7 @@ export async function createGateway(options) {
       agent.destroy()
       server.closeAllConnections()
       loopDelay.disable()
+      gcObserver.disconnect()
     })()
     return closing
   }
