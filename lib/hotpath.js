@@ -7,6 +7,7 @@ const { RateLimiter } = require('./rate_limiter')
 const { WorkerQueue } = require('./worker_queue')
 const { BatchProcessor } = require('./batch')
 const { BufferPool } = require('./buffer_pool')
+const { cached, rateLimited } = require('./decorators')
 const { CODES } = require('./errors')
 const { advance } = require('./clock')
 
@@ -16,6 +17,8 @@ module.exports = {
   WorkerQueue,
   BatchProcessor,
   BufferPool,
+  cached,
+  rateLimited,
   ERROR_CODES: CODES,
   /** Tests only: move hotpath's clock forward by `ms` (TTLs, windows, timers). */
   __advanceClock: advance,

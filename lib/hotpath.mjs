@@ -7,4 +7,5 @@ export const { RateLimiter } = hotpath
 export const { WorkerQueue } = hotpath
 export const { BatchProcessor } = hotpath
 export const { BufferPool } = hotpath
+export const { cached, rateLimited } = hotpath
 export default hotpath

@@ -10,6 +10,7 @@
 // function per check on the native side).
 
 const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
+const { limiterWrap } = require('./wrap')
 const { CODES, hpError, invalidArg, rangeError, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
@@ -92,7 +93,7 @@ class RateLimiter {
   }
 
   _args(key, cost) {
-    if (typeof key !== 'string' || key.length === 0) checkKey(key)
+    if (typeof key !== 'string' || key.length === 0 || !key.isWellFormed()) checkKey(key)
     if (cost !== 1) checkCost(cost)
     if (this._closed) throw closedError('RateLimiter')
   }
@@ -224,6 +225,11 @@ class RateLimiter {
   close() {
     this._closed = true
     return this._n.close().then(noop)
+  }
+
+  /** A function that checks the limit, then calls `fn` (lib/wrap.js). */
+  wrap(fn, options) {
+    return limiterWrap(this, fn, options)
   }
 }
 
