@@ -160,6 +160,18 @@ describe('the default key', () => {
     assert.ok(collisionsChecked > 100 && byKey.size > 1000, `${collisionsChecked} repeats, ${byKey.size} distinct`)
   })
 
+  test('strings are exactly their JSON text (randomized, seed 99: quotes, escapes, surrogates, controls)', () => {
+    const rand = rng(99)
+    const alphabet = ['a', 'Z', '0', ' ', '"', '\\', '\n', '\u0000', '\u001f', '\u007f', '\u2028', 'é', '✓', '\ud83d\ude00', '\ud800', '\udfff', ',', ':', '{']
+    for (let i = 0; i < 5000; i++) {
+      let s = ''
+      const n = Math.floor(rand() * 8)
+      for (let j = 0; j < n; j++) s += alphabet[Math.floor(rand() * alphabet.length)]
+      assert.equal(defaultKey('f', [s]), 'f:' + JSON.stringify(s))
+      assert.equal(defaultKey('f', [{ [s]: s }]), `f:{${JSON.stringify(s)}:${JSON.stringify(s)}}`)
+    }
+  })
+
   test('long argument lists are hashed (sha256, base64url): short, stable, distinct', () => {
     const long = { text: 'x'.repeat(1000), n: 1 }
     const k = defaultKey('search', [long])
