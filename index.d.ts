@@ -496,17 +496,20 @@ export declare class NativeCache {
   remainingTtlMs(key: string): Promise<number>
   clear(): Promise<void>
   /**
-   * true: the caller leads the flight for `key` (runs the factory and must
-   * end it); false: another caller in the process leads it.
+   * A token (> 0): the caller leads the flight for `key` (runs the factory
+   * and must end it with that token); 0: a live caller leads it.
    */
-  flightLead(key: string): boolean
+  flightLead(key: string): number
   /**
-   * Wait for the flight on `key` led elsewhere. Resolves to the value, to a
-   * JSON error string, or to `[]` when the flight is already over.
+   * Wait for the flight on `key` led elsewhere, at most `timeoutMs` (< 0:
+   * no bound). Resolves to the value, to a JSON error string, or to `[]`
+   * when the flight is over without a value (look again, or lead).
    */
-  flightWait(key: string): Promise<string | Array<number | string | boolean | null | Buffer | undefined>>
-  flightEnd(key: string, kind: number, payload: string | number | Buffer): void
-  flightFail(key: string, code: string, message: string, name: string): void
+  flightWait(key: string, timeoutMs: number): Promise<string | Array<number | string | boolean | null | Buffer | undefined>>
+  flightEnd(key: string, token: number, kind: number, payload: string | number | Buffer): void
+  flightFail(key: string, token: number, code: string, message: string, name: string): void
+  /** The leader gave up (its wait timed out or was aborted): the key is free. */
+  flightAbandon(key: string, token: number): void
   stats(): CacheStats
   /**
    * Close this handle. The shared state (write-behind queue, subscription)
@@ -514,6 +517,15 @@ export declare class NativeCache {
    */
   close(): Promise<void>
   isClosed(): boolean
+  /**
+   * Pause (`true`) or stop pausing every L1 fill between its L2 read and
+   * the fill.
+   */
+  testPauseFills(on: boolean): void
+  /** Resolves when a fill reached the pause. */
+  testFillReached(): Promise<void>
+  /** Let one paused fill go on. */
+  testReleaseFill(): void
 }
 
 /** The engine a worker thread uses (see lib/worker_entry.js). */
@@ -829,10 +841,16 @@ export interface CacheOptions {
    */
   frontCacheEntries?: number
   /**
-   * Most `setSync` writes waiting for Redis; beyond it a write-behind is
-   * dropped and counted in `l2Errors`. Default: `100_000`.
+   * Most writes waiting for Redis; beyond it a write is dropped (L1 keeps
+   * it) and counted in `droppedWrites`. Default: `100_000`.
    */
   maxPendingWrites?: number
+  /**
+   * How long (ms) a write to Redis that failed is retried, with backoff,
+   * before it is dropped and counted in `droppedWrites`; also bounds how
+   * long `close()` waits for pending writes. Default: `10_000`.
+   */
+  writeRetryMs?: number
 }
 
 export interface CacheStats {
@@ -846,8 +864,13 @@ export interface CacheStats {
   l1Bytes: number
   l2Errors: number
   hitRatio: number
-  /** Writes from `setSync` not yet on Redis. */
+  /** Writes (and deletes) queued for Redis, not yet landed or dropped. */
   pendingWrites: number
+  /**
+   * Writes (and deletes) to Redis given up on: the queue was full, or
+   * Redis kept failing for `writeRetryMs`. L1 kept them.
+   */
+  droppedWrites: number
 }
 
 /** The raw function behind `RateLimiter.checkSync` (see the module docs). */
@@ -921,6 +944,9 @@ export interface RedisOptions {
    */
   commandTimeoutMs?: number
 }
+
+/** Test hook: how many open handles the named cache has (0: none). */
+export declare function testCacheHandles(name: string): number
 
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {

@@ -40,8 +40,14 @@ let encPayload = null
 function encode(value) {
   switch (typeof value) {
     case 'string':
-      encKind = K_STR
-      encPayload = value
+      if (value.isWellFormed()) {
+        encKind = K_STR
+        encPayload = value
+      } else {
+        // Lone surrogates survive as JSON escapes (`"\ud800"`), not as UTF-8.
+        encKind = K_JSON
+        encPayload = JSON.stringify(value)
+      }
       return
     case 'number':
       encKind = K_NUM
@@ -127,6 +133,67 @@ function flightError(json) {
 }
 
 const noop = () => {}
+
+function abortedError(signal) {
+  return hpError(CODES.ABORTED, 'getOrSet was aborted', Error, signal.reason !== undefined ? { cause: signal.reason } : undefined)
+}
+
+function isSignal(s) {
+  return typeof s === 'object' && s !== null && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function'
+}
+
+/** getOrSet's `timeoutMs` and `signal`, checked; null when neither is set. */
+function waitOptions(options) {
+  const timeoutMs = optNumber(options, 'timeoutMs', { min: 0, exclusiveMin: true })
+  const signal = options.signal
+  if (signal !== undefined && !isSignal(signal)) throw invalidArg(`signal must be an AbortSignal, got ${show(signal)}`)
+  const sf = options.singleFlight
+  if (sf !== undefined && sf !== 'process' && sf !== 'redis') throw invalidArg(`singleFlight must be 'process' or 'redis', got ${show(sf)}`)
+  if (timeoutMs === undefined && signal === undefined) return null
+  return { timeoutMs, signal }
+}
+
+/** One caller's bound: rejects `stop` with ERR_TIMEOUT after timeoutMs, or
+ *  ERR_ABORTED when the signal aborts. `done()` releases the timer. */
+class Wait {
+  constructor({ timeoutMs, signal }) {
+    this.end = timeoutMs === undefined ? 0 : Date.now() + timeoutMs
+    this.reason = null
+    this.timer = null
+    this.signal = signal
+    this.onAbort = null
+    this.stop = new Promise((_, reject) => {
+      const fail = (e) => {
+        if (this.reason === null) {
+          this.reason = e
+          reject(e)
+        }
+      }
+      if (timeoutMs !== undefined) {
+        this.timer = setTimeout(() => fail(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`)), timeoutMs)
+      }
+      if (signal !== undefined) {
+        this.onAbort = () => fail(abortedError(signal))
+        signal.addEventListener('abort', this.onAbort, { once: true })
+      }
+    })
+    this.stop.catch(noop)
+  }
+
+  remainingMs() {
+    return this.end === 0 ? -1 : Math.max(1, this.end - Date.now())
+  }
+
+  done() {
+    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.onAbort !== null) this.signal.removeEventListener('abort', this.onAbort)
+    this.timer = this.onAbort = null
+  }
+}
+
+function race(p, wait) {
+  return wait === null ? p : Promise.race([p, wait.stop])
+}
 
 class CacheManager {
   constructor(options) {
@@ -264,12 +331,26 @@ class CacheManager {
     return this._n.has(key)
   }
 
+  // getOrSet: the whole protocol is here (the engine keeps the flights).
+  //  1. L1 (front cache, then native peek): a fresh value is served; a stale
+  //     one or one due for refresh-ahead is served and refreshed once in the
+  //     background.
+  //  2. L2 (with redis).
+  //  3. The flight: one caller per key in the process leads (runs the
+  //     factory, writes the value, ends the flight with its token); the others
+  //     wait for its value or error. A leader that gives up (timeoutMs,
+  //     signal) abandons the flight, and one whose thread died is detected by
+  //     the engine: either way the waiters look again and one of them leads.
+  //  Every caller's wait (leader's included) is bounded by its own timeoutMs
+  //  and signal.
   getOrSet(key, factory, options) {
     try {
       checkKey(key)
       if (typeof factory !== 'function') throw invalidArg(`factory must be a function, got ${show(factory)}`)
+      let wait = null
       if (options !== undefined) {
         setOptions(options)
+        wait = waitOptions(options)
       }
       const e = this._front.get(key)
       // A front hit inside the refresh-ahead margin goes to peek(), which
@@ -286,15 +367,8 @@ class CacheManager {
         if (state !== 0) this._refresh(key, factory, options)
         return Promise.resolve(value)
       }
-      let p = this._flights.get(key)
-      if (p !== undefined) return p
-      p = this._fly(key, factory, options)
-      this._flights.set(key, p)
-      const done = () => {
-        if (this._flights.get(key) === p) this._flights.delete(key)
-      }
-      p.then(done, done)
-      return p
+      if (wait !== null && wait.signal?.aborted) throw abortedError(wait.signal)
+      return this._fly(key, factory, options, wait === null ? null : new Wait(wait))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -303,55 +377,81 @@ class CacheManager {
   // Stale or nearly expired: refresh once in the background (single flight).
   _refresh(key, factory, options) {
     if (this._flights.has(key)) return
-    const p = this._lead(key, factory, options, true)
-    this._flights.set(key, p)
+    const token = this._n.flightLead(key)
+    if (token !== 0) this._start(key, token, factory, options, null).p.catch(noop)
+  }
+
+  // Lead the flight: callers on this thread join `entry.p` (and so get the
+  // very value or error); callers on other threads wait natively.
+  _start(key, token, factory, options, wait) {
+    const entry = { p: null, abandoned: false }
+    this._flights.set(key, entry)
+    entry.p = this._lead(key, token, factory, options, wait, entry)
     const done = () => {
-      if (this._flights.get(key) === p) this._flights.delete(key)
+      if (this._flights.get(key) === entry) this._flights.delete(key)
     }
-    p.then(done, done)
+    entry.p.then(done, done)
+    return entry
   }
 
-  async _fly(key, factory, options) {
-    if (this._hasL2) {
-      const r = await this._n.getL2(key)
-      if (r[0] !== 0) return decodeOne(r)
-    }
-    for (;;) {
-      const led = await this._lead(key, factory, options, false)
-      if (led !== NOT_LEADER) return led
-      const r = await this._n.flightWait(key)
-      if (typeof r === 'string') throw flightError(r)
-      if (r.length > 0) return decodeOne(r)
-      // The flight ended before we could wait on it: its value is in L1 now,
-      // unless it failed (then we try to lead).
-      const v = this._load(key, false)
-      if (v !== undefined) return v
+  async _fly(key, factory, options, wait) {
+    try {
+      if (this._hasL2) {
+        const r = await race(this._n.getL2(key), wait)
+        if (r[0] !== 0) return decodeOne(r)
+      }
+      for (;;) {
+        const local = this._flights.get(key)
+        if (local !== undefined) {
+          try {
+            return await race(local.p, wait)
+          } catch (err) {
+            // The leader on this thread gave up (its own timeout or signal):
+            // look again; anything else is the flight's error.
+            if (!local.abandoned || (wait !== null && err === wait.reason)) throw err
+            if (this._flights.get(key) === local) this._flights.delete(key)
+            continue
+          }
+        }
+        const token = this._n.flightLead(key)
+        if (token !== 0) return await this._start(key, token, factory, options, wait).p
+        const r = await race(this._n.flightWait(key, wait === null ? -1 : wait.remainingMs()), wait)
+        if (typeof r === 'string') throw flightError(r)
+        if (r.length > 0) return decodeOne(r)
+        // The flight is over without a value for us (it ended before we
+        // looked, or its leader gave up or died): its value may be in L1 now;
+        // if not, lead.
+        const v = this._load(key, false)
+        if (v !== undefined) return v
+      }
+    } finally {
+      wait?.done()
     }
   }
 
-  async _lead(key, factory, options, background) {
-    if (!this._n.flightLead(key)) return background ? undefined : NOT_LEADER
+  async _lead(key, token, factory, options, wait, entry) {
     // From here the flight must end exactly once, whatever happens, or waiters
-    // in other threads would wait forever.
+    // would wait until their own timeout.
     let ended = false
     try {
-      const value = await factory()
+      const value = await race(new Promise((resolve) => resolve(factory())), wait)
       encode(value)
       const kind = encKind
       const payload = encPayload
       optTtl = optTags = undefined
       setOptions(options)
       const written = this._n.set(key, kind, payload, optTtl, optTags)
-      this._n.flightEnd(key, kind, payload)
+      this._n.flightEnd(key, token, kind, payload)
       ended = true
-      // The value is in L1 now: later misses must not join this flight while
-      // its L2 write finishes.
-      this._flights.delete(key)
       await written
       return value
     } catch (err) {
-      if (!ended) this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
-      if (background) return undefined
+      if (!ended) {
+        if (wait !== null && err === wait.reason) {
+          entry.abandoned = true
+          this._n.flightAbandon(key, token)
+        } else this._n.flightFail(key, token, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
+      }
       throw err
     }
   }
@@ -441,7 +541,5 @@ class CacheManager {
     return cacheWarm(this, loaders, options)
   }
 }
-
-const NOT_LEADER = Symbol('not leader')
 
 module.exports = { CacheManager, encode, decode }

@@ -37,6 +37,8 @@ function show(v) {
 function checkKey(key, what = 'key') {
   if (typeof key !== 'string') throw invalidArg(`${what} must be a string, got ${show(key)}`)
   if (key.length === 0) throw invalidArg(`${what} must be a non-empty string, got ""`)
+  // A lone surrogate would become U+FFFD in native code, aliasing another key.
+  if (!key.isWellFormed()) throw invalidArg(`${what} must be well-formed UTF-16 (no lone surrogates), got ${JSON.stringify(key)}`)
 }
 
 function checkOptions(options, what) {

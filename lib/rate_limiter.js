@@ -93,7 +93,7 @@ class RateLimiter {
   }
 
   _args(key, cost) {
-    if (typeof key !== 'string' || key.length === 0) checkKey(key)
+    if (typeof key !== 'string' || key.length === 0 || !key.isWellFormed()) checkKey(key)
     if (cost !== 1) checkCost(cost)
     if (this._closed) throw closedError('RateLimiter')
   }
