@@ -213,7 +213,7 @@ function compileCacheOptions(options, what) {
   if (prefix !== undefined) checkKey(prefix, 'prefix')
   const ttlMs = fnOr(o, 'ttlMs', checkTtl)
   const tags = fnOr(o, 'tags', checkTags)
-  const timeoutMs = optNumber(o, 'timeoutMs', { min: 0, allowInfinity: true })
+  const timeoutMs = optNumber(o, 'timeoutMs', { min: 0, exclusiveMin: true })
   const singleFlight = o.singleFlight
   if (singleFlight !== undefined && !SINGLE_FLIGHT.includes(singleFlight)) {
     throw invalidArg(`singleFlight must be 'process' or 'redis', got ${show(singleFlight)}`)
