@@ -404,6 +404,8 @@ export declare class NativeCache {
   testPauseFills(on: boolean): void
   /** Resolves when a fill reached the pause. */
   testFillReached(): Promise<void>
+  /** Make the subscription drop every message until it is resubscribed. */
+  testDeafen(): void
   /** Let one paused fill go on. */
   testReleaseFill(): void
 }

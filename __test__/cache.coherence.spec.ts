@@ -400,6 +400,27 @@ describe('CacheManager coherence on Redis', () => {
     await c.close()
   })
 
+  test('#10 a subscription that silently stops delivering is detected by its health check, resubscribed, and L1 flushed once', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('k', 'v1')
+    assert.equal(await b.get('k'), 'v1')
+    hooks.deafen(b) // b's subscription now drops every message, as a half-open connection would
+    await a.set('k', 'v2')
+    // The health check notices its pings do not come back, resubscribes and
+    // flushes L1 (the missed invalidation cannot leave v1 there).
+    await eventually(() => b.getSync('k') === undefined, 20_000, 'health check')
+    assert.equal(await b.get('k'), 'v2')
+    // And invalidations are heard again.
+    await a.set('k', 'v3')
+    await eventually(() => b.getSync('k') === undefined, 10_000, 'invalidation after resubscribe')
+    await a.clear()
+    await a.close()
+    await b.close()
+  })
+
   test('#4 write-behind retries: setSync writes made while Redis is down land when it returns; close waits', async (t) => {
     if (!redisUrl(t)) return
     const own = new OwnRedis(await freePort())

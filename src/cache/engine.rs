@@ -80,6 +80,9 @@ impl Op {
   }
 }
 
+/// How often the subscription's health check pings.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
 pub type FlightResult = std::result::Result<Val, String>;
 
 /// One getOrSet flight: its result channel, its token (so only its leader
@@ -134,6 +137,13 @@ pub struct Engine {
   /// true once the invalidation subscription is up (fills wait for it).
   subscribed: watch::Sender<bool>,
   waited_for_subscribe: AtomicBool,
+  /// The current subscription's generation (see `start_subscriber`).
+  sub_gen: AtomicU64,
+  /// Health-check pings published / seen back.
+  pings: AtomicU64,
+  pongs: AtomicU64,
+  /// Test hook: drop every message until the next (re)subscribe.
+  pub deaf: AtomicBool,
   closed: AtomicBool,
   /// Test hook: pause every L1 fill between its L2 read and the fill.
   pub fill_pause: FillPause,
@@ -177,6 +187,10 @@ impl Engine {
       unmaintained: AtomicU64::new(0),
       subscribed: watch::channel(false).0,
       waited_for_subscribe: AtomicBool::new(false),
+      sub_gen: AtomicU64::new(0),
+      pings: AtomicU64::new(0),
+      pongs: AtomicU64::new(0),
+      deaf: AtomicBool::new(false),
       closed: AtomicBool::new(false),
       fill_pause: FillPause::default(),
       cfg,
@@ -185,6 +199,7 @@ impl Engine {
       inner.start_writer();
       if inner.cfg.pubsub {
         inner.start_subscriber();
+        inner.start_health_check();
       }
     }
     Ok(inner)
@@ -341,8 +356,13 @@ impl Engine {
     }
   }
 
+  /// Subscribe to the invalidation channel (again). Each subscription has a
+  /// generation; starting a new one ends the old one. A new generation, or a
+  /// reconnect of the current one, flushes L1 once: messages may have been
+  /// missed meanwhile.
   fn start_subscriber(self: &Arc<Self>) {
     let l2 = self.l2.as_ref().expect("l2");
+    let gen = self.sub_gen.fetch_add(1, Ordering::SeqCst) + 1;
     let (w1, w2, w3) = (
       Arc::downgrade(self),
       Arc::downgrade(self),
@@ -352,29 +372,76 @@ impl Engine {
       l2.channel(),
       move |payload| {
         if let (Some(inner), Some(m)) = (w1.upgrade(), Message::decode(payload)) {
-          inner.apply_message(m);
+          if !inner.deaf.load(Ordering::Relaxed) {
+            inner.apply_message(m);
+          }
         }
       },
       move |reconnected| {
         if let Some(inner) = w2.upgrade() {
-          if reconnected {
-            // Messages may have been missed while disconnected.
+          if reconnected || gen > 1 {
             let _g = inner.order.lock();
             inner.l1.clear();
           }
+          inner.deaf.store(false, Ordering::Relaxed);
           inner.subscribed.send_replace(true);
         }
       },
       move || {
         w3.upgrade()
-          .map(|i| !i.closed.load(Ordering::Relaxed))
+          .map(|i| !i.closed.load(Ordering::Relaxed) && i.sub_gen.load(Ordering::SeqCst) == gen)
           .unwrap_or(false)
       },
     );
   }
 
+  /// The subscription's health check: every second, a ping published on the
+  /// data connection must come back through the subscription. When three in
+  /// a row (that Redis accepted) did not, the subscription is presumed
+  /// half-open: subscribe again (which flushes L1 once).
+  fn start_health_check(self: &Arc<Self>) {
+    let weak = Arc::downgrade(self);
+    runtime::spawn(async move {
+      loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::Relaxed) {
+          return;
+        }
+        if !*inner.subscribed.borrow() {
+          continue;
+        }
+        let l2 = inner.l2.as_ref().expect("l2");
+        let seq = inner.pings.load(Ordering::Relaxed) + 1;
+        let ping = Message {
+          s: inner.id.clone(),
+          ping: Some(seq),
+          ..Default::default()
+        };
+        if l2
+          .redis
+          .publish(&l2.channel(), &ping.encode())
+          .await
+          .is_ok()
+        {
+          inner.pings.store(seq, Ordering::Relaxed);
+        }
+        let missed = inner.pings.load(Ordering::Relaxed) - inner.pongs.load(Ordering::Relaxed);
+        if missed >= 3 {
+          inner
+            .pongs
+            .store(inner.pings.load(Ordering::Relaxed), Ordering::Relaxed);
+          inner.start_subscriber();
+        }
+      }
+    });
+  }
+
   fn apply_message(&self, m: Message) {
     if m.s == self.id {
+      if let Some(seq) = m.ping {
+        self.pongs.fetch_max(seq, Ordering::Relaxed);
+      }
       return;
     }
     let _g = self.order.lock();

@@ -678,6 +678,12 @@ impl NativeCache {
     .map_err(crate::error::from_napi)
   }
 
+  /// Make the subscription drop every message until it is resubscribed.
+  #[napi]
+  pub fn test_deafen(&self) {
+    self.inner.deaf.store(true, Ordering::Relaxed);
+  }
+
   /// Let one paused fill go on.
   #[napi]
   pub fn test_release_fill(&self) {
