@@ -475,6 +475,9 @@ class CacheManager {
       const written = this._n.set(key, kind, payload, optTtl, optTags)
       this._n.flightEnd(key, token, kind, payload)
       ended = true
+      // The value is in L1 now: later misses must not join this flight while
+      // its L2 write finishes.
+      if (this._flights.get(key) === entry) this._flights.delete(key)
       await written
       return value
     } catch (err) {
