@@ -4,7 +4,8 @@
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import { Worker } from 'node:worker_threads'
-import { CacheManager, __advanceClock, type CacheRead, type DeepReadonly, type JsonObject } from 'hotpath'
+import { CacheManager, type CacheRead, type DeepReadonly, type JsonObject } from 'hotpath'
+import { __advanceClock } from 'hotpath/testing'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { FrontCache } = require('../lib/front_cache.js')

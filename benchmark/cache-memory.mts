@@ -26,7 +26,7 @@ if (which === 'hotpath') {
   for (let i = 0; i < 20_000; i++) c.getSync(key(i * 50))
   keep = c
 } else if (which === 'lru-cache') {
-  const c = new LRUCache<string, unknown>({ max: N + 1 })
+  const c = new LRUCache<string, object | string>({ max: N + 1 })
   for (let i = 0; i < N; i++) c.set(key(i), value(i))
   keep = c
 } else {
