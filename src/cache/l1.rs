@@ -380,7 +380,7 @@ mod tests {
     let (_, fill) = l1.insert("k".into(), entry("b", None));
     assert_eq!(fill, Some(v1.wrapping_add(1)));
     let v1 = l1.versions.get(s);
-    assert!(matches!(&l1.get_live("k").unwrap().val, Val::Str(x) if x == "a"));
+    assert!(matches!(&l1.get_live("k").unwrap().val, Val::Str(x) if x == "b"));
     assert!(l1.remove("k"));
     assert_ne!(l1.versions.get(s), v1);
     assert!(l1.get_live("k").is_none());
