@@ -17,6 +17,7 @@ export type {
   CacheValue,
   CachedDecorator,
   DeepReadonly,
+  GetOrSetOptions,
   HotpathErrorCode,
   JsonArray,
   JsonObject,
