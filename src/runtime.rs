@@ -11,16 +11,29 @@ use parking_lot::Mutex;
 
 use crate::error::{HpError, HpResult};
 
-static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+/// The one runtime for all background work (timers, Redis I/O, zeroing). It
+/// is hotpath's own, started on first use and never shut down: it lives as
+/// long as the process. (napi-rs' runtime is not used: napi-rs shuts it down
+/// when the first environment that loaded the addon exits, so a handle to it
+/// cached here went dead when a worker thread that loaded hotpath exited, and
+/// a later worker's promises never settled.)
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// The one runtime for all background work is napi-rs' tokio runtime (the one
-/// its `async fn` methods run on); this is a handle to it. napi-rs starts it
-/// when the addon loads; outside Node (`cargo test`) it is started here.
+/// A handle to the one runtime.
 pub fn handle() -> &'static tokio::runtime::Handle {
-  HANDLE.get_or_init(|| {
-    napi::bindgen_prelude::start_async_runtime();
-    napi::bindgen_prelude::block_on(async { tokio::runtime::Handle::current() })
-  })
+  RUNTIME
+    .get_or_init(|| {
+      tokio::runtime::Builder::new_multi_thread()
+        .thread_name("hotpath")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+          // Without a runtime nothing asynchronous can work; this happens
+          // only when the OS refuses threads, and is reported once, loudly.
+          panic!("hotpath: cannot start its tokio runtime: {e}")
+        })
+    })
+    .handle()
 }
 
 /// Spawn background work on the one runtime.

@@ -1,0 +1,28 @@
+// The native half of "no input can crash or hang the process": the runtime's
+// lifetime, panics caught at the boundary, numeric arguments checked against
+// stated ranges, and the codes shared by Rust and JS. Risky inputs run in a
+// child process; the test asserts that the child survives.
+import { test, describe } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+
+const root = join(__dirname, '..')
+const fixture = (f: string) => join(__dirname, 'fixtures', f)
+
+/** Run a node script in a child; returns status, signal and output. */
+function child(args: string[], timeout = 60_000) {
+  const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout })
+  return { status: r.status, signal: r.signal, out: `${r.stdout}\n${r.stderr}` }
+}
+
+describe('native runtime', () => {
+  test('worker-only use: a later worker gets settling promises after the first exited', () => {
+    // Before hotpath owned its runtime, worker 1 timed out here (its promises
+    // were spawned on the runtime napi-rs had shut down when worker 0 exited).
+    const r = child([fixture('worker_only.cjs'), '3'])
+    assert.equal(r.status, 0, r.out)
+    assert.match(r.out, /worker 2: ok 2/)
+    assert.match(r.out, /ALL SETTLED/)
+  })
+})
