@@ -270,7 +270,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native engine behind `BatchProcessor` (see lib/batch.js). */
 export declare class NativeBatch {
   constructor(options?: BatchOptions | undefined | null)
-  /** The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded). */
+  /** The validated `[maxBatchSize, maxWaitMs, maxPending]` (Infinity for unbounded). */
   limits(): Array<number>
   /**
    * A batch was sealed. Returns its id (>= 0) when it may start now, or
@@ -593,6 +593,12 @@ export interface BatchOptions {
   dedupe?: boolean
   /** The key of an item for `dedupe`. */
   keyFn?: (item: unknown) => string
+  /**
+   * Items accepted but not yet settled (after dedupe: one per slot); past
+   * it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
+   * 2^32 - 1) or `Infinity`. Default: `Infinity`.
+   */
+  maxPending?: number
 }
 
 /** `stats()` of a BatchProcessor. */

@@ -26,3 +26,30 @@ describe('native runtime', () => {
     assert.match(r.out, /ALL SETTLED/)
   })
 })
+
+describe('panics become ERR_INTERNAL', () => {
+  test('a panic in any class poisons only its instance; the process survives', () => {
+    // Before the guards, the first injected panic aborted the child (SIGABRT).
+    const r = child([fixture('panic_guard.cjs')])
+    assert.equal(r.signal, null, r.out)
+    assert.equal(r.status, 0, r.out)
+    const line = r.out.split('\n').find((l) => l.startsWith('{'))
+    assert.ok(line, r.out)
+    const got = JSON.parse(line)
+    assert.deepEqual(got, {
+      cachePanic: 'ERR_INTERNAL',
+      cacheAfter: 'ERR_INTERNAL', // poisoned
+      cacheOther: 'ok', // another instance is untouched
+      cacheClose: 'ok', // close() still releases a poisoned instance
+      limiterPanic: 'ERR_INTERNAL', // raw extern "C" checkSync
+      limiterAfter: 'ok',
+      batchPanic: 'ERR_INTERNAL', // add() settles (the panic was in a timer's native call)
+      batchOther: 'ok',
+      poolPanic: 'ERR_INTERNAL',
+      poolAfter: 'ERR_INTERNAL',
+      queuePanic: 'ERR_INTERNAL',
+      queueOther: 'ok',
+      ctorPanic: 'ERR_INTERNAL',
+    })
+  })
+})

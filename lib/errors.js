@@ -11,6 +11,7 @@ const CODES = Object.freeze({
   BATCH_RESULT: 'ERR_BATCH_RESULT',
   BUFFER_RELEASED: 'ERR_BUFFER_RELEASED',
   TASK_FAILED: 'ERR_TASK_FAILED',
+  INTERNAL: 'ERR_INTERNAL',
 })
 
 function hpError(code, message, Base = Error, extra) {

@@ -29,8 +29,9 @@ use napi_derive::napi;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::error::{check_finite, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::runtime;
+use crate::validate;
 
 /// The smallest size class (bytes).
 pub const MIN_CLASS: usize = 64;
@@ -95,22 +96,21 @@ pub struct PoolConfig {
 
 impl PoolConfig {
   pub fn from_options(o: &BufferPoolOptions, plain: bool) -> HpResult<Self> {
-    let chunk = check_finite("chunkSize", o.chunk_size.unwrap_or(1_048_576.0))?;
-    if chunk.fract() != 0.0
-      || chunk < MIN_CLASS as f64
-      || chunk > MAX_CHUNK as f64
-      || !(chunk as usize).is_power_of_two()
-    {
-      return Err(HpError::invalid(format!(
-        "chunkSize must be a power of two from {MIN_CLASS} to {MAX_CHUNK}, got {chunk}"
-      )));
-    }
-    let max = check_finite("maxPooledBytes", o.max_pooled_bytes.unwrap_or(67_108_864.0))?;
-    if max < 0.0 || max.fract() != 0.0 || max > 9_007_199_254_740_991.0 {
-      return Err(HpError::invalid(format!(
-        "maxPooledBytes must be a non-negative integer, got {max}"
-      )));
-    }
+    let raw = o.chunk_size.unwrap_or(1_048_576.0);
+    let chunk = validate::bytes("chunkSize", raw, MIN_CLASS as u64)
+      .ok()
+      .filter(|&c| c <= MAX_CHUNK as u64 && c.is_power_of_two())
+      .ok_or_else(|| {
+        HpError::invalid(format!(
+          "chunkSize must be a power of two from {MIN_CLASS} to {MAX_CHUNK}, got {}",
+          validate::js_num(raw)
+        ))
+      })?;
+    let max = validate::bytes(
+      "maxPooledBytes",
+      o.max_pooled_bytes.unwrap_or(67_108_864.0),
+      0,
+    )?;
     Ok(PoolConfig {
       chunk_size: chunk as usize,
       max_pooled: max as u64,
@@ -701,7 +701,10 @@ impl Shared {
 static EXTERNAL_ALLOWED: OnceLock<bool> = OnceLock::new();
 
 unsafe extern "C" fn finalize_probe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-  drop(unsafe { Box::from_raw(data as *mut [u8; 16]) });
+  crate::guard::catch(
+    || drop(unsafe { Box::from_raw(data as *mut [u8; 16]) }),
+    |_| (),
+  );
 }
 
 fn external_allowed(env: sys::napi_env) -> bool {
@@ -753,6 +756,8 @@ fn status(s: sys::napi_status, what: &str) -> HpResult<()> {
 /// The native engine behind `BufferPool` (see lib/buffer_pool.js).
 #[napi(js_name = "NativeBufferPool")]
 pub struct NativeBufferPool {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   shared: Arc<Shared>,
   name: Option<String>,
   closed: AtomicBool,
@@ -772,6 +777,7 @@ impl NativeBufferPool {
     options: Option<BufferPoolOptions>,
     force_plain: Option<bool>,
   ) -> Result<Self, Code> {
+    guarded! { ctor "BufferPool",
     let o = options.unwrap_or_default();
     let plain = force_plain.unwrap_or(false) || !external_allowed(env.raw());
     let cfg = to_js(PoolConfig::from_options(&o, plain))?;
@@ -782,10 +788,12 @@ impl NativeBufferPool {
       None => Shared::new(cfg),
     };
     Ok(NativeBufferPool {
+      poison: crate::guard::Poison::new("BufferPool"),
       shared,
       name: o.name,
       closed: AtomicBool::new(false),
     })
+    }
   }
 
   fn open(&self) -> Result<&Arc<Shared>, Code> {
@@ -797,20 +805,25 @@ impl NativeBufferPool {
 
   /// The pool's identity (equal for every handle of a named pool).
   #[napi]
-  pub fn id(&self) -> u32 {
+  pub fn id(&self) -> Result<u32, Code> {
+    guarded! { ok self,
     self.shared.id
+    }
   }
 
   /// false when Buffers are plain (external buffers not allowed here).
   #[napi]
-  pub fn external(&self) -> bool {
+  pub fn external(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     !self.shared.cfg.plain
+    }
   }
 
   /// A Buffer of exactly `size` bytes, zero-filled unless zeroOnRelease is
   /// false and the memory is reused.
   #[napi(ts_return_type = "Buffer")]
   pub fn allocate(&self, env: Env, size: f64) -> Result<Raw, Code> {
+    guarded! { self,
     let shared = self.open()?;
     let size = to_js(check_size(size))?;
     let env = env.raw();
@@ -878,6 +891,7 @@ impl NativeBufferPool {
       );
     }
     Ok(Raw(out))
+    }
   }
 
   /// Return a Buffer's memory and detach it (its length becomes 0). Returns
@@ -885,6 +899,7 @@ impl NativeBufferPool {
   /// allocation of this pool (the JS layer then says which error it is).
   #[napi]
   pub fn release(&self, buffer: Unknown) -> Result<bool, Code> {
+    guarded! { self,
     let shared = self.open()?;
     let env = buffer.value().env;
     let (mut ty, mut len, mut data, mut ab, mut off) =
@@ -912,43 +927,53 @@ impl NativeBufferPool {
     ))?;
     shared.released(&rec);
     Ok(true)
+    }
   }
 
   /// Count the release of a zero-length Buffer (the JS layer tracks those).
   #[napi]
   pub fn release_empty(&self) -> Result<(), Code> {
+    guarded! { self,
     self.open()?.count_empty(true);
     Ok(())
+    }
   }
 
   /// Free all pooled memory now.
   #[napi]
   pub fn trim(&self) -> Result<(), Code> {
+    guarded! { self,
     self.open()?.trim();
     Ok(())
+    }
   }
 
   /// Resolves when every released block has been zeroed and is back in the
   /// pool (or freed).
   #[napi(ts_return_type = "Promise<void>")]
   pub fn flush<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let shared = self.open()?.clone();
     runtime::promise(env, async move {
       shared.idle().await;
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi]
-  pub fn stats(&self) -> BufferPoolStats {
+  pub fn stats(&self) -> Result<BufferPoolStats, Code> {
+    guarded! { always ok self,
     self.shared.stats()
+    }
   }
 
   /// Close this handle; the last handle of a pool frees its pooled memory.
   /// Outstanding Buffers stay valid; their memory is freed when collected.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { always self,
     let first = !self.closed.swap(true, Ordering::SeqCst);
     let last = first
       && match &self.name {
@@ -964,6 +989,7 @@ impl NativeBufferPool {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 }
 

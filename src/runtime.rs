@@ -61,7 +61,16 @@ where
   type Resolver<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
   let (deferred, promise) = env.create_deferred::<T, Resolver<T>>()?;
   spawn(async move {
-    let r = fut.await;
+    use futures_util::FutureExt;
+    // A panic in the future rejects with ERR_INTERNAL instead of leaving the
+    // Promise pending forever.
+    let r = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+      Ok(r) => r,
+      Err(p) => Err(HpError::internal(format!(
+        "internal error in background work (a bug in hotpath, please report it): {}",
+        crate::guard::panic_message(&*p)
+      ))),
+    };
     deferred.resolve(Box::new(move |env: napi::Env| {
       r.map_err(|e| js_error(&env, e))
     }));

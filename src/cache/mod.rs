@@ -10,7 +10,6 @@ pub mod l2;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -18,9 +17,10 @@ use napi_derive::napi;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::{check_non_negative, check_positive_int, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::redis::{Redis, RedisConfig, RedisOptions};
 use crate::runtime::{self, now_ms};
+use crate::validate;
 use codec::*;
 use invalidation::Message;
 use l1::{Entry, L1Config, Versions, L1};
@@ -81,24 +81,23 @@ struct CacheConfig {
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
-  v.map(|x| {
-    let x = check_non_negative(name, x)?;
-    if x == 0.0 {
-      return Err(HpError::invalid(format!("{name} must be > 0, got 0")));
-    }
-    Ok(x)
-  })
-  .transpose()
+  v.map(|x| validate::positive_duration_ms(name, x))
+    .transpose()
+}
+
+/// A per-call `ttlMs` (absent: the cache's default).
+fn call_ttl(ttl_ms: Option<f64>) -> Result<Option<f64>, Code> {
+  to_js(opt_ms("ttlMs", ttl_ms))
 }
 
 impl CacheConfig {
   fn from_options(o: &CacheOptions) -> HpResult<Self> {
-    let max_entries = check_positive_int("maxEntries", o.max_entries.unwrap_or(10_000.0))?;
+    let max_entries = validate::count("maxEntries", o.max_entries.unwrap_or(10_000.0), 1)?;
     let max_bytes = o
       .max_bytes
-      .map(|b| check_positive_int("maxBytes", b))
+      .map(|b| validate::bytes("maxBytes", b, 1))
       .transpose()?;
-    let idle = opt_ms("idleMs", o.idle_ms)?.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    let idle = opt_ms("idleMs", o.idle_ms)?.map(validate::duration);
     let lru = match o.policy.as_deref() {
       None | Some("tinylfu") => false,
       Some("lru") => true,
@@ -124,7 +123,7 @@ impl CacheConfig {
       .transpose()?;
     let front = match o.front_cache_entries {
       None => 16_384u64.min(max_entries),
-      Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
+      Some(v) => validate::count("frontCacheEntries", v, 0)?,
     };
     Ok(CacheConfig {
       l1: L1Config {
@@ -135,14 +134,15 @@ impl CacheConfig {
       },
       ttl_ms: opt_ms("ttlMs", o.ttl_ms)?,
       l1_ttl_ms: opt_ms("l1TtlMs", o.l1_ttl_ms)?,
-      stale_ms: check_non_negative("staleMs", o.stale_ms.unwrap_or(0.0))?,
-      refresh_ahead_ms: check_non_negative("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
+      stale_ms: validate::duration_ms("staleMs", o.stale_ms.unwrap_or(0.0))?,
+      refresh_ahead_ms: validate::duration_ms("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
       redis,
       pubsub,
       front,
-      max_pending: check_positive_int(
+      max_pending: validate::count(
         "maxPendingWrites",
         o.max_pending_writes.unwrap_or(100_000.0),
+        1,
       )?,
     })
   }
@@ -341,7 +341,7 @@ impl CacheInner {
     let stale = if capped { 0.0 } else { self.cfg.stale_ms };
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
-    let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
+    let keep_for = l1_ttl.map(|t| validate::duration(t + stale));
     let weight = self.weight(key, &val);
     self.l1.insert(
       key.to_string(),
@@ -534,6 +534,8 @@ pub struct CacheStats {
 /// The native engine behind `CacheManager` (see lib/cache.js).
 #[napi(js_name = "NativeCache")]
 pub struct NativeCache {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   inner: Arc<CacheInner>,
   name: Option<String>,
   closed: AtomicBool,
@@ -550,6 +552,7 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 impl NativeCache {
   #[napi(constructor)]
   pub fn new(options: Option<CacheOptions>) -> Result<Self, Code> {
+    guarded! { ctor "CacheManager",
     let o = options.unwrap_or_default();
     let cfg = to_js(CacheConfig::from_options(&o))?;
     let inner = match &o.name {
@@ -559,11 +562,13 @@ impl NativeCache {
       None => to_js(CacheInner::new(cfg))?,
     };
     Ok(NativeCache {
+      poison: crate::guard::Poison::new("CacheManager"),
       inner,
       name: o.name,
       closed: AtomicBool::new(false),
       scratch: Arc::new(Scratch(std::cell::UnsafeCell::new([0.0; 8]))),
     })
+    }
   }
 
   fn open(&self) -> Result<&CacheInner, Code> {
@@ -576,32 +581,40 @@ impl NativeCache {
   /// The version table (Uint32 per slot), shared with every thread.
   #[napi]
   pub fn versions(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     let v: Arc<Versions> = self.inner.l1.versions();
     let ptr = v.slots.as_ptr() as *mut u8;
     let len = v.slots.len() * 4;
     unsafe { ArrayBuffer::from_external(&env, ptr, len, v, |_, v| drop(v)) }
+    }
   }
 
   /// The scratch array (Float64 x 8) this handle writes read metadata into.
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     let s = self.scratch.clone();
     let ptr = s.0.get() as *mut u8;
     unsafe { ArrayBuffer::from_external(&env, ptr, 64, s, |_, s| drop(s)) }
+    }
   }
 
   #[napi]
-  pub fn front_capacity(&self) -> f64 {
+  pub fn front_capacity(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     if self.inner.cfg.l1.idle.is_some() {
       // Front hits would not refresh time-to-idle: go native every time.
-      return 0.0;
+      return Ok(0.0);
     }
     self.inner.cfg.front as f64
+    }
   }
 
   #[napi]
-  pub fn has_l2(&self) -> bool {
+  pub fn has_l2(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.inner.l2.is_some()
+    }
   }
 
   fn fill_scratch(&self, slot: usize, ver: u32, e: Option<&Entry>, now: f64) {
@@ -632,6 +645,7 @@ impl NativeCache {
   /// L1 read. `countMiss`: count a miss here (false when L2 is asked next).
   #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
     let ver = inner.l1.versions().get(slot);
@@ -650,12 +664,14 @@ impl NativeCache {
         Ok(None)
       }
     }
+    }
   }
 
   /// L1 read for getOrSet: also returns a value inside its stale window
   /// (scratch state 1) and flags one due for refresh-ahead (state 2).
   #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
     let ver = inner.l1.versions().get(slot);
@@ -676,32 +692,39 @@ impl NativeCache {
         Ok(None)
       }
     }
+    }
   }
 
   /// A front-cache hit batch: record `hits` L1 hits and touch the key in L1
   /// (so TinyLFU/LRU see that it is hot).
   #[napi]
-  pub fn touch(&self, key: String, hits: u32) {
+  pub fn touch(&self, key: String, hits: u32) -> Result<(), Code> {
+    guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
     let _ = self.inner.l1.cache.get(&key);
+    }
   }
 
   #[napi]
-  pub fn add_hits(&self, hits: u32) {
+  pub fn add_hits(&self, hits: u32) -> Result<(), Code> {
+    guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
+    }
   }
 
   #[napi]
   pub fn has(&self, key: String) -> Result<bool, Code> {
+    guarded! { self,
     Ok(self.open()?.l1.get_live(&key).is_some())
+    }
   }
 
   fn tags(tags: Option<Vec<String>>) -> Option<Box<[String]>> {
@@ -718,7 +741,9 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<(), Code> {
+    guarded! { self,
     let inner = self.open()?;
+    let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
     let tags = Self::tags(tags);
     inner.c.sets.fetch_add(1, Ordering::Relaxed);
@@ -735,6 +760,7 @@ impl NativeCache {
     }
     inner.put_l1(&key, val, ttl_ms, tags);
     Ok(())
+    }
   }
 
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
@@ -749,7 +775,9 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
+    let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
     let tags = Self::tags(tags);
     let inner = self.inner.clone();
@@ -769,6 +797,7 @@ impl NativeCache {
       )
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// Many writes; one pipeline to L2.
@@ -782,10 +811,12 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     if keys.len() != kinds.len() || keys.len() != payloads.len() {
       return Err(HpError::invalid("setMany: keys, kinds and payloads differ in length").into());
     }
+    let ttl_ms = call_ttl(ttl_ms)?;
     let tags = Self::tags(tags);
     let inner = self.inner.clone();
     let ttl = inner.l2_ttl(ttl_ms);
@@ -808,11 +839,13 @@ impl NativeCache {
       .fetch_add(writes.len() as u64, Ordering::Relaxed);
     runtime::promise(env, async move { Ok(inner.write_l2(&writes).await) })
       .map_err(crate::error::from_napi)
+    }
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
   #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(
@@ -820,11 +853,13 @@ impl NativeCache {
       async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
     )
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// L1 for each key, then one MGET for all misses.
   #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let mut out: Vec<Option<Val>> = Vec::with_capacity(keys.len());
     let mut missing: Vec<(usize, String)> = Vec::new();
@@ -882,18 +917,22 @@ impl NativeCache {
       Ok(Out::Vals(out))
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) })
       .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_pattern<'e>(&self, env: &'e Env, glob: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move {
@@ -921,10 +960,12 @@ impl NativeCache {
       Ok(all.len() as u32)
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_tag<'e>(&self, env: &'e Env, tag: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move {
@@ -954,29 +995,33 @@ impl NativeCache {
       Ok(all.len() as u32)
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// Delayed double delete: now, and again after `delayMs`.
   #[napi]
   pub fn delete_later(&self, key: String, delay_ms: f64) -> Result<(), Code> {
+    guarded! { self,
     self.open()?;
-    let delay = to_js(check_non_negative("delayMs", delay_ms))?;
+    let delay = to_js(validate::duration_ms("delayMs", delay_ms))?;
     let inner = self.inner.clone();
     inner.l1.remove(&key);
     runtime::spawn(async move {
       inner.delete_keys(vec![key.clone()]).await;
-      tokio::time::sleep(Duration::from_secs_f64(delay / 1000.0)).await;
+      tokio::time::sleep(validate::duration(delay)).await;
       if !inner.closed.load(Ordering::Relaxed) {
         inner.delete_keys(vec![key]).await;
       }
     });
     Ok(())
+    }
   }
 
   /// Remaining TTL: L1 if it has the key, else L2. Infinity for no expiry;
   /// undefined (as -2 here) when absent.
   #[napi(ts_return_type = "Promise<number>")]
   pub fn remaining_ttl_ms<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     if let Some(e) = inner.l1.get_live(&key) {
       let r = if e.expires_at.is_infinite() {
@@ -1002,10 +1047,12 @@ impl NativeCache {
       }
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<void>")]
   pub fn clear<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     inner.l1.clear();
@@ -1021,6 +1068,7 @@ impl NativeCache {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   // ---------------------------------------------------------- single flight
@@ -1029,6 +1077,7 @@ impl NativeCache {
   /// end it); false: another caller in the process leads it.
   #[napi]
   pub fn flight_lead(&self, key: String) -> Result<bool, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let mut f = inner.flights.lock();
     if f.contains_key(&key) {
@@ -1037,6 +1086,7 @@ impl NativeCache {
     let (tx, _rx) = watch::channel(None);
     f.insert(key, tx);
     Ok(true)
+    }
   }
 
   /// Wait for the flight on `key` led elsewhere. Resolves to the value, to a
@@ -1045,6 +1095,7 @@ impl NativeCache {
     ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>"
   )]
   pub fn flight_wait<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let rx = inner.flights.lock().get(&key).map(|tx| tx.subscribe());
     runtime::promise(env, async move {
@@ -1059,6 +1110,7 @@ impl NativeCache {
       })
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi]
@@ -1068,22 +1120,33 @@ impl NativeCache {
     kind: u32,
     payload: Either3<String, f64, Buffer>,
   ) -> Result<(), Code> {
+    guarded! { self,
     let val = to_js(val_from_js(kind, payload))?;
     if let Some(tx) = self.inner.flights.lock().remove(&key) {
       let _ = tx.send(Some(Ok(val)));
     }
     Ok(())
-  }
-
-  #[napi]
-  pub fn flight_fail(&self, key: String, code: String, message: String, name: String) {
-    if let Some(tx) = self.inner.flights.lock().remove(&key) {
-      let _ = tx.send(Some(Err(flight_error(&code, &message, &name))));
     }
   }
 
   #[napi]
-  pub fn stats(&self) -> CacheStats {
+  pub fn flight_fail(
+    &self,
+    key: String,
+    code: String,
+    message: String,
+    name: String,
+  ) -> Result<(), Code> {
+    guarded! { ok self,
+    if let Some(tx) = self.inner.flights.lock().remove(&key) {
+      let _ = tx.send(Some(Err(flight_error(&code, &message, &name))));
+    }
+    }
+  }
+
+  #[napi]
+  pub fn stats(&self) -> Result<CacheStats, Code> {
+    guarded! { always ok self,
     let i = &self.inner;
     let c = &i.c;
     i.l1.cache.run_pending_tasks();
@@ -1116,12 +1179,14 @@ impl NativeCache {
       },
       pending_writes: pending,
     }
+    }
   }
 
   /// Close this handle. The shared state (write-behind queue, subscription)
   /// shuts down with its last handle, after pending writes reach Redis.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { always self,
     let first = !self.closed.swap(true, Ordering::SeqCst);
     let last = first
       && match &self.name {
@@ -1136,11 +1201,14 @@ impl NativeCache {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi]
-  pub fn is_closed(&self) -> bool {
+  pub fn is_closed(&self) -> Result<bool, Code> {
+    guarded! { always ok self,
     self.closed.load(Ordering::Relaxed)
+    }
   }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::local::{self, Decision, LocalStore, Params, Store};
 use super::redis::{Check, Remote, MAX_BATCH};
-use crate::error::{check_finite, check_positive_int, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::redis::{Redis, RedisConfig};
 use crate::runtime::{self, now_ms};
 
@@ -96,20 +96,20 @@ impl Config {
     redis: Option<RedisConfig>,
     on_error: Option<&str>,
   ) -> HpResult<Config> {
-    let positive = |name: &str, v: f64| -> HpResult<f64> {
-      let v = check_finite(name, v)?;
-      if v <= 0.0 {
-        return Err(HpError::invalid(format!("{name} must be > 0, got {v}")));
-      }
-      Ok(v)
-    };
+    let limit = crate::validate::number_in("limit", limit, 0.0, crate::validate::MAX_COUNT)?;
+    if limit == 0.0 {
+      return Err(HpError::invalid(format!(
+        "limit must be a number in (0, {}], got 0",
+        crate::validate::MAX_COUNT
+      )));
+    }
     Ok(Config {
       params: Params {
-        limit: positive("limit", limit)?,
-        window: positive("windowMs", window_ms)?,
+        limit,
+        window: crate::validate::positive_duration_ms("windowMs", window_ms)?,
       },
       algo: Algo::parse(algorithm)?,
-      max_keys: check_positive_int("maxKeys", max_keys.unwrap_or(1_000_000.0))? as usize,
+      max_keys: crate::validate::count("maxKeys", max_keys.unwrap_or(1_000_000.0), 1)? as usize,
       redis,
       on_error: OnError::parse(on_error)?,
     })
@@ -217,7 +217,7 @@ fn store(cfg: &Config) -> Box<dyn LocalStore> {
 }
 
 fn ms(d: f64) -> Duration {
-  Duration::from_secs_f64((d / 1000.0).clamp(0.0, 1e9))
+  crate::validate::duration(d)
 }
 
 impl Limiter {
