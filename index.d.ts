@@ -775,6 +775,12 @@ export interface RateLimiterOptions {
    * restored ones first) are dropped. Default: `1_000_000`.
    */
   maxKeys?: number
+  /**
+   * `acquire()` callers waiting at once per key; past it `acquire` rejects
+   * `ERR_QUEUE_FULL` at once. A positive integer (up to 2^32 - 1) or
+   * `Infinity`. Default: `Infinity`.
+   */
+  maxWaiters?: number
 }
 
 /** `RateLimiter.stats()`. */

@@ -53,3 +53,35 @@ describe('panics become ERR_INTERNAL', () => {
     })
   })
 })
+
+describe('numeric arguments are checked against stated ranges', () => {
+  test('every duration/count/size option and argument: the values that used to abort the process are ERR_INVALID_ARG', () => {
+    // Before src/validate.rs, the first of these (ttlMs: 1e308) aborted the child with SIGABRT.
+    const r = child([fixture('bad_numbers.cjs')])
+    assert.equal(r.signal, null, r.out)
+    assert.equal(r.status, 0, r.out)
+    const line = r.out.split('\n').find((l) => l.startsWith('{'))
+    assert.ok(line, r.out)
+    const got: Record<string, string> = JSON.parse(line)
+    // Infinity means "unbounded" where the docs say so.
+    const infinityOk = new Set(['batch.maxBatchSize', 'batch.concurrency', 'batch.maxPending', 'queue.concurrency', 'queue.maxQueueSize', 'queue.timeoutMs', 'limiter.maxWaiters'])
+    let checked = 0
+    for (const [k, v] of Object.entries(got)) {
+      const [what, label] = k.split('=')
+      if (label === 'Infinity' && infinityOk.has(what)) {
+        assert.equal(v, 'ok', k)
+        continue
+      }
+      assert.match(v, /^ERR_INVALID_ARG /, `${k}: ${v}`)
+      checked++
+    }
+    assert.ok(checked >= 290, `only ${checked} cases`)
+    // Native messages name the argument, its value as JS prints it, and the range.
+    assert.equal(got['cache.ttlMs=1e308'], 'ERR_INVALID_ARG ttlMs must be a number of milliseconds in (0, 31536000000] (365 days), got 1e+308')
+    assert.match(got['cache.idleMs=2**53'], /idleMs must be .* got 9007199254740992$/)
+    assert.match(got['cache.maxPendingWrites=2**61'], /maxPendingWrites must be an integer in \[1, 4294967295\], got 2305843009213694000$/)
+    assert.match(got['cache.deleteLater=1e308'], /delayMs must be .* got 1e\+308$/)
+    assert.match(got['cache.redis.commandTimeoutMs=1.8e22'], /redis\.commandTimeoutMs must be .* got 1\.8e\+22$/)
+    assert.match(got['limiter.maxWaiters=NaN'], /maxWaiters must be an integer in \[1, 4294967295\] or Infinity, got NaN$/)
+  })
+})

@@ -54,6 +54,10 @@ pub struct RateLimiterOptions {
   /// Most keys kept in process; past it the keys idle longest (fully
   /// restored ones first) are dropped. Default: `1_000_000`.
   pub max_keys: Option<f64>,
+  /// `acquire()` callers waiting at once per key; past it `acquire` rejects
+  /// `ERR_QUEUE_FULL` at once. A positive integer (up to 2^32 - 1) or
+  /// `Infinity`. Default: `Infinity`.
+  pub max_waiters: Option<f64>,
 }
 
 /// `RateLimiter.stats()`.
@@ -131,6 +135,7 @@ impl NativeRateLimiter {
       o.window_ms,
       o.algorithm.as_deref(),
       o.max_keys,
+      o.max_waiters,
       redis,
       o.on_redis_error.as_deref(),
     ))?;
