@@ -540,9 +540,28 @@ pub struct NativeCache {
   name: Option<String>,
   closed: AtomicBool,
   scratch: Arc<Scratch>,
+  /// Set to true at close(): pending deleteLater tasks stop waiting and
+  /// release the cache (they hold it only weakly meanwhile).
+  later: watch::Sender<bool>,
 }
 
 const CLASS: &str = "CacheManager";
+
+/// deleteLater tasks alive in the process (tests: they end at close()).
+pub static LATER_TASKS: AtomicU64 = AtomicU64::new(0);
+
+struct LaterTask;
+impl LaterTask {
+  fn new() -> Self {
+    LATER_TASKS.fetch_add(1, Ordering::Relaxed);
+    LaterTask
+  }
+}
+impl Drop for LaterTask {
+  fn drop(&mut self) {
+    LATER_TASKS.fetch_sub(1, Ordering::Relaxed);
+  }
+}
 
 fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
   r.map_err(Into::into)
@@ -567,6 +586,7 @@ impl NativeCache {
       name: o.name,
       closed: AtomicBool::new(false),
       scratch: Arc::new(Scratch(std::cell::UnsafeCell::new([0.0; 8]))),
+      later: watch::channel(false).0,
     })
     }
   }
@@ -1006,11 +1026,23 @@ impl NativeCache {
     let delay = to_js(validate::duration_ms("delayMs", delay_ms))?;
     let inner = self.inner.clone();
     inner.l1.remove(&key);
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    let mut stop = self.later.subscribe();
+    let task = LaterTask::new();
     runtime::spawn(async move {
-      inner.delete_keys(vec![key.clone()]).await;
-      tokio::time::sleep(validate::duration(delay)).await;
-      if !inner.closed.load(Ordering::Relaxed) {
-        inner.delete_keys(vec![key]).await;
+      let _task = task;
+      if let Some(inner) = weak.upgrade() {
+        inner.delete_keys(vec![key.clone()]).await;
+      }
+      tokio::select! {
+        _ = tokio::time::sleep(validate::duration(delay)) => {}
+        _ = stop.wait_for(|closed| *closed) => return,
+      }
+      if let Some(inner) = weak.upgrade() {
+        if !inner.closed.load(Ordering::Relaxed) {
+          inner.delete_keys(vec![key]).await;
+        }
       }
     });
     Ok(())
@@ -1188,6 +1220,7 @@ impl NativeCache {
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
     guarded! { always self,
     let first = !self.closed.swap(true, Ordering::SeqCst);
+    let _ = self.later.send(true);
     let last = first
       && match &self.name {
         Some(n) => runtime::detach(CLASS, n),
