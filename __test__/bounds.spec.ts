@@ -79,7 +79,7 @@ describe('BatchProcessor bounds', () => {
         await gate
         return xs.map((x) => x.toUpperCase())
       },
-      { maxWaitMs: 600_000, keyFn: (x: string) => x, maxPending: 1 },
+      { maxWaitMs: 600_000, keyFn: (x: unknown) => String(x), maxPending: 1 },
     )
     const a1 = b.add('a')
     const a2 = b.add('a')
