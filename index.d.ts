@@ -313,7 +313,10 @@ export declare class NativeBufferPool {
   release(buffer: unknown): boolean
   /** Count the release of a zero-length Buffer (the JS layer tracks those). */
   releaseEmpty(): void
-  /** Free all pooled memory now. */
+  /**
+   * Free all pooled memory now (Buffers collected since the last sweep
+   * included).
+   */
   trim(): void
   /**
    * Resolves when every released block has been zeroed and is back in the

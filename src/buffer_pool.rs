@@ -585,13 +585,12 @@ impl Shared {
         let mut st = self.st.lock();
         self.queued.store(false, Ordering::Release);
         if st.dirty.is_empty() && st.to_free.is_empty() {
-          if st.busy {
-            st.busy = false;
-            drop(st);
-            self.idle.notify_waiters();
-          } else {
-            drop(st);
-          }
+          // Always wake flush() waiters here, not only after a batch of our
+          // own: a trim() or close() may have taken the work this worker was
+          // started for, and a waiter that saw it queued must still wake.
+          st.busy = false;
+          drop(st);
+          self.idle.notify_waiters();
           let since = Instant::now();
           while !self.queued.load(Ordering::Acquire) && since.elapsed() < LINGER {
             for _ in 0..64 {
@@ -650,6 +649,8 @@ impl Shared {
       freed = all;
     }
     drop(freed);
+    // The work a flush() waiter saw queued may be gone now: let it look again.
+    self.idle.notify_waiters();
   }
 
   /// Nothing waiting to be zeroed or freed.
@@ -761,6 +762,71 @@ pub struct NativeBufferPool {
   shared: Arc<Shared>,
   name: Option<String>,
   closed: AtomicBool,
+  /// The env (JS thread) this handle lives on: its weak references and V8
+  /// accounting belong to it.
+  env: usize,
+  watch: Mutex<Watch>,
+}
+
+/// The external Buffers this handle made, each with a weak reference to its
+/// ArrayBuffer. V8 clears a weak reference during the GC that collects the
+/// ArrayBuffer, while Node runs the external buffer's finalizer only on a
+/// later turn of the event loop; so a sweep of this list finds collected
+/// Buffers at once (a synchronous loop that calls `gc()` gets its memory
+/// back), and their bytes are reported to V8 as external memory while they
+/// are out (so V8 collects sooner under pressure).
+#[derive(Default)]
+struct Watch {
+  list: Vec<(usize, Arc<Record>)>,
+  /// Bytes reported to V8 (`napi_adjust_external_memory`) and not yet taken back.
+  accounted: i64,
+  /// Bytes allocated since the last sweep.
+  since: u64,
+}
+
+/// Sweep after this many bytes allocated, or half the bytes watched,
+/// whichever is more (amortised O(1) per byte allocated).
+const SWEEP_MIN_BYTES: u64 = 4 << 20;
+
+impl Watch {
+  /// Drop entries whose Buffer was released or collected; reclaim collected
+  /// ones now. Returns the bytes to take back from V8's count.
+  unsafe fn sweep(&mut self, env: sys::napi_env) -> i64 {
+    let mut back = 0i64;
+    self.list.retain(|(r, rec)| {
+      let mut gone = rec.state.load(Ordering::Acquire) != OUT;
+      if !gone {
+        let mut v = ptr::null_mut();
+        let s = unsafe { sys::napi_get_reference_value(env, *r as sys::napi_ref, &mut v) };
+        if s == sys::Status::napi_ok && v.is_null() {
+          rec.collected();
+          gone = true;
+        }
+      }
+      if gone {
+        unsafe { sys::napi_delete_reference(env, *r as sys::napi_ref) };
+        back += rec.cap as i64;
+      }
+      !gone
+    });
+    self.since = 0;
+    self.accounted -= back;
+    back
+  }
+
+  unsafe fn clear(&mut self, env: sys::napi_env) -> i64 {
+    for (r, _) in self.list.drain(..) {
+      unsafe { sys::napi_delete_reference(env, r as sys::napi_ref) };
+    }
+    std::mem::take(&mut self.accounted)
+  }
+}
+
+fn adjust_external(env: sys::napi_env, delta: i64) {
+  if delta != 0 {
+    let mut total = 0i64;
+    unsafe { sys::napi_adjust_external_memory(env, delta, &mut total) };
+  }
 }
 
 fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
@@ -792,8 +858,16 @@ impl NativeBufferPool {
       shared,
       name: o.name,
       closed: AtomicBool::new(false),
+      env: env.raw() as usize,
+      watch: Mutex::new(Watch::default()),
     })
     }
+  }
+
+  /// Reclaim Buffers collected since the last sweep (see [`Watch`]).
+  fn sweep(&self, env: sys::napi_env) {
+    let back = unsafe { self.watch.lock().sweep(env) };
+    adjust_external(env, -back);
   }
 
   fn open(&self) -> Result<&Arc<Shared>, Code> {
@@ -868,6 +942,14 @@ impl NativeBufferPool {
       }
       return Ok(Raw(out));
     }
+    {
+      let w = self.watch.lock();
+      let due = w.since >= SWEEP_MIN_BYTES.max(w.accounted as u64 / 2);
+      drop(w);
+      if due {
+        self.sweep(env);
+      }
+    }
     let rec = to_js(shared.take(size))?;
     let hint = Arc::into_raw(rec.clone()) as *mut c_void;
     let s = unsafe {
@@ -890,8 +972,32 @@ impl NativeBufferPool {
         .into(),
       );
     }
+    self.track(env, out, &rec);
     Ok(Raw(out))
     }
+  }
+
+  /// Watch a new external Buffer (weak reference to its ArrayBuffer) and
+  /// report its bytes to V8. Best effort: if a step fails, the Buffer is
+  /// still reclaimed by its finalizer, only later.
+  fn track(&self, env: sys::napi_env, buf: sys::napi_value, rec: &Arc<Record>) {
+    let (mut ty, mut len, mut data, mut ab, mut off) =
+      (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
+    let mut r = ptr::null_mut();
+    let ok = unsafe {
+      sys::napi_get_typedarray_info(env, buf, &mut ty, &mut len, &mut data, &mut ab, &mut off)
+        == sys::Status::napi_ok
+        && sys::napi_create_reference(env, ab, 0, &mut r) == sys::Status::napi_ok
+    };
+    if !ok {
+      return;
+    }
+    let mut w = self.watch.lock();
+    w.list.push((r as usize, rec.clone()));
+    w.accounted += rec.cap as i64;
+    w.since += rec.cap as u64;
+    drop(w);
+    adjust_external(env, rec.cap as i64);
   }
 
   /// Return a Buffer's memory and detach it (its length becomes 0). Returns
@@ -939,11 +1045,16 @@ impl NativeBufferPool {
     }
   }
 
-  /// Free all pooled memory now.
+  /// Free all pooled memory now (Buffers collected since the last sweep
+  /// included).
   #[napi]
-  pub fn trim(&self) -> Result<(), Code> {
+  pub fn trim(&self, env: Env) -> Result<(), Code> {
     guarded! { self,
-    self.open()?.trim();
+    let shared = self.open()?;
+    if env.raw() as usize == self.env {
+      self.sweep(env.raw());
+    }
+    shared.trim();
     Ok(())
     }
   }
@@ -981,6 +1092,12 @@ impl NativeBufferPool {
         None => true,
       };
     let shared = self.shared.clone();
+    if first && env.raw() as usize == self.env {
+      // Outstanding Buffers stay valid (their finalizers reclaim them); this
+      // handle stops watching them and gives V8 its bytes back.
+      let back = unsafe { self.watch.lock().clear(env.raw()) };
+      adjust_external(env.raw(), -back);
+    }
     if last {
       shared.close();
     }
@@ -1008,6 +1125,39 @@ mod tests {
 
   fn wait(p: &Arc<Shared>) {
     runtime::handle().block_on(p.idle());
+  }
+
+  /// The flush/trim race, made deterministic: a released block is queued
+  /// (the worker is marked started but has not run), flush() starts
+  /// waiting, then trim() takes the queued work. The waiter must wake: it
+  /// used to wait forever (the worker only notified after a batch of its
+  /// own, and trim never did).
+  #[test]
+  fn flush_settles_when_trim_takes_the_queued_work() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    for trim_first in [true, false] {
+      let p = pool(1 << 30, true);
+      let rec = p.take(4096).unwrap();
+      p.st.lock().working = true; // as if the worker were spawned but not yet running
+      p.released(&rec);
+      assert!(!p.is_idle());
+      let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+      let mut idle = std::pin::pin!(p.idle());
+      assert!(idle.as_mut().poll(&mut cx).is_pending());
+      if trim_first {
+        p.trim();
+      } else {
+        p.close();
+      }
+      // The worker finally runs and finds nothing to do.
+      p.work();
+      assert_eq!(
+        idle.as_mut().poll(&mut cx),
+        Poll::Ready(()),
+        "trim_first={trim_first}"
+      );
+    }
   }
 
   // The block's bytes, as JS would see them through the Buffer.
