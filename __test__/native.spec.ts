@@ -85,3 +85,26 @@ describe('numeric arguments are checked against stated ranges', () => {
     assert.match(got['limiter.maxWaiters=NaN'], /maxWaiters must be an integer in \[1, 4294967295\] or Infinity, got NaN$/)
   })
 })
+
+describe('external ArrayBuffers that do not alias native memory (Electron sandbox)', () => {
+  test('the probe turns them into a clear error at construction; BufferPool falls back to plain Buffers', () => {
+    // Before: these classes constructed fine and silently worked on copies
+    // (stale version table, wrong checks, a hung queue).
+    const r = spawnSync(process.execPath, [fixture('no_external_memory.cjs')], {
+      cwd: root,
+      encoding: 'utf8',
+      env: { ...process.env, HOTPATH_TEST_NO_EXTERNAL_MEMORY: '1' },
+    })
+    assert.equal(r.status, 0, r.stderr)
+    const got = JSON.parse(r.stdout.trim().split('\n').pop()!)
+    for (const c of ['CacheManager', 'RateLimiter', 'WorkerQueue']) {
+      assert.match(got[c], new RegExp(`^ERR_INTERNAL ${c} cannot run here: .*copies them`), c)
+    }
+    assert.deepEqual(got.BufferPool, { external: false, length: 0 })
+    // Without the override the probe passes (Node aliases external memory).
+    const ok = spawnSync(process.execPath, [fixture('no_external_memory.cjs')], { cwd: root, encoding: 'utf8' })
+    const okGot = JSON.parse(ok.stdout.trim().split('\n').pop()!)
+    assert.equal(okGot.CacheManager, 'constructed')
+    assert.equal(okGot.BufferPool.external, true)
+  })
+})

@@ -211,6 +211,72 @@ pub fn handles(class: &'static str, name: &str) -> usize {
     .unwrap_or(0)
 }
 
+// ---------------------------------------------------------------- external memory probe
+
+static ALIASES: OnceLock<bool> = OnceLock::new();
+
+unsafe extern "C" fn free_probe(
+  _env: napi::sys::napi_env,
+  data: *mut std::ffi::c_void,
+  _hint: *mut std::ffi::c_void,
+) {
+  crate::guard::catch_finalizer(|| drop(unsafe { Box::from_raw(data as *mut [u8; 16]) }));
+}
+
+/// Whether an external ArrayBuffer made here is a view of native memory (it
+/// is in Node). In a V8 memory cage (Electron's sandbox) Node-API refuses
+/// external buffers and napi-rs silently copies instead, so a table shared
+/// through one would become a stale snapshot. Probed once per process, on
+/// the first construction. `HOTPATH_TEST_NO_EXTERNAL_MEMORY=1` makes the
+/// probe fail (tests of what those runtimes get).
+pub fn external_memory_aliases(env: &napi::Env) -> bool {
+  let env = env.raw();
+  *ALIASES.get_or_init(|| {
+    if std::env::var_os("HOTPATH_TEST_NO_EXTERNAL_MEMORY").is_some_and(|v| v == "1") {
+      return false;
+    }
+    let data = Box::into_raw(Box::new([0u8; 16]));
+    let mut ab = std::ptr::null_mut();
+    let s = unsafe {
+      napi::sys::napi_create_external_arraybuffer(
+        env,
+        data as *mut std::ffi::c_void,
+        16,
+        Some(free_probe),
+        std::ptr::null_mut(),
+        &mut ab,
+      )
+    };
+    if s != napi::sys::Status::napi_ok {
+      drop(unsafe { Box::from_raw(data) });
+      return false;
+    }
+    let (mut p, mut len) = (std::ptr::null_mut(), 0usize);
+    let s = unsafe { napi::sys::napi_get_arraybuffer_info(env, ab, &mut p, &mut len) };
+    s == napi::sys::Status::napi_ok && p == data as *mut std::ffi::c_void && len == 16
+  })
+}
+
+/// At construction of a class that shares memory with JS through external
+/// ArrayBuffers (the cache's version table, the limiter's scratch, the
+/// queue's event buffers): a clear `ERR_INTERNAL` where they would be copies.
+pub fn require_external_memory(
+  env: &napi::Env,
+  class: &str,
+) -> std::result::Result<(), napi::Error<crate::error::Code>> {
+  if external_memory_aliases(env) {
+    return Ok(());
+  }
+  Err(
+    HpError::internal(format!(
+      "{class} cannot run here: it shares native memory with JS through external ArrayBuffers, \
+       and this runtime copies them (a V8 memory cage, as in Electron's sandbox). \
+       BufferPool works here (plain Buffers); CacheManager, RateLimiter and WorkerQueue do not"
+    ))
+    .into(),
+  )
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;

@@ -102,10 +102,7 @@ impl PoolConfig {
 static EXTERNAL_ALLOWED: OnceLock<bool> = OnceLock::new();
 
 unsafe extern "C" fn finalize_probe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-  crate::guard::catch(
-    || drop(unsafe { Box::from_raw(data as *mut [u8; 16]) }),
-    |_| (),
-  );
+  crate::guard::catch_finalizer(|| drop(unsafe { Box::from_raw(data as *mut [u8; 16]) }));
 }
 
 fn external_allowed(env: sys::napi_env) -> bool {
@@ -245,7 +242,9 @@ impl NativeBufferPool {
   ) -> Result<Self, Code> {
     guarded! { ctor "BufferPool",
     let o = options.unwrap_or_default();
-    let plain = force_plain.unwrap_or(false) || !external_allowed(env.raw());
+    let plain = force_plain.unwrap_or(false)
+      || !external_allowed(env.raw())
+      || !runtime::external_memory_aliases(&env);
     let cfg = to_js(PoolConfig::from_options(&o, plain))?;
     let shared = match &o.name {
       Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || {

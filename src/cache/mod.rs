@@ -570,8 +570,9 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 #[napi]
 impl NativeCache {
   #[napi(constructor)]
-  pub fn new(options: Option<CacheOptions>) -> Result<Self, Code> {
+  pub fn new(env: Env, options: Option<CacheOptions>) -> Result<Self, Code> {
     guarded! { ctor "CacheManager",
+    runtime::require_external_memory(&env, CLASS)?;
     let o = options.unwrap_or_default();
     let cfg = to_js(CacheConfig::from_options(&o))?;
     let inner = match &o.name {

@@ -124,10 +124,12 @@ impl NativeRateLimiter {
   /// retryAfterMs, resetMs, ...]`.
   #[napi(constructor)]
   pub fn new(
+    env: Env,
     options: RateLimiterOptions,
     on_results: Option<Function<'_, Float64Array, UnknownReturnValue>>,
   ) -> Result<Self, Code> {
     guarded! { ctor "RateLimiter",
+    runtime::require_external_memory(&env, CLASS)?;
     let o = options;
     let redis = to_js(o.redis.as_ref().map(RedisConfig::from_options).transpose())?;
     let cfg = to_js(Config::new(

@@ -329,10 +329,12 @@ impl NativeWorkerQueue {
   /// starts granted by another thread of a named queue.
   #[napi(constructor)]
   pub fn new(
+    env: Env,
     options: Option<WorkerQueueOptions>,
     wake: Function<'_, (), ()>,
   ) -> Result<Self, Code> {
     guarded! { ctor "WorkerQueue",
+    crate::runtime::require_external_memory(&env, "WorkerQueue")?;
     let o = options.unwrap_or_default();
     let cfg = to_js(QueueConfig::from_options(&o))?;
     let shared = match &o.name {
