@@ -31,5 +31,5 @@ pub fn panic_next_call() {
 /// Tests only: deleteLater tasks alive in the process (close() ends them).
 #[napi(js_name = "__liveDeleteLaterTasks", skip_typescript)]
 pub fn live_delete_later_tasks() -> f64 {
-  cache::LATER_TASKS.load(std::sync::atomic::Ordering::Relaxed) as f64
+  cache::engine::LATER_TASKS.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
