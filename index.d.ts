@@ -1000,6 +1000,15 @@ export interface RedisOptions {
 /** Test hook: how many open handles the named cache has (0: none). */
 export declare function testCacheHandles(name: string): number
 
+/** Test hook (lib/testing.js): deleteLater tasks alive in the process (close() ends them). */
+export declare function testLiveDeleteLaterTasks(): number
+
+/**
+ * Test hook (lib/testing.js): the next guarded native call panics inside its guard (proves
+ * that a panic becomes `ERR_INTERNAL` and poisons only its instance).
+ */
+export declare function testPanicNextCall(): void
+
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {
   /**

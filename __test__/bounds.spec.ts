@@ -4,6 +4,7 @@
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import { BatchProcessor, RateLimiter, CacheManager } from 'hotpath'
+import { liveDeleteLaterTasks } from 'hotpath/testing'
 
 const code = (c: string) => (e: any) => {
   assert.equal(e?.code, c, `expected ${c}, got ${e?.code}: ${e?.message}`)
@@ -125,19 +126,17 @@ describe('RateLimiter bounds', () => {
 
 describe('CacheManager bounds', () => {
   test('deleteLater tasks end at close() instead of holding the cache for their delay', async () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const native = require('../index.js') as { __liveDeleteLaterTasks(): number }
-    const base = native.__liveDeleteLaterTasks()
+    const base = liveDeleteLaterTasks()
     const c = new CacheManager({ maxEntries: 100 })
     c.setSync('a', 1)
     c.deleteLater('a', 600_000)
     c.deleteLater('b', 600_000)
     c.deleteLater('c', 600_000)
-    assert.equal(native.__liveDeleteLaterTasks(), base + 3)
+    assert.equal(liveDeleteLaterTasks(), base + 3)
     assert.equal(c.getSync('a'), undefined) // the first delete is immediate
     await c.close()
     // The tasks wake on the runtime; wait for them without a fixed sleep.
-    for (let i = 0; i < 2000 && native.__liveDeleteLaterTasks() !== base; i++) await new Promise((r) => setImmediate(r))
-    assert.equal(native.__liveDeleteLaterTasks(), base)
+    for (let i = 0; i < 2000 && liveDeleteLaterTasks() !== base; i++) await new Promise((r) => setImmediate(r))
+    assert.equal(liveDeleteLaterTasks(), base)
   })
 })

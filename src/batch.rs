@@ -94,7 +94,11 @@ const MAX_DELAY_MS: f64 = 2_147_483_647.0;
 impl BatchConfig {
   pub fn from_options(o: &BatchOptions) -> HpResult<Self> {
     let max_batch_size = positive_int_or_inf("maxBatchSize", o.max_batch_size.unwrap_or(100.0))?;
-    let max_wait_ms = validate::duration_ms("maxWaitMs", o.max_wait_ms.unwrap_or(10.0))?;
+    let max_wait_ms = validate::duration_ms(
+      "maxWaitMs",
+      o.max_wait_ms.unwrap_or(10.0),
+      validate::Span::Timer,
+    )?;
     if max_wait_ms > MAX_DELAY_MS {
       return Err(HpError::invalid(format!(
         "maxWaitMs must be a number of milliseconds in [0, {MAX_DELAY_MS}], got {}",
@@ -108,8 +112,11 @@ impl BatchConfig {
       c as usize
     };
     let retries = validate::count("retries", o.retries.unwrap_or(0.0), 0)?;
-    let retry_backoff_ms =
-      validate::duration_ms("retryBackoffMs", o.retry_backoff_ms.unwrap_or(100.0))?;
+    let retry_backoff_ms = validate::duration_ms(
+      "retryBackoffMs",
+      o.retry_backoff_ms.unwrap_or(100.0),
+      validate::Span::Timer,
+    )?;
     let max_pending = positive_int_or_inf("maxPending", o.max_pending.unwrap_or(f64::INFINITY))?;
     Ok(BatchConfig {
       max_pending,

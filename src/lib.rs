@@ -21,15 +21,15 @@ pub fn advance_clock(ms: f64) {
   runtime::advance_clock_ms(ms);
 }
 
-/// Tests only: the next guarded native call panics inside its guard (proves
+/// Test hook (lib/testing.js): the next guarded native call panics inside its guard (proves
 /// that a panic becomes `ERR_INTERNAL` and poisons only its instance).
-#[napi(js_name = "__panicNextCall", skip_typescript)]
-pub fn panic_next_call() {
+#[napi]
+pub fn test_panic_next_call() {
   guard::panic_next_call();
 }
 
-/// Tests only: deleteLater tasks alive in the process (close() ends them).
-#[napi(js_name = "__liveDeleteLaterTasks", skip_typescript)]
-pub fn live_delete_later_tasks() -> f64 {
+/// Test hook (lib/testing.js): deleteLater tasks alive in the process (close() ends them).
+#[napi]
+pub fn test_live_delete_later_tasks() -> f64 {
   cache::engine::LATER_TASKS.load(std::sync::atomic::Ordering::Relaxed) as f64
 }

@@ -62,7 +62,8 @@ impl RedisConfig {
         .ok_or_else(|| HpError::invalid(format!("redis URL is not valid: \"{u}\"")))?;
     }
     let ms = |name: &str, v: Option<f64>, d: f64| -> HpResult<Duration> {
-      crate::validate::positive_duration_ms(name, v.unwrap_or(d)).map(crate::validate::duration)
+      crate::validate::positive_duration_ms(name, v.unwrap_or(d), crate::validate::Span::Timer)
+        .map(crate::validate::duration)
     };
     Ok(RedisConfig {
       url: o.url.clone(),

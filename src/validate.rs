@@ -3,13 +3,19 @@
 //! function here, so no out-of-range value reaches `Duration::from_secs_f64`,
 //! moka or tokio (each of which panics on some values).
 //!
-//! Ranges (documented in the README, "Errors"):
-//! - durations (`...Ms`): a finite number of milliseconds in
-//!   `[0, MAX_DURATION_MS]` (365 days); options that mean "wait forever" when
-//!   absent also accept `Infinity` where their docs say so;
-//! - counts (`max...`, `limit`, ...): an integer in `[min, MAX_COUNT]`
-//!   (2^32 - 1), or `Infinity` where the option's docs say "default Infinity";
-//! - sizes in bytes: an integer in `[min, MAX_BYTES]` (2^53 - 1).
+//! Ranges (documented in the README, "Errors", and checked the same way by
+//! the JS layer first):
+//! - waits that are timers (`timeoutMs`, `maxWaitMs`, `retryBackoffMs`,
+//!   `delayMs`, `connectTimeoutMs`, `commandTimeoutMs`, `writeRetryMs`,
+//!   `leaseMs`): `[0, MAX_TIMER_MS]` (2^31 - 1 ms, what a Node timer can
+//!   wait), [`Span::Timer`];
+//! - lifetimes (`ttlMs`, `l1TtlMs`, `idleMs`, `staleMs`, `refreshAheadMs`,
+//!   `windowMs`): `[0, MAX_LIFETIME_MS]` (1e12 ms, about 31.7 years),
+//!   [`Span::Lifetime`];
+//! - options that mean "no limit" when absent also accept `Infinity` where
+//!   their docs say so;
+//! - counts and sizes: integers in `[min, 2^53 - 1]` (`Infinity` where the
+//!   option's docs say "default Infinity").
 //!
 //! A value outside its range is `ERR_INVALID_ARG` with a message naming the
 //! argument, its value (as JS prints it) and the allowed range. The JS layer
@@ -20,10 +26,39 @@ use std::time::Duration;
 
 use crate::error::{HpError, HpResult};
 
-/// The longest duration any option or argument accepts: 365 days in ms.
-pub const MAX_DURATION_MS: f64 = 365.0 * 24.0 * 3600.0 * 1000.0;
-/// The largest count any option accepts (2^32 - 1).
-pub const MAX_COUNT: f64 = 4_294_967_295.0;
+/// The longest timer wait: 2^31 - 1 ms (about 24.8 days).
+pub const MAX_TIMER_MS: f64 = 2_147_483_647.0;
+/// The longest lifetime: 1e12 ms (about 31.7 years).
+pub const MAX_LIFETIME_MS: f64 = 1e12;
+/// The longest duration of any kind (what [`duration`] saturates at: a
+/// lifetime plus its stale window).
+pub const MAX_DURATION_MS: f64 = 2.0 * MAX_LIFETIME_MS;
+/// The largest count any option accepts (2^53 - 1, `Number.MAX_SAFE_INTEGER`).
+pub const MAX_COUNT: f64 = 9_007_199_254_740_991.0;
+
+/// Which range a duration has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+  /// A wait that is a timer: at most [`MAX_TIMER_MS`].
+  Timer,
+  /// How long something lives: at most [`MAX_LIFETIME_MS`].
+  Lifetime,
+}
+
+impl Span {
+  fn max(self) -> f64 {
+    match self {
+      Span::Timer => MAX_TIMER_MS,
+      Span::Lifetime => MAX_LIFETIME_MS,
+    }
+  }
+  fn about(self) -> &'static str {
+    match self {
+      Span::Timer => "about 24.8 days",
+      Span::Lifetime => "about 31.7 years",
+    }
+  }
+}
 /// The largest byte size any option accepts (2^53 - 1, `Number.MAX_SAFE_INTEGER`).
 pub const MAX_BYTES: f64 = 9_007_199_254_740_991.0;
 
@@ -55,51 +90,30 @@ fn range_err(name: &str, v: f64, range: &str) -> HpError {
   HpError::invalid(format!("{name} must be {range}, got {}", js_num(v)))
 }
 
-fn duration_range(min_exclusive: bool) -> String {
+fn duration_range(span: Span, min_exclusive: bool) -> String {
   format!(
-    "a number of milliseconds in {}0, {}] (365 days)",
+    "a number of milliseconds in {}0, {}] ({})",
     if min_exclusive { "(" } else { "[" },
-    MAX_DURATION_MS as u64
+    span.max() as u64,
+    span.about()
   )
 }
 
-/// A duration in ms: finite, `0 <= v <= MAX_DURATION_MS`.
-pub fn duration_ms(name: &str, v: f64) -> HpResult<f64> {
-  if v.is_finite() && (0.0..=MAX_DURATION_MS).contains(&v) {
+/// A duration in ms: finite, `0 <= v <= span.max()`.
+pub fn duration_ms(name: &str, v: f64, span: Span) -> HpResult<f64> {
+  if v.is_finite() && v >= 0.0 && v <= span.max() {
     Ok(if v == 0.0 { 0.0 } else { v })
   } else {
-    Err(range_err(name, v, &duration_range(false)))
+    Err(range_err(name, v, &duration_range(span, false)))
   }
 }
 
-/// A duration in ms that must be > 0: `0 < v <= MAX_DURATION_MS`.
-pub fn positive_duration_ms(name: &str, v: f64) -> HpResult<f64> {
-  if v.is_finite() && v > 0.0 && v <= MAX_DURATION_MS {
+/// A duration in ms that must be > 0: `0 < v <= span.max()`.
+pub fn positive_duration_ms(name: &str, v: f64, span: Span) -> HpResult<f64> {
+  if v.is_finite() && v > 0.0 && v <= span.max() {
     Ok(v)
   } else {
-    Err(range_err(name, v, &duration_range(true)))
-  }
-}
-
-/// An optional duration where `Infinity` means the same as absent (`None`).
-pub fn duration_or_inf(name: &str, v: Option<f64>, positive: bool) -> HpResult<Option<f64>> {
-  match v {
-    None => Ok(None),
-    Some(x) if x == f64::INFINITY => Ok(None),
-    Some(x) => {
-      let r = if positive {
-        positive_duration_ms(name, x)
-      } else {
-        duration_ms(name, x)
-      };
-      r.map(Some).map_err(|_| {
-        range_err(
-          name,
-          x,
-          &format!("{} or Infinity", duration_range(positive)),
-        )
-      })
-    }
+    Err(range_err(name, v, &duration_range(span, true)))
   }
 }
 
@@ -186,26 +200,30 @@ mod tests {
   #[test]
   fn durations_reject_every_risky_value_with_name_value_and_range() {
     for v in RISKY {
-      let e = duration_ms("ttlMs", v).unwrap_err();
+      let e = duration_ms("ttlMs", v, Span::Lifetime).unwrap_err();
       assert_eq!(e.code, crate::error::Code::InvalidArg);
       assert!(
-        e.message
-          .starts_with("ttlMs must be a number of milliseconds in [0, 31536000000]"),
+        e.message.starts_with(
+          "ttlMs must be a number of milliseconds in [0, 1000000000000] (about 31.7 years)"
+        ),
         "{}",
         e.message
       );
       assert!(e.message.ends_with(&js_num(v)), "{}", e.message);
-      assert!(positive_duration_ms("x", v).is_err());
+      assert!(positive_duration_ms("x", v, Span::Timer).is_err());
     }
-    assert_eq!(duration_ms("x", -0.0).unwrap().to_bits(), 0f64.to_bits());
-    assert!(positive_duration_ms("x", 0.0).is_err());
-    assert_eq!(duration_ms("x", MAX_DURATION_MS).unwrap(), MAX_DURATION_MS);
-    assert!(duration_ms("x", MAX_DURATION_MS + 1.0).is_err());
     assert_eq!(
-      duration_or_inf("x", Some(f64::INFINITY), true).unwrap(),
-      None
+      duration_ms("x", -0.0, Span::Timer).unwrap().to_bits(),
+      0f64.to_bits()
     );
-    assert!(duration_or_inf("x", Some(f64::NAN), true).is_err());
+    assert!(positive_duration_ms("x", 0.0, Span::Lifetime).is_err());
+    assert_eq!(
+      duration_ms("x", MAX_TIMER_MS, Span::Timer).unwrap(),
+      MAX_TIMER_MS
+    );
+    assert!(duration_ms("x", MAX_TIMER_MS + 1.0, Span::Timer).is_err());
+    assert!(duration_ms("x", MAX_TIMER_MS + 1.0, Span::Lifetime).is_ok());
+    assert!(duration_ms("x", MAX_LIFETIME_MS + 1.0, Span::Lifetime).is_err());
     // `duration` never panics, whatever it is given.
     for v in RISKY {
       let _ = duration(v);
@@ -220,7 +238,7 @@ mod tests {
     }
     assert!(count("n", 0.0, 1).is_err());
     assert!(count("n", 1.5, 1).is_err());
-    assert_eq!(count("n", MAX_COUNT, 1).unwrap(), u32::MAX as u64);
+    assert_eq!(count("n", MAX_COUNT, 1).unwrap(), (1u64 << 53) - 1);
     assert_eq!(count_or_inf("n", f64::INFINITY, 1).unwrap(), None);
     assert!(count_or_inf("n", f64::NAN, 1).is_err());
     assert_eq!(bytes("b", 4096.0, 1).unwrap(), 4096);
@@ -228,7 +246,7 @@ mod tests {
     let e = count("maxPendingWrites", 2f64.powi(62), 1).unwrap_err();
     assert_eq!(
       e.message,
-      "maxPendingWrites must be an integer in [1, 4294967295], got 4611686018427388000"
+      "maxPendingWrites must be an integer in [1, 9007199254740991], got 4611686018427388000"
     );
   }
 

@@ -76,7 +76,7 @@ pub struct CacheOptions {
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
-  v.map(|x| validate::positive_duration_ms(name, x))
+  v.map(|x| validate::positive_duration_ms(name, x, validate::Span::Lifetime))
     .transpose()
 }
 
@@ -122,9 +122,17 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
   };
   Ok(CacheConfig {
     name: o.name.clone(),
-    write_retry_ms: validate::duration_ms("writeRetryMs", o.write_retry_ms.unwrap_or(10_000.0))?,
-    lease_ms: validate::positive_duration_ms("leaseMs", o.lease_ms.unwrap_or(3_000.0))?.ceil()
-      as u64,
+    write_retry_ms: validate::duration_ms(
+      "writeRetryMs",
+      o.write_retry_ms.unwrap_or(10_000.0),
+      validate::Span::Timer,
+    )?,
+    lease_ms: validate::positive_duration_ms(
+      "leaseMs",
+      o.lease_ms.unwrap_or(3_000.0),
+      validate::Span::Timer,
+    )?
+    .ceil() as u64,
     l1: L1Config {
       max_entries,
       max_bytes,
@@ -133,8 +141,16 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
     },
     ttl_ms: opt_ms("ttlMs", o.ttl_ms)?,
     l1_ttl_ms: opt_ms("l1TtlMs", o.l1_ttl_ms)?,
-    stale_ms: validate::duration_ms("staleMs", o.stale_ms.unwrap_or(0.0))?,
-    refresh_ahead_ms: validate::duration_ms("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
+    stale_ms: validate::duration_ms(
+      "staleMs",
+      o.stale_ms.unwrap_or(0.0),
+      validate::Span::Lifetime,
+    )?,
+    refresh_ahead_ms: validate::duration_ms(
+      "refreshAheadMs",
+      o.refresh_ahead_ms.unwrap_or(0.0),
+      validate::Span::Lifetime,
+    )?,
     redis,
     pubsub,
     front,
@@ -579,7 +595,7 @@ impl NativeCache {
   pub fn delete_later(&self, key: String, delay_ms: f64) -> Result<(), Code> {
     guarded! { self,
     self.open()?;
-    let delay = to_js(validate::duration_ms("delayMs", delay_ms))?;
+    let delay = to_js(validate::duration_ms("delayMs", delay_ms, validate::Span::Timer))?;
     self.inner.delete_later(key, delay, self.later.subscribe());
     Ok(())
     }

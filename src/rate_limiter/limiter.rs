@@ -109,7 +109,11 @@ impl Config {
     Ok(Config {
       params: Params {
         limit,
-        window: crate::validate::positive_duration_ms("windowMs", window_ms)?,
+        window: crate::validate::positive_duration_ms(
+          "windowMs",
+          window_ms,
+          crate::validate::Span::Lifetime,
+        )?,
       },
       algo: Algo::parse(algorithm)?,
       max_keys: crate::validate::count("maxKeys", max_keys.unwrap_or(1_000_000.0), 1)? as usize,

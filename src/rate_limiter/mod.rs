@@ -266,7 +266,7 @@ impl NativeRateLimiter {
     let inner = self.open()?;
     to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
     if let Some(t) = timeout_ms {
-      to_js(crate::validate::duration_ms("timeoutMs", t))?;
+      to_js(crate::validate::duration_ms("timeoutMs", t, crate::validate::Span::Timer))?;
     }
     let mut promise = None;
     let queued = to_js(inner.acquire(&key, cost, timeout_ms, self.owner, || {

@@ -153,7 +153,7 @@ impl QueueConfig {
     let timeout_ms = match o.timeout_ms {
       None => 0.0,
       Some(v) if v == f64::INFINITY => 0.0,
-      Some(v) => validate::positive_duration_ms("timeoutMs", v)?,
+      Some(v) => validate::positive_duration_ms("timeoutMs", v, validate::Span::Timer)?,
     };
     let retries = match o.retries {
       None => 0,
@@ -167,7 +167,11 @@ impl QueueConfig {
         v as u32
       }
     };
-    let backoff = validate::duration_ms("retryBackoffMs", o.retry_backoff_ms.unwrap_or(100.0))?;
+    let backoff = validate::duration_ms(
+      "retryBackoffMs",
+      o.retry_backoff_ms.unwrap_or(100.0),
+      validate::Span::Timer,
+    )?;
     Ok(QueueConfig {
       limits: Limits {
         concurrency: if conc.is_infinite() {
@@ -547,7 +551,7 @@ impl NativeWorkerQueue {
     } else if timeout_ms == 0.0 || timeout_ms.is_infinite() {
       Some(0.0)
     } else {
-      Some(timeout_ms.min(validate::MAX_DURATION_MS))
+      Some(timeout_ms.min(validate::MAX_TIMER_MS))
     };
     let retries = if retries < 0.0 {
       None
