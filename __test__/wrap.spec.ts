@@ -679,6 +679,8 @@ describe('decorators @cached and @rateLimited', () => {
     const c = new CacheManager()
     assert.throws(() => cached(c)(undefined, { kind: 'field', name: 'x' }), code('ERR_INVALID_ARG'))
     assert.throws(() => cached(c)({}, 'x', { value: 1 }), code('ERR_INVALID_ARG'))
+    assert.throws(() => cached(c)(async function m() { return 1 }, { kind: 'method', name: '#m', private: true }), code('ERR_INVALID_ARG'))
+    assert.equal(typeof cached(c, { prefix: 'p' })(async function m() { return 1 }, { kind: 'method', name: '#m', private: true }), 'function')
     const fromThunk = cached(() => 'not a cache')(async function m() { return 1 }, { kind: 'method', name: 'm' })
     await assert.rejects(fromThunk.call({}), code('ERR_INVALID_ARG'))
     await c.close()
