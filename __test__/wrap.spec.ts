@@ -7,7 +7,8 @@ import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { CacheManager, RateLimiter, __advanceClock, type CacheValue } from 'hotpath'
+import { CacheManager, RateLimiter, type CacheValue } from 'hotpath'
+import { __advanceClock } from 'hotpath/testing'
 import { redisUrl } from './helpers.ts'
 
 const root = join(__dirname, '..')

@@ -9,7 +9,7 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT } = require('./errors')
 const { now } = require('./clock')
 const { cacheWrap, cacheWarm } = require('./wrap')
 
@@ -112,7 +112,7 @@ function decodeMany(arr) {
 function setOptions(options) {
   if (options === undefined) return
   checkOptions(options, 'options')
-  const ttl = optNumber(options, 'ttlMs', { min: 0, exclusiveMin: true })
+  const ttl = ttlOption(options, 'ttlMs', { exclusiveMin: true })
   let tags = options.tags
   if (tags !== undefined) {
     if (!Array.isArray(tags)) throw invalidArg(`tags must be an array of strings, got ${show(tags)}`)
@@ -126,16 +126,44 @@ let optTags
 
 function flightError(json) {
   const o = JSON.parse(json)
-  const e = new Error(o.message)
-  if (o.name && o.name !== 'Error') e.name = o.name
+  const e = o.name === 'HotpathError' && typeof o.code === 'string' ? new HotpathError(o.code, o.message) : new Error(o.message)
+  if (o.name && o.name !== 'Error' && o.name !== 'HotpathError') e.name = o.name
   if (o.code) e.code = o.code
   return e
 }
 
+/** The options a CacheManager takes, checked before they reach native code. */
+function checkCacheOptions(o) {
+  if (o === undefined) return
+  checkOptions(o, 'options')
+  optName(o)
+  optNumber(o, 'maxEntries', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  ttlOption(o, 'ttlMs', { exclusiveMin: true })
+  ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
+  ttlOption(o, 'idleMs', { exclusiveMin: true })
+  oneOf(o, 'policy', ['tinylfu', 'lru'])
+  checkRedisOptions(o.redis)
+  oneOf(o, 'invalidation', ['pubsub', 'none'])
+  ttlOption(o, 'staleMs')
+  ttlOption(o, 'refreshAheadMs')
+  optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
+}
+
+// A native call that may throw (closed, a bug): its error as a hotpath error.
+function rethrow(err) {
+  throw fromNative(err)
+}
+
 const noop = () => {}
 
+// singleFlight 'redis': how often a process waiting on another's lease looks
+// at Redis when no invalidation message woke it.
+const LEASE_POLL_MS = 100
+
 function abortedError(signal) {
-  return hpError(CODES.ABORTED, 'getOrSet was aborted', Error, signal.reason !== undefined ? { cause: signal.reason } : undefined)
+  return detached(hpError(CODES.ABORTED, 'getOrSet was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined))
 }
 
 function isSignal(s) {
@@ -144,11 +172,10 @@ function isSignal(s) {
 
 /** getOrSet's `timeoutMs` and `signal`, checked; null when neither is set. */
 function waitOptions(options) {
-  const timeoutMs = optNumber(options, 'timeoutMs', { min: 0, exclusiveMin: true })
+  const timeoutMs = optDuration(options, 'timeoutMs', { exclusiveMin: true })
   const signal = options.signal
   if (signal !== undefined && !isSignal(signal)) throw invalidArg(`signal must be an AbortSignal, got ${show(signal)}`)
-  const sf = options.singleFlight
-  if (sf !== undefined && sf !== 'process' && sf !== 'redis') throw invalidArg(`singleFlight must be 'process' or 'redis', got ${show(sf)}`)
+  oneOf(options, 'singleFlight', ['process', 'redis'])
   if (timeoutMs === undefined && signal === undefined) return null
   return { timeoutMs, signal }
 }
@@ -170,7 +197,7 @@ class Wait {
         }
       }
       if (timeoutMs !== undefined) {
-        this.timer = setTimeout(() => fail(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`)), timeoutMs)
+        this.timer = setTimeout(() => fail(detached(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`))), timeoutMs)
       }
       if (signal !== undefined) {
         this.onAbort = () => fail(abortedError(signal))
@@ -197,7 +224,7 @@ function race(p, wait) {
 
 class CacheManager {
   constructor(options) {
-    checkOptions(options, 'options')
+    checkCacheOptions(options)
     try {
       this._n = new NativeCache(options)
     } catch (e) {
@@ -216,7 +243,12 @@ class CacheManager {
 
   // Fill from L1 (native), caching immutable values in the front cache.
   _load(key, countMiss) {
-    const v = this._n.getSync(key, countMiss)
+    let v
+    try {
+      v = this._n.getSync(key, countMiss)
+    } catch (err) {
+      rethrow(err)
+    }
     const sc = this._sc
     const kind = sc[3]
     if (kind === 0) return undefined
@@ -265,17 +297,21 @@ class CacheManager {
       checkKey(key)
       const v = this._load(key, !this._hasL2)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._n.getL2(key).then(decodeOne)
+      return this._getL2(key)
     } catch (err) {
       return Promise.reject(err)
     }
+  }
+
+  async _getL2(key) {
+    return decodeOne(await settled(this._n.getL2(key)))
   }
 
   getMany(keys) {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.getMany(keys).then(decodeMany)
+      return settled(this._n.getMany(keys)).then(decodeMany)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -287,7 +323,7 @@ class CacheManager {
       encode(value)
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.set(key, encKind, encPayload, optTtl, optTags).then(noop)
+      return settled(this._n.set(key, encKind, encPayload, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -298,7 +334,11 @@ class CacheManager {
     encode(value)
     optTtl = optTags = undefined
     setOptions(options)
-    this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    try {
+      this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   setMany(entries, options) {
@@ -318,7 +358,7 @@ class CacheManager {
       }
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.setMany(keys, kinds, payloads, optTtl, optTags).then(noop)
+      return settled(this._n.setMany(keys, kinds, payloads, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -328,7 +368,11 @@ class CacheManager {
     const e = this._front.get(key)
     if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) return true
     checkKey(key)
-    return this._n.has(key)
+    try {
+      return this._n.has(key)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   // getOrSet: the whole protocol is here (the engine keeps the flights).
@@ -348,9 +392,14 @@ class CacheManager {
       checkKey(key)
       if (typeof factory !== 'function') throw invalidArg(`factory must be a function, got ${show(factory)}`)
       let wait = null
+      let acrossProcesses = false
       if (options !== undefined) {
         setOptions(options)
         wait = waitOptions(options)
+        if (options.singleFlight === 'redis') {
+          if (!this._hasL2) throw invalidArg("singleFlight 'redis' needs the redis option")
+          acrossProcesses = true
+        }
       }
       const e = this._front.get(key)
       // A front hit inside the refresh-ahead margin goes to peek(), which
@@ -359,7 +408,12 @@ class CacheManager {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
-      const v = this._n.peek(key)
+      let v
+      try {
+        v = this._n.peek(key)
+      } catch (err) {
+        rethrow(err)
+      }
       const kind = this._sc[3]
       if (kind !== 0) {
         const state = this._sc[4]
@@ -368,7 +422,9 @@ class CacheManager {
         return Promise.resolve(value)
       }
       if (wait !== null && wait.signal?.aborted) throw abortedError(wait.signal)
-      return this._fly(key, factory, options, wait === null ? null : new Wait(wait))
+      // settled: a rejection made in background work (a native wait, a
+      // timer) is re-made on the caller's await chain, for its stack.
+      return settled(this._fly(key, factory, options, wait === null ? null : new Wait(wait), acrossProcesses))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -378,13 +434,13 @@ class CacheManager {
   _refresh(key, factory, options) {
     if (this._flights.has(key)) return
     const token = this._n.flightLead(key)
-    if (token !== 0) this._start(key, token, factory, options, null).p.catch(noop)
+    if (token !== 0) this._start(key, token, factory, options, null, false).p.catch(noop)
   }
 
   // Lead the flight: callers on this thread join `entry.p` (and so get the
   // very value or error); callers on other threads wait natively.
-  _start(key, token, factory, options, wait) {
-    const entry = { p: null, abandoned: false }
+  _start(key, token, factory, options, wait, acrossProcesses) {
+    const entry = { p: null, abandoned: false, acrossProcesses }
     this._flights.set(key, entry)
     entry.p = this._lead(key, token, factory, options, wait, entry)
     const done = () => {
@@ -394,7 +450,7 @@ class CacheManager {
     return entry
   }
 
-  async _fly(key, factory, options, wait) {
+  async _fly(key, factory, options, wait, acrossProcesses) {
     try {
       if (this._hasL2) {
         const r = await race(this._n.getL2(key), wait)
@@ -414,7 +470,7 @@ class CacheManager {
           }
         }
         const token = this._n.flightLead(key)
-        if (token !== 0) return await this._start(key, token, factory, options, wait).p
+        if (token !== 0) return await this._start(key, token, factory, options, wait, acrossProcesses).p
         const r = await race(this._n.flightWait(key, wait === null ? -1 : wait.remainingMs()), wait)
         if (typeof r === 'string') throw flightError(r)
         if (r.length > 0) return decodeOne(r)
@@ -433,7 +489,31 @@ class CacheManager {
     // From here the flight must end exactly once, whatever happens, or waiters
     // would wait until their own timeout.
     let ended = false
+    let leased = false
+    let taking = null // a lease request whose answer this caller may not wait for
     try {
+      if (entry.acrossProcesses) {
+        // singleFlight 'redis': one factory run across processes. Take the
+        // lease, or wait for the holder's value (woken by its invalidation
+        // message, polled as a fallback); a dead holder's lease expires and
+        // is taken over here.
+        for (;;) {
+          taking = this._n.leaseAcquire(key)
+          leased = await race(taking, wait)
+          taking = null
+          // Double check after taking it: the last holder may just have
+          // written the value and released.
+          const r = leased ? await race(this._n.getL2(key), wait) : await race(this._n.leaseWait(key, LEASE_POLL_MS), wait)
+          if (r.length > 0 && r[0] !== 0) {
+            const value = decodeOne(r)
+            encode(value)
+            this._n.flightEnd(key, token, encKind, encPayload)
+            ended = true
+            return value
+          }
+          if (leased) break
+        }
+      }
       const value = await race(new Promise((resolve) => resolve(factory())), wait)
       encode(value)
       const kind = encKind
@@ -443,6 +523,9 @@ class CacheManager {
       const written = this._n.set(key, kind, payload, optTtl, optTags)
       this._n.flightEnd(key, token, kind, payload)
       ended = true
+      // The value is in L1 now: later misses must not join this flight while
+      // its L2 write finishes.
+      if (this._flights.get(key) === entry) this._flights.delete(key)
       await written
       return value
     } catch (err) {
@@ -453,13 +536,21 @@ class CacheManager {
         } else this._n.flightFail(key, token, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
       }
       throw err
+    } finally {
+      // Released once the value has landed in Redis (or the factory failed).
+      if (leased) this._n.leaseRelease(key).catch(noop)
+      else if (taking !== null) {
+        taking.then((got) => {
+          if (got) this._n.leaseRelease(key).catch(noop)
+        }, noop)
+      }
     }
   }
 
   delete(key) {
     try {
       checkKey(key)
-      return this._n.deleteMany([key]).then((n) => n > 0)
+      return settled(this._n.deleteMany([key])).then((n) => n > 0)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -469,7 +560,7 @@ class CacheManager {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.deleteMany(keys)
+      return settled(this._n.deleteMany(keys))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -478,7 +569,7 @@ class CacheManager {
   deletePattern(glob) {
     try {
       checkKey(glob, 'glob')
-      return this._n.deletePattern(glob)
+      return settled(this._n.deletePattern(glob))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -487,7 +578,7 @@ class CacheManager {
   deleteTag(tag) {
     try {
       checkKey(tag, 'tag')
-      return this._n.deleteTag(tag)
+      return settled(this._n.deleteTag(tag))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -495,15 +586,19 @@ class CacheManager {
 
   deleteLater(key, delayMs) {
     checkKey(key)
-    optNumber({ delayMs }, 'delayMs')
-    if (delayMs === undefined) throw invalidArg('delayMs must be a finite number, got undefined')
-    this._n.deleteLater(key, delayMs)
+    if (delayMs === undefined) throw invalidArg('delayMs must be a number, got undefined')
+    optDuration({ delayMs }, 'delayMs')
+    try {
+      this._n.deleteLater(key, delayMs)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   remainingTtlMs(key) {
     try {
       checkKey(key)
-      return this._n.remainingTtlMs(key).then((ms) => (ms === -2 ? undefined : ms))
+      return settled(this._n.remainingTtlMs(key)).then((ms) => (ms === -2 ? undefined : ms))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -512,15 +607,19 @@ class CacheManager {
   clear() {
     try {
       this._front.clear()
-      return this._n.clear()
+      return settled(this._n.clear())
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
   stats() {
-    this._flushHits()
-    return this._n.stats()
+    try {
+      this._flushHits()
+      return this._n.stats()
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   close() {
@@ -529,7 +628,7 @@ class CacheManager {
       this._flushFront()
       this._cap = 0
     }
-    return this._n.close()
+    return settled(this._n.close())
   }
 
   // Functions instead of keys (lib/wrap.js).

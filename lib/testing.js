@@ -1,9 +1,15 @@
 'use strict'
-// Test hooks: deterministic races for the specs. Not part of the public API
-// and not exported from 'hotpath' (require('hotpath/lib/testing.js') in tests).
-const { testCacheHandles } = require('../index.js')
+// `hotpath/testing`: hooks for hotpath's own tests (deterministic races,
+// the clock), not part of the public API: they reach into every instance in
+// the process.
+const native = require('../index.js')
+const { advance } = require('./clock')
 
 module.exports = {
+  /** Move hotpath's clock forward by `ms` (TTLs, windows, timers), for every instance in the process. */
+  __advanceClock: advance,
+  /** The raw native binding (index.js). */
+  __native: native,
   /** Pause every L1 fill of `cache` between its L2 read and the fill. */
   pauseFills(cache, on = true) {
     cache._n.testPauseFills(on)
@@ -16,8 +22,13 @@ module.exports = {
   releaseFill(cache) {
     cache._n.testReleaseFill()
   },
+  /** Make `cache`'s invalidation subscription drop every message (as a
+   *  half-open connection would) until it is resubscribed. */
+  deafen(cache) {
+    cache._n.testDeafen()
+  },
   /** Open handles of the named cache (0 when it does not exist). */
   cacheHandles(name) {
-    return testCacheHandles(name)
+    return native.testCacheHandles(name)
   },
 }

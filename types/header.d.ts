@@ -26,6 +26,7 @@ export type HotpathErrorCode =
   | 'ERR_BATCH_RESULT'
   | 'ERR_BUFFER_RELEASED'
   | 'ERR_TASK_FAILED'
+  | 'ERR_INTERNAL'
 
 /** The error codes, by name. */
 export declare const ERROR_CODES: Readonly<{
@@ -39,7 +40,27 @@ export declare const ERROR_CODES: Readonly<{
   BATCH_RESULT: 'ERR_BATCH_RESULT'
   BUFFER_RELEASED: 'ERR_BUFFER_RELEASED'
   TASK_FAILED: 'ERR_TASK_FAILED'
+  INTERNAL: 'ERR_INTERNAL'
 }>
+
+/**
+ * Every error hotpath throws or rejects with. `e instanceof HotpathError` and
+ * `isHotpathError(e)` hold for all of them; a wrong type is also a
+ * `TypeError` and a value out of range also a `RangeError` (both with `code`
+ * `ERR_INVALID_ARG`). A rejection from background (native) work is made on
+ * the awaiting call's continuation, so its stack names the caller
+ * (`at async yourFunction`). `ERR_INTERNAL` is a bug inside hotpath (a caught
+ * panic): only the instance it happened in becomes unusable.
+ */
+export declare class HotpathError extends Error {
+  constructor(code: HotpathErrorCode, message: string, options?: { cause?: unknown })
+  readonly code: HotpathErrorCode
+  /** `ERR_RATE_LIMITED`: ms until a retry can pass. */
+  retryAfterMs?: number
+}
+
+/** Whether `e` is an error hotpath made (any class: Error, TypeError, RangeError). */
+export declare function isHotpathError(e: unknown): e is HotpathError
 
 /** Options of `set`, `setSync`, `setMany` and `getOrSet`. */
 export interface CacheSetOptions {
@@ -204,9 +225,6 @@ export declare class BufferPool {
   /** Frees pooled memory (the last handle of a named pool); later calls throw `ERR_CLOSED`. Outstanding Buffers stay valid until collected. Idempotent. */
   close(): Promise<void>
 }
-
-/** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
-export declare function __advanceClock(ms: number): void
 
 // ---------------------------------------------------------------- WorkerQueue
 
