@@ -759,9 +759,7 @@ describe('two processes on one Redis', () => {
     assert.deepEqual(await Promise.all([first, second]), ['report 5', 'report 5'])
     await c1.close()
     await c2.close()
-    // Reported as TODO (not a failure) until getOrSet's singleFlight: 'redis' exists.
-    if (calls !== 1) t.todo(`fn ran ${calls} times: getOrSet's singleFlight: 'redis' (issue 13) is not on this branch yet`)
-    assert.equal(calls, 1)
+    assert.equal(calls, 1, 'one run across both caches (a Redis lease)')
   })
 
   test('limiter.wrap on a Redis limiter: denied beyond the limit, shared by every handle', async (t) => {
