@@ -7,7 +7,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { CacheManager, RateLimiter, type CacheValue } from 'hotpath'
+import { CacheManager, RateLimiter, isHotpathError, type CacheValue } from 'hotpath'
 import { __advanceClock } from 'hotpath/testing'
 import { redisUrl } from './helpers.ts'
 
@@ -550,7 +550,7 @@ describe('limiter.wrap', () => {
     assert.ok(err.retryAfterMs > 0 && err.retryAfterMs <= 60_000, `retryAfterMs ${err.retryAfterMs}`)
     assert.equal(err.limit, 3)
     assert.match(err.message, /"send"/)
-    assert.ok(err instanceof Error)
+    assert.ok(isHotpathError(err))
     assert.equal(calls, 3)
     assert.equal(rl.stats().denied, 1)
     await rl.close()
