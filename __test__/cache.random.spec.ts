@@ -28,7 +28,7 @@ class Proc {
   msgs: Msg[] = []
   waiters: (() => void)[] = []
   constructor(args: string[]) {
-    this.child = spawn(process.execPath, [new URL('./fixtures/cache_random_child.mjs', import.meta.url).pathname, ...args], {
+    this.child = spawn(process.execPath, [require('node:path').join(__dirname, 'fixtures', 'cache_random_child.mjs'), ...args], {
       stdio: ['pipe', 'pipe', 'inherit'],
     })
     createInterface({ input: this.child.stdout! }).on('line', (line) => {
