@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
+import { join } from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
@@ -160,7 +161,7 @@ class Child {
   lines: string[] = []
   exited: Promise<number | null>
   constructor(args: string[]) {
-    this.proc = spawn(process.execPath, ['--import', 'tsx', require('node:path').join(__dirname, 'fixtures', 'cache_sf_child.mjs'), ...args], {
+    this.proc = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'cache_sf_child.mjs'), ...args], {
       stdio: ['pipe', 'pipe', 'inherit'],
     })
     let buf = ''

@@ -9,8 +9,9 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT } = require('./errors')
 const { now } = require('./clock')
+const { cacheWrap, cacheWarm } = require('./wrap')
 
 const K_STR = 1
 const K_NUM = 2
@@ -111,7 +112,7 @@ function decodeMany(arr) {
 function setOptions(options) {
   if (options === undefined) return
   checkOptions(options, 'options')
-  const ttl = optNumber(options, 'ttlMs', { min: 0, exclusiveMin: true })
+  const ttl = ttlOption(options, 'ttlMs', { exclusiveMin: true })
   let tags = options.tags
   if (tags !== undefined) {
     if (!Array.isArray(tags)) throw invalidArg(`tags must be an array of strings, got ${show(tags)}`)
@@ -125,10 +126,34 @@ let optTags
 
 function flightError(json) {
   const o = JSON.parse(json)
-  const e = new Error(o.message)
-  if (o.name && o.name !== 'Error') e.name = o.name
+  const e = o.name === 'HotpathError' && typeof o.code === 'string' ? new HotpathError(o.code, o.message) : new Error(o.message)
+  if (o.name && o.name !== 'Error' && o.name !== 'HotpathError') e.name = o.name
   if (o.code) e.code = o.code
   return e
+}
+
+/** The options a CacheManager takes, checked before they reach native code. */
+function checkCacheOptions(o) {
+  if (o === undefined) return
+  checkOptions(o, 'options')
+  optName(o)
+  optNumber(o, 'maxEntries', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  ttlOption(o, 'ttlMs', { exclusiveMin: true })
+  ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
+  ttlOption(o, 'idleMs', { exclusiveMin: true })
+  oneOf(o, 'policy', ['tinylfu', 'lru'])
+  checkRedisOptions(o.redis)
+  oneOf(o, 'invalidation', ['pubsub', 'none'])
+  ttlOption(o, 'staleMs')
+  ttlOption(o, 'refreshAheadMs')
+  optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
+}
+
+// A native call that may throw (closed, a bug): its error as a hotpath error.
+function rethrow(err) {
+  throw fromNative(err)
 }
 
 const noop = () => {}
@@ -138,7 +163,7 @@ const noop = () => {}
 const LEASE_POLL_MS = 100
 
 function abortedError(signal) {
-  return hpError(CODES.ABORTED, 'getOrSet was aborted', Error, signal.reason !== undefined ? { cause: signal.reason } : undefined)
+  return detached(hpError(CODES.ABORTED, 'getOrSet was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined))
 }
 
 function isSignal(s) {
@@ -147,11 +172,10 @@ function isSignal(s) {
 
 /** getOrSet's `timeoutMs` and `signal`, checked; null when neither is set. */
 function waitOptions(options) {
-  const timeoutMs = optNumber(options, 'timeoutMs', { min: 0, exclusiveMin: true })
+  const timeoutMs = optDuration(options, 'timeoutMs', { exclusiveMin: true })
   const signal = options.signal
   if (signal !== undefined && !isSignal(signal)) throw invalidArg(`signal must be an AbortSignal, got ${show(signal)}`)
-  const sf = options.singleFlight
-  if (sf !== undefined && sf !== 'process' && sf !== 'redis') throw invalidArg(`singleFlight must be 'process' or 'redis', got ${show(sf)}`)
+  oneOf(options, 'singleFlight', ['process', 'redis'])
   if (timeoutMs === undefined && signal === undefined) return null
   return { timeoutMs, signal }
 }
@@ -173,7 +197,7 @@ class Wait {
         }
       }
       if (timeoutMs !== undefined) {
-        this.timer = setTimeout(() => fail(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`)), timeoutMs)
+        this.timer = setTimeout(() => fail(detached(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`))), timeoutMs)
       }
       if (signal !== undefined) {
         this.onAbort = () => fail(abortedError(signal))
@@ -200,7 +224,7 @@ function race(p, wait) {
 
 class CacheManager {
   constructor(options) {
-    checkOptions(options, 'options')
+    checkCacheOptions(options)
     try {
       this._n = new NativeCache(options)
     } catch (e) {
@@ -219,7 +243,12 @@ class CacheManager {
 
   // Fill from L1 (native), caching immutable values in the front cache.
   _load(key, countMiss) {
-    const v = this._n.getSync(key, countMiss)
+    let v
+    try {
+      v = this._n.getSync(key, countMiss)
+    } catch (err) {
+      rethrow(err)
+    }
     const sc = this._sc
     const kind = sc[3]
     if (kind === 0) return undefined
@@ -268,17 +297,21 @@ class CacheManager {
       checkKey(key)
       const v = this._load(key, !this._hasL2)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._n.getL2(key).then(decodeOne)
+      return this._getL2(key)
     } catch (err) {
       return Promise.reject(err)
     }
+  }
+
+  async _getL2(key) {
+    return decodeOne(await settled(this._n.getL2(key)))
   }
 
   getMany(keys) {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.getMany(keys).then(decodeMany)
+      return settled(this._n.getMany(keys)).then(decodeMany)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -290,7 +323,7 @@ class CacheManager {
       encode(value)
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.set(key, encKind, encPayload, optTtl, optTags).then(noop)
+      return settled(this._n.set(key, encKind, encPayload, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -301,7 +334,11 @@ class CacheManager {
     encode(value)
     optTtl = optTags = undefined
     setOptions(options)
-    this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    try {
+      this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   setMany(entries, options) {
@@ -321,7 +358,7 @@ class CacheManager {
       }
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.setMany(keys, kinds, payloads, optTtl, optTags).then(noop)
+      return settled(this._n.setMany(keys, kinds, payloads, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -331,7 +368,11 @@ class CacheManager {
     const e = this._front.get(key)
     if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) return true
     checkKey(key)
-    return this._n.has(key)
+    try {
+      return this._n.has(key)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   // getOrSet: the whole protocol is here (the engine keeps the flights).
@@ -367,7 +408,12 @@ class CacheManager {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
-      const v = this._n.peek(key)
+      let v
+      try {
+        v = this._n.peek(key)
+      } catch (err) {
+        rethrow(err)
+      }
       const kind = this._sc[3]
       if (kind !== 0) {
         const state = this._sc[4]
@@ -376,7 +422,9 @@ class CacheManager {
         return Promise.resolve(value)
       }
       if (wait !== null && wait.signal?.aborted) throw abortedError(wait.signal)
-      return this._fly(key, factory, options, wait === null ? null : new Wait(wait), acrossProcesses)
+      // settled: a rejection made in background work (a native wait, a
+      // timer) is re-made on the caller's await chain, for its stack.
+      return settled(this._fly(key, factory, options, wait === null ? null : new Wait(wait), acrossProcesses))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -502,7 +550,7 @@ class CacheManager {
   delete(key) {
     try {
       checkKey(key)
-      return this._n.deleteMany([key]).then((n) => n > 0)
+      return settled(this._n.deleteMany([key])).then((n) => n > 0)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -512,7 +560,7 @@ class CacheManager {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.deleteMany(keys)
+      return settled(this._n.deleteMany(keys))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -521,7 +569,7 @@ class CacheManager {
   deletePattern(glob) {
     try {
       checkKey(glob, 'glob')
-      return this._n.deletePattern(glob)
+      return settled(this._n.deletePattern(glob))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -530,7 +578,7 @@ class CacheManager {
   deleteTag(tag) {
     try {
       checkKey(tag, 'tag')
-      return this._n.deleteTag(tag)
+      return settled(this._n.deleteTag(tag))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -538,15 +586,19 @@ class CacheManager {
 
   deleteLater(key, delayMs) {
     checkKey(key)
-    optNumber({ delayMs }, 'delayMs')
-    if (delayMs === undefined) throw invalidArg('delayMs must be a finite number, got undefined')
-    this._n.deleteLater(key, delayMs)
+    if (delayMs === undefined) throw invalidArg('delayMs must be a number, got undefined')
+    optDuration({ delayMs }, 'delayMs')
+    try {
+      this._n.deleteLater(key, delayMs)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   remainingTtlMs(key) {
     try {
       checkKey(key)
-      return this._n.remainingTtlMs(key).then((ms) => (ms === -2 ? undefined : ms))
+      return settled(this._n.remainingTtlMs(key)).then((ms) => (ms === -2 ? undefined : ms))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -555,15 +607,19 @@ class CacheManager {
   clear() {
     try {
       this._front.clear()
-      return this._n.clear()
+      return settled(this._n.clear())
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
   stats() {
-    this._flushHits()
-    return this._n.stats()
+    try {
+      this._flushHits()
+      return this._n.stats()
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   close() {
@@ -572,7 +628,16 @@ class CacheManager {
       this._flushFront()
       this._cap = 0
     }
-    return this._n.close()
+    return settled(this._n.close())
+  }
+
+  // Functions instead of keys (lib/wrap.js).
+  wrap(fn, options) {
+    return cacheWrap(this, fn, options)
+  }
+
+  warm(loaders, options) {
+    return cacheWarm(this, loaders, options)
   }
 }
 

@@ -1,9 +1,15 @@
 'use strict'
-// Test hooks: deterministic races for the specs. Not part of the public API
-// and not exported from 'hotpath' (require('hotpath/lib/testing.js') in tests).
-const { testCacheHandles } = require('../index.js')
+// `hotpath/testing`: hooks for hotpath's own tests (deterministic races,
+// the clock), not part of the public API: they reach into every instance in
+// the process.
+const native = require('../index.js')
+const { advance } = require('./clock')
 
 module.exports = {
+  /** Move hotpath's clock forward by `ms` (TTLs, windows, timers), for every instance in the process. */
+  __advanceClock: advance,
+  /** The raw native binding (index.js). */
+  __native: native,
   /** Pause every L1 fill of `cache` between its L2 read and the fill. */
   pauseFills(cache, on = true) {
     cache._n.testPauseFills(on)
@@ -23,6 +29,15 @@ module.exports = {
   },
   /** Open handles of the named cache (0 when it does not exist). */
   cacheHandles(name) {
-    return testCacheHandles(name)
+    return native.testCacheHandles(name)
+  },
+  /** The next guarded native call (any instance, any class) panics inside
+   *  its guard: it fails with ERR_INTERNAL and poisons only its instance. */
+  panicNextCall() {
+    native.testPanicNextCall()
+  },
+  /** CacheManager deleteLater tasks alive in the process (close() ends them). */
+  liveDeleteLaterTasks() {
+    return native.testLiveDeleteLaterTasks()
   },
 }
