@@ -8,7 +8,7 @@ pub mod l1;
 pub mod l2;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -176,6 +176,26 @@ pub struct CacheInner {
   flights: Mutex<HashMap<String, watch::Sender<Option<FlightResult>>>>,
   wb: Mutex<Option<mpsc::Sender<WbOp>>>,
   closed: AtomicBool,
+  /// L2 writes and deletes started and not finished. While any is, an L2
+  /// read takes the same (Tokio-side) connection as the writes, so it cannot
+  /// overtake them; otherwise it takes this thread's own connection.
+  l2_busy: AtomicUsize,
+}
+
+/// Counts one L2 write or delete in flight (see `l2_busy`).
+struct Busy(Arc<CacheInner>);
+
+impl Busy {
+  fn new(inner: &Arc<CacheInner>) -> Busy {
+    inner.l2_busy.fetch_add(1, Ordering::SeqCst);
+    Busy(inner.clone())
+  }
+}
+
+impl Drop for Busy {
+  fn drop(&mut self) {
+    self.0.l2_busy.fetch_sub(1, Ordering::SeqCst);
+  }
 }
 
 impl CacheInner {
@@ -197,6 +217,7 @@ impl CacheInner {
       flights: Mutex::new(HashMap::new()),
       wb: Mutex::new(None),
       closed: AtomicBool::new(false),
+      l2_busy: AtomicUsize::new(0),
       cfg,
     });
     if inner.l2.is_some() {
@@ -229,6 +250,7 @@ impl CacheInner {
         if let Some(inner) = weak.upgrade() {
           if !batch.is_empty() {
             inner.write_l2(&batch).await;
+            inner.l2_busy.fetch_sub(batch.len(), Ordering::SeqCst);
             batch.clear();
           }
         }
@@ -362,7 +384,13 @@ impl CacheInner {
 
   async fn get_l2(&self, key: &str) -> Option<Val> {
     let l2 = self.l2.as_ref()?;
-    match l2.get(key).await {
+    let r = l2.get(key).await;
+    self.got_l2(key, r)
+  }
+
+  /// Count an L2 read and fill L1 with what it found.
+  fn got_l2(&self, key: &str, r: HpResult<Option<(Val, Option<u64>)>>) -> Option<Val> {
+    match r {
       Ok(Some((v, pttl))) => {
         self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
         self.put_l1(key, v.clone(), pttl.map(|t| t as f64), None);
@@ -729,7 +757,9 @@ impl NativeCache {
         ttl_ms: inner.l2_ttl(ttl_ms),
         tags: tags.clone(),
       };
+      inner.l2_busy.fetch_add(1, Ordering::SeqCst);
       if tx.try_send(WbOp::Set(w)).is_err() {
+        inner.l2_busy.fetch_sub(1, Ordering::SeqCst);
         inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
       }
     }
@@ -756,7 +786,9 @@ impl NativeCache {
     inner.c.sets.fetch_add(1, Ordering::Relaxed);
     inner.put_l1(&key, val.clone(), ttl_ms, tags.clone());
     let ttl = inner.l2_ttl(ttl_ms);
+    let busy = Busy::new(&inner);
     runtime::promise(env, async move {
+      let _busy = busy;
       Ok(
         inner
           .write_l2(&[Write {
@@ -806,8 +838,12 @@ impl NativeCache {
       .c
       .sets
       .fetch_add(writes.len() as u64, Ordering::Relaxed);
-    runtime::promise(env, async move { Ok(inner.write_l2(&writes).await) })
-      .map_err(crate::error::from_napi)
+    let busy = Busy::new(&inner);
+    runtime::promise(env, async move {
+      let _busy = busy;
+      Ok(inner.write_l2(&writes).await)
+    })
+    .map_err(crate::error::from_napi)
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
@@ -815,6 +851,40 @@ impl NativeCache {
   pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
+    if let Some(l2) = &inner.l2 {
+      if inner.l2_busy.load(Ordering::SeqCst) == 0 {
+        if let Some(fast) = l2.redis.fast(env.raw()) {
+          // This thread's connection: written this tick, answered on this
+          // thread (no thread hop either way).
+          let raw = env.raw();
+          let mut deferred = std::ptr::null_mut();
+          let mut promise = std::ptr::null_mut();
+          check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
+            .map_err(crate::error::from_napi)?;
+          let k2 = key.clone();
+          let encode = move |b: &mut Vec<u8>| l2.encode_get(&k2, b);
+          let inner2 = inner.clone();
+          fast.send(
+            &encode,
+            2,
+            Box::new(move |r| {
+              let v = inner2.got_l2(&key, L2::got(r));
+              unsafe {
+                match Out::to_napi_value(raw, Out::Vals(vec![v])) {
+                  Ok(val) => sys::napi_resolve_deferred(raw, deferred, val),
+                  Err(e) => sys::napi_reject_deferred(
+                    raw,
+                    deferred,
+                    crate::redis::uv::js_error(raw, HpError::redis(e.reason.clone())),
+                  ),
+                };
+              }
+            }),
+          );
+          return unsafe { Object::from_napi_value(raw, promise) }.map_err(crate::error::from_napi);
+        }
+      }
+    }
     runtime::promise(
       env,
       async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
@@ -888,15 +958,21 @@ impl NativeCache {
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
-    runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) })
-      .map_err(crate::error::from_napi)
+    let busy = Busy::new(&inner);
+    runtime::promise(env, async move {
+      let _busy = busy;
+      Ok(inner.delete_keys(keys).await)
+    })
+    .map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_pattern<'e>(&self, env: &'e Env, glob: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
+    let busy = Busy::new(&inner);
     runtime::promise(env, async move {
+      let _busy = busy;
       let local = inner
         .l1
         .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
@@ -927,7 +1003,9 @@ impl NativeCache {
   pub fn delete_tag<'e>(&self, env: &'e Env, tag: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
+    let busy = Busy::new(&inner);
     runtime::promise(env, async move {
+      let _busy = busy;
       let local = inner
         .l1
         .keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
@@ -963,8 +1041,10 @@ impl NativeCache {
     let delay = to_js(check_non_negative("delayMs", delay_ms))?;
     let inner = self.inner.clone();
     inner.l1.remove(&key);
+    let busy = Busy::new(&inner);
     runtime::spawn(async move {
       inner.delete_keys(vec![key.clone()]).await;
+      drop(busy);
       tokio::time::sleep(Duration::from_secs_f64(delay / 1000.0)).await;
       if !inner.closed.load(Ordering::Relaxed) {
         inner.delete_keys(vec![key]).await;
@@ -1009,7 +1089,9 @@ impl NativeCache {
     self.open()?;
     let inner = self.inner.clone();
     inner.l1.clear();
+    let busy = Busy::new(&inner);
     runtime::promise(env, async move {
+      let _busy = busy;
       if let Some(l2) = &inner.l2 {
         inner.flush_write_behind().await;
         if let Err(e) = l2.clear().await {

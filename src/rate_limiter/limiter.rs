@@ -158,8 +158,6 @@ pub struct Counters {
   pub redis_errors: AtomicU64,
 }
 
-/// How long checks skip a failed Redis before trying it again (ms).
-const REDIS_RETRY_MS: f64 = 100.0;
 /// Script calls in flight at once per limiter; checks arriving meanwhile
 /// wait and go together in the next call.
 const MAX_IN_FLIGHT: usize = 8;
@@ -198,8 +196,6 @@ pub struct Limiter {
   jobs: Option<mpsc::UnboundedSender<Job>>,
   command_timeout: Duration,
   pub c: Counters,
-  /// Limiter clock (ms) before which Redis is not tried (it just failed).
-  redis_down_until: AtomicU64,
   queues: Mutex<Queues>,
   next_id: AtomicU64,
   closed: AtomicBool,
@@ -243,7 +239,6 @@ impl Limiter {
         .map(|r| r.command_timeout)
         .unwrap_or_default(),
       c: Counters::default(),
-      redis_down_until: AtomicU64::new(0f64.to_bits()),
       queues: Mutex::new(Queues::default()),
       next_id: AtomicU64::new(1),
       closed: AtomicBool::new(false),
@@ -383,14 +378,21 @@ impl Limiter {
     }
   }
 
+  /// Redis is known down: the endpoint's breaker (shared with every other
+  /// component on that endpoint) is open. Asking may start its probe.
   fn redis_down(&self) -> bool {
-    now_ms() < f64::from_bits(self.redis_down_until.load(Ordering::Relaxed))
+    self.remote.as_ref().is_some_and(|r| !r.redis.admit())
   }
 
+  /// A check went unanswered past its deadline: that is a connection-level
+  /// failure for the endpoint's breaker.
   fn trip(&self) {
-    self
-      .redis_down_until
-      .store((now_ms() + REDIS_RETRY_MS).to_bits(), Ordering::Relaxed);
+    if let Some(r) = &self.remote {
+      r.redis.breaker().failure(
+        crate::redis::real_ms(),
+        "rate limiter script call timed out",
+      );
+    }
   }
 
   /// One script call for `jobs` (one slot), bounded by the earliest deadline.
@@ -904,7 +906,7 @@ mod tests {
       return;
     };
     let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-      url,
+      url: Some(url),
       key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
       ..Default::default()
     })
@@ -947,7 +949,7 @@ mod tests {
       ("local", None),
     ] {
       let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-        url: "redis://127.0.0.1:1".into(),
+        url: Some("redis://127.0.0.1:1".into()),
         command_timeout_ms: Some(300.0),
         ..Default::default()
       })
