@@ -366,6 +366,57 @@ impl Limiter {
     }
   }
 
+  /// A check for [`Limiter::settle`] (the JS-thread path batches them itself).
+  pub fn job(&self, key: String, cost: f64, consume: bool, reply: Reply) -> Job {
+    Job {
+      key,
+      cost,
+      consume,
+      count_denied: true,
+      deadline: Instant::now() + self.command_timeout,
+      reply,
+    }
+  }
+
+  pub fn remote(&self) -> Option<&Remote> {
+    self.remote.as_ref()
+  }
+
+  /// May checks go to Redis now (the endpoint's breaker is closed)?
+  pub fn redis_up(&self) -> bool {
+    !self.redis_down()
+  }
+
+  /// The script call's checks for `jobs`.
+  pub fn checks(jobs: &[Job]) -> Vec<Check<'_>> {
+    jobs
+      .iter()
+      .map(|j| Check {
+        key: &j.key,
+        cost: j.cost,
+        consume: j.consume,
+      })
+      .collect()
+  }
+
+  /// Decide `jobs` from a script call's result, or by `onRedisError` when
+  /// Redis could not answer.
+  pub fn settle(&self, jobs: Vec<Job>, r: HpResult<Vec<Decision>>) {
+    match r {
+      Ok(ds) => {
+        for (j, d) in jobs.into_iter().zip(ds) {
+          self.finish(j, d);
+        }
+      }
+      Err(_) => {
+        for j in jobs {
+          let d = self.fallback(&j.key, j.cost, j.consume);
+          self.finish(j, d);
+        }
+      }
+    }
+  }
+
   fn finish(&self, job: Job, d: Decision) {
     if job.consume && (d.allowed || job.count_denied) {
       self.count(&d);

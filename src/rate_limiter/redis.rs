@@ -71,6 +71,7 @@ pub struct Remote {
   pub redis: Arc<Redis>,
   algo: Algo,
   script: Script,
+  source: &'static str,
   /// `<keyPrefix>rl:<algorithm>:<limit>:<windowMs>:`
   base: String,
   limit: String,
@@ -84,6 +85,7 @@ impl Remote {
       redis,
       algo,
       script: Script::new(source(algo)),
+      source: source(algo),
       base,
       limit: p.limit.to_string(),
       window: p.window.to_string(),
@@ -121,8 +123,8 @@ impl Remote {
     slot(self.keys(key)[0].as_bytes())
   }
 
-  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
-  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+  /// The keys and arguments of one script call for `checks`, in order.
+  pub fn call_args(&self, checks: &[Check<'_>]) -> (Vec<String>, Vec<String>) {
     let per = if self.algo == Algo::SlidingWindow {
       2
     } else {
@@ -138,12 +140,34 @@ impl Remote {
       args.push(c.cost.to_string());
       args.push(if c.consume { "1" } else { "0" }.to_string());
     }
-    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
-    if out.len() != 4 * checks.len() {
+    (keys, args)
+  }
+
+  /// One script call, RESP-encoded for the JS-thread connection: EVALSHA,
+  /// or EVAL with the source (`full`, after NOSCRIPT).
+  pub fn encode_call(&self, keys: &[String], args: &[String], full: bool, buf: &mut Vec<u8>) {
+    let n = keys.len().to_string();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+    if full {
+      parts.push(b"EVAL");
+      parts.push(self.source.as_bytes());
+    } else {
+      parts.push(b"EVALSHA");
+      parts.push(self.script.get_hash().as_bytes());
+    }
+    parts.push(n.as_bytes());
+    parts.extend(keys.iter().map(|k| k.as_bytes()));
+    parts.extend(args.iter().map(|a| a.as_bytes()));
+    crate::redis::resp::encode(buf, &parts);
+  }
+
+  /// The decisions in a script's reply for `n` checks.
+  pub fn decisions(&self, out: Vec<Value>, n: usize) -> HpResult<Vec<Decision>> {
+    if out.len() != 4 * n {
       return Err(HpError::redis(format!(
         "redis: rate limiter script returned {} values for {} checks",
         out.len(),
-        checks.len()
+        n
       )));
     }
     out
@@ -157,6 +181,13 @@ impl Remote {
         ))
       })
       .collect()
+  }
+
+  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
+  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+    let (keys, args) = self.call_args(checks);
+    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
+    self.decisions(out, checks.len())
   }
 
   #[cfg(test)]

@@ -134,6 +134,10 @@ pub struct Core {
   slots: RefCell<HashMap<String, Rc<Slot>>>,
   prepare: Cell<*mut c_void>,
   check: Cell<*mut c_void>,
+  /// A 0 ms timer, started when work was queued by the callbacks of a
+  /// flush itself (after this phase's flush), so the loop does not block
+  /// in poll before writing it.
+  kick: Cell<*mut c_void>,
   prepare_refd: Cell<bool>,
   dirty: RefCell<Vec<Rc<Slot>>>,
   deferred: RefCell<Vec<Box<dyn FnOnce()>>>,
@@ -166,6 +170,7 @@ pub fn core(env: sys::napi_env) -> Option<Rc<Core>> {
     slots: RefCell::new(HashMap::new()),
     prepare: Cell::new(std::ptr::null_mut()),
     check: Cell::new(std::ptr::null_mut()),
+    kick: Cell::new(std::ptr::null_mut()),
     prepare_refd: Cell::new(false),
     dirty: RefCell::new(Vec::new()),
     deferred: RefCell::new(Vec::new()),
@@ -186,6 +191,10 @@ pub fn core(env: sys::napi_env) -> Option<Rc<Core>> {
     (api.check_start)(c, on_tick);
     (api.uv_unref)(c);
     core.check.set(c);
+    let k = alloc_handle(api, UV_TIMER, me);
+    (api.timer_init)(core.lp, k);
+    (api.uv_unref)(k);
+    core.kick.set(k);
     let mut name = std::ptr::null_mut();
     sys::napi_create_string_utf8(env, c"hotpath.redis".as_ptr(), 13, &mut name);
     let mut ctx = std::ptr::null_mut();
@@ -222,6 +231,8 @@ unsafe extern "C" fn cleanup(_arg: *mut c_void) {
       // Handles no longer point at the slot; it may go.
       std::mem::forget(s);
     }
+    (a.timer_stop)(core.kick.get());
+    (a.close)(core.kick.get(), Some(free_handle));
     (a.close)(core.prepare.get(), Some(free_handle));
     (a.close)(core.check.get(), Some(free_handle));
   }
@@ -297,6 +308,12 @@ impl Core {
   pub fn defer(&self, f: Box<dyn FnOnce()>) {
     self.deferred.borrow_mut().push(f);
     self.keep_alive();
+  }
+
+  /// Run `f`, which calls into JS: at once inside a JS call, or (inside a
+  /// libuv callback) with the completions, in their callback scope.
+  pub fn run_js(&self, f: Box<dyn FnOnce()>) {
+    self.complete(vec![(Box::new(move |_| f()), Ok(Vec::new()))]);
   }
 
   fn keep_alive(&self) {
@@ -459,11 +476,14 @@ unsafe extern "C" fn on_tick(h: *mut c_void) {
     return;
   }
   core.hook(|| core.flush_all());
-  if core.deferred.borrow().is_empty()
-    && core.dirty.borrow().is_empty()
-    && core.prepare_refd.replace(false)
-  {
-    unsafe { (core.api.uv_unref)(core.prepare.get()) };
+  if core.deferred.borrow().is_empty() && core.dirty.borrow().is_empty() {
+    if core.prepare_refd.replace(false) {
+      unsafe { (core.api.uv_unref)(core.prepare.get()) };
+    }
+  } else {
+    // Sends made by what this flush settled: write them next iteration
+    // without blocking in poll first.
+    unsafe { (core.api.timer_start)(core.kick.get(), on_tick, 0, 0) };
   }
 }
 
