@@ -348,6 +348,8 @@ impl Drop for Direct {
 
 impl Direct {
   /// For a limiter on a single Redis node, on a thread with a Node loop.
+  /// `env` and `on_results` come from the constructor call on this thread.
+  #[allow(clippy::not_unsafe_ptr_arg_deref)]
   pub fn new(
     limiter: &Arc<Limiter>,
     on_results: sys::napi_value,
