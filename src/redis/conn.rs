@@ -473,7 +473,7 @@ impl Conn {
     if now < head.deadline {
       return;
     }
-    if self.last_read < head.sent_at || self.probing {
+    if self.last_read <= head.sent_at || self.probing {
       // Nothing at all came back for a whole commandTimeoutMs: the server
       // or the path to it is gone (or stopped).
       let msg = format!(
@@ -514,5 +514,341 @@ pub fn first(r: Result<Vec<Reply>, HpError>) -> Result<redis::Value, HpError> {
   match v.swap_remove(0) {
     Reply::Value(x) => Ok(x),
     Reply::Error(e) => Err(HpError::redis(format!("redis: {e}"))),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::redis::breaker::Phase;
+  use crate::redis::uv::real_ms;
+  use redis::Value;
+  use std::cell::RefCell;
+  use std::os::fd::AsRawFd;
+  use std::rc::Rc;
+
+  /// A stand-in for the libuv driver: poll(2) on the socket, then the
+  /// connection's events and deadlines, until `done()` or `ms` pass.
+  fn drive(c: &mut Conn, ms: f64, done: &dyn Fn() -> bool) {
+    let end = real_ms() + ms;
+    while !done() && real_ms() < end {
+      let mut out = Vec::new();
+      c.flush(real_ms(), &mut out);
+      if let Some(fd) = c.fd() {
+        let mut p = libc::pollfd {
+          fd,
+          events: libc::POLLIN | if c.want_write() { libc::POLLOUT } else { 0 },
+          revents: 0,
+        };
+        unsafe { libc::poll(&mut p, 1, 5) };
+        let (r, w) = (
+          p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0,
+          p.revents & (libc::POLLOUT | libc::POLLERR) != 0,
+        );
+        if r || w {
+          c.on_io(real_ms(), r, w, &mut out);
+        }
+      } else {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+      }
+      c.on_timer(real_ms(), &mut out);
+      for (d, r) in out {
+        d(r);
+      }
+    }
+  }
+
+  fn target(addr: std::net::SocketAddr, cmd_ms: f64) -> Arc<Target> {
+    Arc::new(Target {
+      addrs: vec![addr],
+      name: addr.to_string(),
+      username: None,
+      password: None,
+      db: 0,
+      connect_timeout_ms: 500.0,
+      command_timeout_ms: cmd_ms,
+      breaker: Arc::new(Breaker::default()),
+    })
+  }
+
+  fn redis_addr() -> Option<std::net::SocketAddr> {
+    let url = match std::env::var("REDIS_URL") {
+      Ok(u) => u,
+      Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+        panic!("REDIS_URL must be set in CI")
+      }
+      Err(_) => {
+        eprintln!("SKIP Redis core tests: REDIS_URL is not set");
+        return None;
+      }
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+    match info.addr() {
+      redis::ConnectionAddr::Tcp(h, p) => {
+        use std::net::ToSocketAddrs;
+        (h.as_str(), *p).to_socket_addrs().unwrap().next()
+      }
+      _ => None,
+    }
+  }
+
+  type Log = Rc<RefCell<Vec<(usize, Result<Vec<Reply>, HpError>)>>>;
+
+  fn recorder(log: &Log, i: usize) -> Done {
+    let log = log.clone();
+    Box::new(move |r| log.borrow_mut().push((i, r)))
+  }
+
+  /// Commands sent in one tick leave in one write, and each caller gets its
+  /// own replies, in order.
+  #[test]
+  fn one_write_per_tick_and_replies_in_order() {
+    let Some(addr) = redis_addr() else { return };
+    let mut c = Conn::new(target(addr, 2000.0));
+    let log: Log = Rc::default();
+    let key = format!("hotpath-core-test:{}", rand::random::<u32>());
+    let mut out = Vec::new();
+    let now = real_ms();
+    c.send(
+      now,
+      &|b| resp::encode(b, &[b"DEL", key.as_bytes()]),
+      1,
+      recorder(&log, 0),
+      &mut out,
+    );
+    for i in 1..=200usize {
+      // INCR, and every 10th a pair (INCR + GET) in one send.
+      if i % 10 == 0 {
+        let enc = |b: &mut Vec<u8>| {
+          resp::encode(b, &[b"INCR", key.as_bytes()]);
+          resp::encode(b, &[b"GET", key.as_bytes()]);
+        };
+        c.send(now, &enc, 2, recorder(&log, i), &mut out);
+      } else {
+        c.send(
+          now,
+          &|b| resp::encode(b, &[b"INCR", key.as_bytes()]),
+          1,
+          recorder(&log, i),
+          &mut out,
+        );
+      }
+    }
+    assert!(out.is_empty());
+    let l2 = log.clone();
+    drive(&mut c, 5000.0, &|| l2.borrow().len() == 201);
+    let log = log.borrow();
+    assert_eq!(log.len(), 201);
+    assert_eq!(c.writes, 1, "the whole tick left in one write");
+    for (n, (i, r)) in log.iter().enumerate() {
+      assert_eq!(*i, n, "callers answered in order");
+      let r = r.as_ref().unwrap();
+      if n == 0 {
+        continue;
+      }
+      assert_eq!(r[0], Reply::Value(Value::Int(n as i64)), "INCR #{n}");
+      if n % 10 == 0 {
+        assert_eq!(
+          r[1],
+          Reply::Value(Value::BulkString(n.to_string().into_bytes()))
+        );
+      }
+    }
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"DEL", key.as_bytes()]),
+      1,
+      Box::new(|_| {}),
+      &mut out,
+    );
+    drive(&mut c, 1000.0, &|| false);
+  }
+
+  /// A refused connection opens the breaker: calls fail at once (no new
+  /// connect) until the backoff is over; then one probe runs while the
+  /// others still fail fast; a failed probe doubles the backoff.
+  #[test]
+  fn refused_connection_opens_the_breaker_and_probes_once() {
+    // A port nobody listens on.
+    let addr = {
+      let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+      l.local_addr().unwrap()
+    };
+    let t = target(addr, 300.0);
+    let mut c = Conn::new(t.clone());
+    let log: Log = Rc::default();
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 0),
+      &mut out,
+    );
+    let l2 = log.clone();
+    drive(&mut c, 2000.0, &|| !l2.borrow().is_empty());
+    assert!(log.borrow()[0].1.is_err());
+    assert!(matches!(t.breaker.phase(), Phase::Open { .. }));
+    // Open: fails at once, in the call, without a socket.
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 1),
+      &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert!(c.fd().is_none());
+    let msg = match &out[0].1 {
+      Err(e) => e.message.clone(),
+      Ok(_) => panic!("should fail fast"),
+    };
+    assert!(msg.contains("unreachable"), "{msg}");
+    // After the backoff: this call starts the probe and still fails fast.
+    std::thread::sleep(std::time::Duration::from_millis(
+      crate::redis::breaker::BASE_BACKOFF_MS as u64 + 5,
+    ));
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 2),
+      &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert!(c.is_probing());
+    assert_eq!(t.breaker.phase(), Phase::HalfOpen);
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 3),
+      &mut out,
+    );
+    assert_eq!(out.len(), 1, "one probe at a time: the others fail fast");
+    drive(&mut c, 2000.0, &|| c_probing_done(&t));
+    match t.breaker.phase() {
+      Phase::Open { until } => {
+        assert!(
+          until - real_ms() > crate::redis::breaker::BASE_BACKOFF_MS,
+          "backoff doubled"
+        )
+      }
+      p => panic!("probe failed: should be open, is {p:?}"),
+    }
+  }
+
+  fn c_probing_done(t: &Target) -> bool {
+    t.breaker.phase() != Phase::HalfOpen
+  }
+
+  /// A server that accepts and never answers (a stopped process, a
+  /// blackhole): after commandTimeoutMs everything owed fails, the breaker
+  /// opens, and the next calls fail at once.
+  #[test]
+  fn a_silent_server_opens_the_breaker_after_one_timeout() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let t = target(l.local_addr().unwrap(), 150.0);
+    let mut c = Conn::new(t.clone());
+    let log: Log = Rc::default();
+    let mut out = Vec::new();
+    let started = real_ms();
+    for i in 0..50 {
+      c.send(
+        real_ms(),
+        &|b| resp::encode(b, &[b"GET", b"k"]),
+        1,
+        recorder(&log, i),
+        &mut out,
+      );
+    }
+    let l2 = log.clone();
+    drive(&mut c, 3000.0, &|| l2.borrow().len() == 50);
+    let took = real_ms() - started;
+    assert_eq!(log.borrow().len(), 50);
+    assert!(log.borrow().iter().all(|(_, r)| r.is_err()));
+    assert!(took >= 150.0, "not before the timeout: {took}");
+    assert!(matches!(t.breaker.phase(), Phase::Open { .. }));
+    let msg = match &log.borrow()[0].1 {
+      Err(e) => e.message.clone(),
+      _ => unreachable!(),
+    };
+    assert!(msg.contains("no reply"), "{msg}");
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"GET", b"k"]),
+      1,
+      recorder(&log, 99),
+      &mut out,
+    );
+    assert_eq!(out.len(), 1, "fails fast while open");
+    drop(l.accept());
+  }
+
+  /// The probe against a live server closes the breaker, and calls flow.
+  #[test]
+  fn a_probe_that_answers_closes_the_breaker() {
+    let Some(addr) = redis_addr() else { return };
+    let t = target(addr, 2000.0);
+    t.breaker.failure(real_ms() - 1000.0, "test");
+    let mut c = Conn::new(t.clone());
+    let log: Log = Rc::default();
+    let mut out = Vec::new();
+    // Backoff already over (opened 1 s "ago"): this call probes.
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 0),
+      &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert!(c.is_probing());
+    drive(&mut c, 3000.0, &|| t.breaker.is_closed());
+    assert_eq!(t.breaker.phase(), Phase::Closed);
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 1),
+      &mut out,
+    );
+    assert!(out.is_empty());
+    let l2 = log.clone();
+    drive(&mut c, 3000.0, &|| l2.borrow().len() == 1);
+    assert_eq!(
+      log.borrow()[0].1.as_ref().unwrap()[0],
+      Reply::Value(Value::SimpleString("PONG".into()))
+    );
+  }
+
+  /// A bad password fails the handshake: every queued command gets the
+  /// error, which never contains the password.
+  #[test]
+  fn a_refused_handshake_fails_queued_commands_without_the_password() {
+    let Some(addr) = redis_addr() else { return };
+    let mut t = target(addr, 2000.0);
+    Arc::get_mut(&mut t).unwrap().password = Some("wrong-s3cret-pw".into());
+    let mut c = Conn::new(t.clone());
+    let log: Log = Rc::default();
+    let mut out = Vec::new();
+    c.send(
+      real_ms(),
+      &|b| resp::encode(b, &[b"PING"]),
+      1,
+      recorder(&log, 0),
+      &mut out,
+    );
+    let l2 = log.clone();
+    drive(&mut c, 3000.0, &|| !l2.borrow().is_empty());
+    let e = log.borrow()[0].1.clone().unwrap_err();
+    assert!(!e.message.contains("wrong-s3cret-pw"), "{}", e.message);
+    let _ = c.fd().map(|fd| fd.as_raw_fd());
   }
 }

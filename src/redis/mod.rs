@@ -85,21 +85,25 @@ pub fn redact(url: &str) -> String {
 /// `text` with every secret of `urls` (passwords, user names) replaced.
 pub fn scrub(text: &str, urls: &[&str]) -> String {
   let mut out = text.to_string();
+  // Whole `user:password` first, then each secret alone.
+  for u in urls {
+    if let Some(scheme_end) = u.find("://") {
+      let rest = &u[scheme_end + 3..];
+      let host_start = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+      if let Some(at) = rest[..host_start].rfind('@') {
+        let userinfo = &rest[..at];
+        if !userinfo.is_empty() {
+          out = out.replace(userinfo, "***");
+        }
+      }
+    }
+  }
   for u in urls {
     if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(*u) {
       let r = info.redis_settings();
       for secret in [r.password(), r.username()].into_iter().flatten() {
         if secret.len() >= 2 {
           out = out.replace(secret, "***");
-        }
-      }
-    }
-    if let Some(scheme_end) = u.find("://") {
-      let rest = &u[scheme_end + 3..];
-      if let Some(at) = rest.find('@') {
-        let userinfo = &rest[..at];
-        if !userinfo.is_empty() {
-          out = out.replace(userinfo, "***");
         }
       }
     }
@@ -774,5 +778,79 @@ mod tests {
       assert_eq!(v, "v1");
       let _: () = r.query(redis::cmd("DEL").arg(&k)).await.unwrap();
     });
+  }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+  use super::*;
+
+  fn cfg(url: &str, prefix: &str, cmd_ms: f64) -> RedisConfig {
+    RedisConfig::from_options(&RedisOptions {
+      url: Some(url.into()),
+      key_prefix: Some(prefix.into()),
+      command_timeout_ms: Some(cmd_ms),
+      ..Default::default()
+    })
+    .unwrap()
+  }
+
+  /// Every component on one endpoint (URL and timeouts) shares one
+  /// endpoint: one breaker, one Tokio-side connection, one pub/sub hub;
+  /// another prefix does not make another endpoint, other timeouts do.
+  #[test]
+  fn components_on_one_endpoint_share_it() {
+    let a = Redis::new(cfg("redis://127.0.0.1:7/0", "a:", 1000.0)).unwrap();
+    let b = Redis::new(cfg("redis://127.0.0.1:7/0", "b:", 1000.0)).unwrap();
+    let c = Redis::new(cfg("redis://127.0.0.1:7/0", "a:", 500.0)).unwrap();
+    assert!(Arc::ptr_eq(&a.ep, &b.ep));
+    assert!(Arc::ptr_eq(&a.ep.breaker, &b.ep.breaker));
+    assert!(!Arc::ptr_eq(&a.ep, &c.ep));
+    assert_eq!(a.key("k"), "a:k");
+    assert_eq!(b.key("k"), "b:k");
+    // A failure seen through one is seen by the other: one breaker.
+    a.breaker().failure(real_ms(), "test");
+    assert!(!b.breaker().is_closed());
+  }
+
+  #[test]
+  fn passwords_never_appear_in_messages() {
+    let url = "redis://user:hunter2secret@127.0.0.1:6379/1";
+    let c = cfg(url, "p:", 1000.0);
+    let shown = format!("{c:?} {}", c.fingerprint());
+    assert!(!shown.contains("hunter2secret"), "{shown}");
+    assert!(!shown.contains("user:"), "{shown}");
+    assert_eq!(redact(url), "redis://***@127.0.0.1:6379/1");
+    assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    assert_eq!(
+      c.scrub("could not connect to redis://user:hunter2secret@x (hunter2secret)"),
+      "could not connect to redis://***@x (***)"
+    );
+    // Two configs differing only in password still differ.
+    let d = cfg("redis://user:other@127.0.0.1:6379/1", "p:", 1000.0);
+    assert_ne!(c.fingerprint(), d.fingerprint());
+    // Bad URLs: the message shows the URL without its password.
+    for bad in [
+      "http://:hunter2secret@h:1",
+      "redis://:hunter2secret@h:notaport",
+    ] {
+      let e = RedisConfig::from_options(&RedisOptions {
+        url: Some(bad.into()),
+        ..Default::default()
+      })
+      .unwrap_err();
+      assert!(!e.message.contains("hunter2secret"), "{}", e.message);
+    }
+  }
+
+  #[test]
+  fn cluster_without_url_is_accepted() {
+    let c = RedisConfig::from_options(&RedisOptions {
+      cluster: Some(vec!["redis://127.0.0.1:7000".into()]),
+      ..Default::default()
+    })
+    .unwrap();
+    assert!(c.url.is_empty());
+    assert!(Redis::new(c).unwrap().is_cluster());
   }
 }
