@@ -386,7 +386,10 @@ impl Redis {
   /// single node over plain TCP and the thread runs a Node event loop.
   pub fn fast(&self, env: napi::sys::napi_env) -> Option<Fast> {
     let target = self.ep.target.as_ref()?;
-    if std::env::var_os("HOTPATH_REDIS_NO_FAST").is_some() {
+    // HOTPATH_REDIS_NO_FAST=1: everything through the Tokio side (for
+    // comparisons and as an escape hatch).
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("HOTPATH_REDIS_NO_FAST").is_some_and(|v| v != "0")) {
       return None;
     }
     let core = uv::core(env)?;
