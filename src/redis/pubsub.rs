@@ -123,7 +123,9 @@ impl Hub {
   fn deliver(&self, channel: &str, payload: &[u8]) {
     let ls = self.listeners.lock().get(channel).cloned();
     for l in ls.into_iter().flatten() {
-      (l.on_message)(payload);
+      if (l.alive)() {
+        (l.on_message)(payload);
+      }
     }
   }
 }
