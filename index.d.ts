@@ -70,6 +70,16 @@ export interface CacheSetOptions {
   tags?: string[]
 }
 
+/** Options of `getOrSet`. */
+export interface GetOrSetOptions extends CacheSetOptions {
+  /** Bounds this caller's wait (the leader's included): rejects `ERR_TIMEOUT` and frees the key. At most 2^31 - 1. */
+  timeoutMs?: number
+  /** Rejects `ERR_ABORTED` when it aborts. */
+  signal?: AbortSignal
+  /** `'redis'` (needs `redis`): one factory run across every process on that Redis, through a lease. Default: `'process'`. */
+  singleFlight?: 'process' | 'redis'
+}
+
 /**
  * A two-level cache: L1 in process (moka, off the V8 heap, shared by every
  * thread when named), L2 on Redis. Hot reads (`getSync`, and `get` on an L1
@@ -98,7 +108,7 @@ export declare class CacheManager<V extends CacheValue = CacheValue> {
    * threads included): one factory run per missing key. If the factory
    * throws, every waiter rejects with that error and nothing is cached.
    */
-  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<V>
+  getOrSet(key: string, factory: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V>
   /** Every level, and other instances' L1. Resolves whether the key existed. */
   delete(key: string): Promise<boolean>
   deleteMany(keys: string[]): Promise<number>

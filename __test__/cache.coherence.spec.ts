@@ -7,14 +7,12 @@ import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
-import { createRequire } from 'node:module'
 import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
 let n = 0
 const prefix = () => `hp-coh-${process.pid}-${++n}:`
 const uniq = (s: string) => `${s}-${process.pid}-${++n}`
-const require = createRequire(import.meta.url)
-const hooks = require('../lib/testing.js')
+const hooks = require('hotpath/testing')
 const never = () => new Promise<never>(() => {})
 
 /** Fails the test instead of hanging when `p` never settles (a wedged key). */

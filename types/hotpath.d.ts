@@ -13,6 +13,7 @@ export type {
   CacheSetOptions,
   CacheStats,
   CacheValue,
+  GetOrSetOptions,
   CachedDecorator,
   HotpathErrorCode,
   JsonArray,
