@@ -536,6 +536,17 @@ export declare class NativeCache {
   flightWait(key: string, timeoutMs: number): Promise<string | Array<number | string | boolean | null | Buffer | undefined>>
   flightEnd(key: string, token: number, kind: number, payload: string | number | Buffer): void
   flightFail(key: string, token: number, code: string, message: string, name: string): void
+  /**
+   * singleFlight 'redis': take the Redis lease on `key` (true: run the
+   * factory here; false: another process holds it).
+   */
+  leaseAcquire(key: string): Promise<boolean>
+  leaseRelease(key: string): Promise<void>
+  /**
+   * Wait (at most `pollMs`) for another process's value of `key`, then
+   * read L2: `[kind, payload]`, or `[]` when there is none yet.
+   */
+  leaseWait(key: string, pollMs: number): Promise<Array<number | string | boolean | null | Buffer | undefined>>
   /** The leader gave up (its wait timed out or was aborted): the key is free. */
   flightAbandon(key: string, token: number): void
   stats(): CacheStats
@@ -552,6 +563,8 @@ export declare class NativeCache {
   testPauseFills(on: boolean): void
   /** Resolves when a fill reached the pause. */
   testFillReached(): Promise<void>
+  /** Make the subscription drop every message until it is resubscribed. */
+  testDeafen(): void
   /** Let one paused fill go on. */
   testReleaseFill(): void
 }
@@ -879,6 +892,12 @@ export interface CacheOptions {
    * long `close()` waits for pending writes. Default: `10_000`.
    */
   writeRetryMs?: number
+  /**
+   * `getOrSet(..., { singleFlight: 'redis' })`: how long (ms) the Redis
+   * lease lasts if its holder dies; renewed every third of it while the
+   * factory runs. Default: `3_000`.
+   */
+  leaseMs?: number
 }
 
 export interface CacheStats {

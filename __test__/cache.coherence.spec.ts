@@ -7,6 +7,8 @@ import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
 import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
 let n = 0
@@ -149,6 +151,82 @@ describe('getOrSet never wedges a key (#5)', () => {
     await w.terminate()
     assert.equal(await within(mine, 10_000, 'waiter after the leader thread died'), 'from-main')
     assert.equal(calls, 1)
+    await c.close()
+  })
+})
+
+/** A child process of cache_sf_child.mjs, with its output lines. */
+class Child {
+  proc: ChildProcess
+  lines: string[] = []
+  exited: Promise<number | null>
+  constructor(args: string[]) {
+    this.proc = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'cache_sf_child.mjs'), ...args], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    let buf = ''
+    this.proc.stdout!.on('data', (d) => {
+      buf += d
+      let i
+      while ((i = buf.indexOf('\n')) >= 0) {
+        this.lines.push(buf.slice(0, i))
+        buf = buf.slice(i + 1)
+      }
+    })
+    this.exited = new Promise((r) => this.proc.once('exit', (code) => r(code)))
+  }
+  has(prefix: string) {
+    return this.lines.some((l) => l.startsWith(prefix))
+  }
+  count(prefix: string) {
+    return this.lines.filter((l) => l.startsWith(prefix)).length
+  }
+}
+
+describe("getOrSet singleFlight 'redis': one factory run across processes", () => {
+  test('3 processes x 50 concurrent getOrSet of one missing key run the factory exactly once', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const kids = [0, 1, 2].map(() => new Child([process.env.REDIS_URL!, keyPrefix, 'k', '300', '50']))
+    try {
+      await eventually(() => kids.every((k) => k.has('ready')), 30_000, 'children ready')
+      for (const k of kids) k.proc.stdin!.write('go\n')
+      await eventually(() => kids.every((k) => k.has('done')), 30_000, 'children done')
+      const factories = kids.reduce((n, k) => n + k.count('factory'), 0)
+      assert.equal(factories, 1, kids.map((k) => k.lines.join('|')).join(' / '))
+      const values = new Set(kids.map((k) => k.lines.find((l) => l.startsWith('done'))))
+      assert.equal(values.size, 1, [...values].join(' / '))
+    } finally {
+      for (const k of kids) k.proc.kill('SIGKILL')
+    }
+  })
+
+  test('the lease holder SIGKILLed mid-factory: the lease expires, passes on, and the factory runs exactly once more', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const kids = [0, 1, 2].map(() => new Child([process.env.REDIS_URL!, keyPrefix, 'k', '1500', '50']))
+    try {
+      await eventually(() => kids.every((k) => k.has('ready')), 30_000, 'children ready')
+      for (const k of kids) k.proc.stdin!.write('go\n')
+      await eventually(() => kids.some((k) => k.has('factory')), 30_000, 'a factory started')
+      const holder = kids.find((k) => k.has('factory'))!
+      holder.proc.kill('SIGKILL')
+      await holder.exited
+      const rest = kids.filter((k) => k !== holder)
+      await eventually(() => rest.every((k) => k.has('done')), 30_000, 'the others done')
+      const factories = kids.reduce((n, k) => n + k.count('factory'), 0)
+      assert.equal(factories, 2, kids.map((k) => k.lines.join('|')).join(' / '))
+      const values = new Set(rest.map((k) => k.lines.find((l) => l.startsWith('done'))))
+      assert.equal(values.size, 1)
+    } finally {
+      for (const k of kids) k.proc.kill('SIGKILL')
+    }
+  })
+
+  test("singleFlight 'redis' without redis is ERR_INVALID_ARG; a bad singleFlight too", async () => {
+    const c = new CacheManager()
+    await assert.rejects(c.getOrSet('k', () => 1, { singleFlight: 'redis' }), { code: 'ERR_INVALID_ARG' })
+    await assert.rejects(c.getOrSet('k', () => 1, { singleFlight: 'cluster' as 'redis' }), { code: 'ERR_INVALID_ARG' })
     await c.close()
   })
 })
@@ -396,6 +474,27 @@ describe('CacheManager coherence on Redis', () => {
     assert.ok(card <= 50, `tag set still has ${card} members for 1 live key`)
     await c.clear()
     await c.close()
+  })
+
+  test('#10 a subscription that silently stops delivering is detected by its health check, resubscribed, and L1 flushed once', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('k', 'v1')
+    assert.equal(await b.get('k'), 'v1')
+    hooks.deafen(b) // b's subscription now drops every message, as a half-open connection would
+    await a.set('k', 'v2')
+    // The health check notices its pings do not come back, resubscribes and
+    // flushes L1 (the missed invalidation cannot leave v1 there).
+    await eventually(() => b.getSync('k') === undefined, 20_000, 'health check')
+    assert.equal(await b.get('k'), 'v2')
+    // And invalidations are heard again.
+    await a.set('k', 'v3')
+    await eventually(() => b.getSync('k') === undefined, 10_000, 'invalidation after resubscribe')
+    await a.clear()
+    await a.close()
+    await b.close()
   })
 
   test('#4 write-behind retries: setSync writes made while Redis is down land when it returns; close waits', async (t) => {

@@ -161,6 +161,18 @@ describe('the default key', () => {
     assert.ok(collisionsChecked > 100 && byKey.size > 1000, `${collisionsChecked} repeats, ${byKey.size} distinct`)
   })
 
+  test('strings are exactly their JSON text (randomized, seed 99: quotes, escapes, surrogates, controls)', () => {
+    const rand = rng(99)
+    const alphabet = ['a', 'Z', '0', ' ', '"', '\\', '\n', '\u0000', '\u001f', '\u007f', '\u2028', 'é', '✓', '\ud83d\ude00', '\ud800', '\udfff', ',', ':', '{']
+    for (let i = 0; i < 5000; i++) {
+      let s = ''
+      const n = Math.floor(rand() * 8)
+      for (let j = 0; j < n; j++) s += alphabet[Math.floor(rand() * alphabet.length)]
+      assert.equal(defaultKey('f', [s]), 'f:' + JSON.stringify(s))
+      assert.equal(defaultKey('f', [{ [s]: s }]), `f:{${JSON.stringify(s)}:${JSON.stringify(s)}}`)
+    }
+  })
+
   test('long argument lists are hashed (sha256, base64url): short, stable, distinct', () => {
     const long = { text: 'x'.repeat(1000), n: 1 }
     const k = defaultKey('search', [long])
@@ -718,6 +730,36 @@ describe('two processes on one Redis', () => {
     } finally {
       r.disconnect()
     }
+  })
+
+  test("singleFlight: 'redis' runs fn once across instances that share only Redis", async (t) => {
+    const url = redisUrl(t)
+    if (!url) return
+    const keyPrefix = `hp-wrapsf-${process.pid}-${Date.now()}:`
+    // Two unnamed caches: separate in-process state, one Redis.
+    const c1 = new CacheManager({ redis: { url, keyPrefix } })
+    const c2 = new CacheManager({ redis: { url, keyPrefix } })
+    let calls = 0
+    const gate = deferred()
+    async function report(id: number) {
+      calls++
+      await gate.promise
+      return `report ${id}`
+    }
+    const w1 = c1.wrap(report, { singleFlight: 'redis', timeoutMs: 10_000 })
+    const w2 = c2.wrap(report, { singleFlight: 'redis', timeoutMs: 10_000 })
+    const first = w1(5)
+    // Let the first call take its lease before the second asks.
+    for (let i = 0; i < 50 && calls === 0; i++) await new Promise((r) => setTimeout(r, 10))
+    const second = w2(5)
+    await new Promise((r) => setTimeout(r, 100))
+    gate.resolve()
+    assert.deepEqual(await Promise.all([first, second]), ['report 5', 'report 5'])
+    await c1.close()
+    await c2.close()
+    // Reported as TODO (not a failure) until getOrSet's singleFlight: 'redis' exists.
+    if (calls !== 1) t.todo(`fn ran ${calls} times: getOrSet's singleFlight: 'redis' (issue 13) is not on this branch yet`)
+    assert.equal(calls, 1)
   })
 
   test('limiter.wrap on a Redis limiter: denied beyond the limit, shared by every handle', async (t) => {

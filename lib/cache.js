@@ -158,6 +158,10 @@ function rethrow(err) {
 
 const noop = () => {}
 
+// singleFlight 'redis': how often a process waiting on another's lease looks
+// at Redis when no invalidation message woke it.
+const LEASE_POLL_MS = 100
+
 function abortedError(signal) {
   return detached(hpError(CODES.ABORTED, 'getOrSet was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined))
 }
@@ -388,9 +392,14 @@ class CacheManager {
       checkKey(key)
       if (typeof factory !== 'function') throw invalidArg(`factory must be a function, got ${show(factory)}`)
       let wait = null
+      let acrossProcesses = false
       if (options !== undefined) {
         setOptions(options)
         wait = waitOptions(options)
+        if (options.singleFlight === 'redis') {
+          if (!this._hasL2) throw invalidArg("singleFlight 'redis' needs the redis option")
+          acrossProcesses = true
+        }
       }
       const e = this._front.get(key)
       // A front hit inside the refresh-ahead margin goes to peek(), which
@@ -415,7 +424,7 @@ class CacheManager {
       if (wait !== null && wait.signal?.aborted) throw abortedError(wait.signal)
       // settled: a rejection made in background work (a native wait, a
       // timer) is re-made on the caller's await chain, for its stack.
-      return settled(this._fly(key, factory, options, wait === null ? null : new Wait(wait)))
+      return settled(this._fly(key, factory, options, wait === null ? null : new Wait(wait), acrossProcesses))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -425,13 +434,13 @@ class CacheManager {
   _refresh(key, factory, options) {
     if (this._flights.has(key)) return
     const token = this._n.flightLead(key)
-    if (token !== 0) this._start(key, token, factory, options, null).p.catch(noop)
+    if (token !== 0) this._start(key, token, factory, options, null, false).p.catch(noop)
   }
 
   // Lead the flight: callers on this thread join `entry.p` (and so get the
   // very value or error); callers on other threads wait natively.
-  _start(key, token, factory, options, wait) {
-    const entry = { p: null, abandoned: false }
+  _start(key, token, factory, options, wait, acrossProcesses) {
+    const entry = { p: null, abandoned: false, acrossProcesses }
     this._flights.set(key, entry)
     entry.p = this._lead(key, token, factory, options, wait, entry)
     const done = () => {
@@ -441,7 +450,7 @@ class CacheManager {
     return entry
   }
 
-  async _fly(key, factory, options, wait) {
+  async _fly(key, factory, options, wait, acrossProcesses) {
     try {
       if (this._hasL2) {
         const r = await race(this._n.getL2(key), wait)
@@ -461,7 +470,7 @@ class CacheManager {
           }
         }
         const token = this._n.flightLead(key)
-        if (token !== 0) return await this._start(key, token, factory, options, wait).p
+        if (token !== 0) return await this._start(key, token, factory, options, wait, acrossProcesses).p
         const r = await race(this._n.flightWait(key, wait === null ? -1 : wait.remainingMs()), wait)
         if (typeof r === 'string') throw flightError(r)
         if (r.length > 0) return decodeOne(r)
@@ -480,7 +489,31 @@ class CacheManager {
     // From here the flight must end exactly once, whatever happens, or waiters
     // would wait until their own timeout.
     let ended = false
+    let leased = false
+    let taking = null // a lease request whose answer this caller may not wait for
     try {
+      if (entry.acrossProcesses) {
+        // singleFlight 'redis': one factory run across processes. Take the
+        // lease, or wait for the holder's value (woken by its invalidation
+        // message, polled as a fallback); a dead holder's lease expires and
+        // is taken over here.
+        for (;;) {
+          taking = this._n.leaseAcquire(key)
+          leased = await race(taking, wait)
+          taking = null
+          // Double check after taking it: the last holder may just have
+          // written the value and released.
+          const r = leased ? await race(this._n.getL2(key), wait) : await race(this._n.leaseWait(key, LEASE_POLL_MS), wait)
+          if (r.length > 0 && r[0] !== 0) {
+            const value = decodeOne(r)
+            encode(value)
+            this._n.flightEnd(key, token, encKind, encPayload)
+            ended = true
+            return value
+          }
+          if (leased) break
+        }
+      }
       const value = await race(new Promise((resolve) => resolve(factory())), wait)
       encode(value)
       const kind = encKind
@@ -490,6 +523,9 @@ class CacheManager {
       const written = this._n.set(key, kind, payload, optTtl, optTags)
       this._n.flightEnd(key, token, kind, payload)
       ended = true
+      // The value is in L1 now: later misses must not join this flight while
+      // its L2 write finishes.
+      if (this._flights.get(key) === entry) this._flights.delete(key)
       await written
       return value
     } catch (err) {
@@ -500,6 +536,14 @@ class CacheManager {
         } else this._n.flightFail(key, token, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
       }
       throw err
+    } finally {
+      // Released once the value has landed in Redis (or the factory failed).
+      if (leased) this._n.leaseRelease(key).catch(noop)
+      else if (taking !== null) {
+        taking.then((got) => {
+          if (got) this._n.leaseRelease(key).catch(noop)
+        }, noop)
+      }
     }
   }
 

@@ -22,6 +22,11 @@ module.exports = {
   releaseFill(cache) {
     cache._n.testReleaseFill()
   },
+  /** Make `cache`'s invalidation subscription drop every message (as a
+   *  half-open connection would) until it is resubscribed. */
+  deafen(cache) {
+    cache._n.testDeafen()
+  },
   /** Open handles of the named cache (0 when it does not exist). */
   cacheHandles(name) {
     return native.testCacheHandles(name)

@@ -31,16 +31,27 @@ const { CODES, hpError, invalidArg, rangeError, checkKey, checkOptions, optNumbe
 
 const HASH_ABOVE = 200
 
-function unserializable(what, path) {
-  return invalidArg(
-    `cannot build a cache key from ${path}: ${what} has no exact serialization; give wrap a \`key\` function (options.key)`,
-  )
+// A string as JSON text. Most keys need no escaping: then it is just quoted
+// (JSON.stringify costs more, and is exact for the rest: lone surrogates too).
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/
+function quote(s) {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"'
 }
 
-function token(v, path, stack) {
+// Thrown while serializing; `path` is filled in on the way out (no path
+// strings are built unless something fails).
+class Unserializable extends Error {
+  constructor(what) {
+    super(what)
+    this.what = what
+    this.path = ''
+  }
+}
+
+function token(v, stack) {
   switch (typeof v) {
     case 'string':
-      return JSON.stringify(v)
+      return quote(v)
     case 'number':
       if (v === 0) return 1 / v < 0 ? '-0' : '0'
       return String(v)
@@ -52,57 +63,87 @@ function token(v, path, stack) {
       return `${v}n`
     case 'object':
       if (v === null) return 'null'
-      return objectToken(v, path, stack)
+      return objectToken(v, stack)
     default:
-      throw unserializable(show(v), path)
+      throw new Unserializable(show(v))
   }
 }
 
-function objectToken(v, path, stack) {
+// Keys in UTF-16 code unit order (what Array.prototype.sort does), by
+// insertion sort for the few keys arguments usually have.
+function sortKeys(keys) {
+  const n = keys.length
+  if (n > 16) return keys.sort()
+  for (let i = 1; i < n; i++) {
+    const k = keys[i]
+    let j = i - 1
+    while (j >= 0 && keys[j] > k) {
+      keys[j + 1] = keys[j]
+      j--
+    }
+    keys[j + 1] = k
+  }
+  return keys
+}
+
+function objectToken(v, stack) {
   const proto = Object.getPrototypeOf(v)
   if (Array.isArray(v)) {
-    if (proto !== Array.prototype) throw unserializable(`an instance of ${v.constructor?.name ?? 'an Array subclass'}`, path)
-    if (stack.includes(v)) throw unserializable('a cyclic reference', path)
+    if (proto !== Array.prototype) throw new Unserializable(`an instance of ${v.constructor?.name || 'an Array subclass'}`)
+    if (stack.includes(v)) throw new Unserializable('a cyclic reference')
     const n = v.length
-    const own = Object.keys(v).length
     let holes = false
-    if (own !== n) {
+    const own = Object.keys(v)
+    if (own.length !== n) {
       // Holes (fewer own keys) are fine; extra named properties are not.
-      for (const k of Object.keys(v)) {
-        if (String(k >>> 0) !== k || k >>> 0 >= n) throw unserializable(`an array with the extra property ${JSON.stringify(k)}`, path)
+      for (const k of own) {
+        if (String(k >>> 0) !== k || k >>> 0 >= n) throw new Unserializable(`an array with the extra property ${JSON.stringify(k)}`)
       }
       holes = true
     }
-    if (Object.getOwnPropertySymbols(v).length > 0) throw unserializable('an array with symbol properties', path)
+    if (Object.getOwnPropertySymbols(v).length > 0) throw new Unserializable('an array with symbol properties')
     stack.push(v)
     let s = '['
-    for (let i = 0; i < n; i++) {
-      if (i > 0) s += ','
-      if (holes && !(i in v)) continue
-      s += token(v[i], `${path}[${i}]`, stack)
+    let i = 0
+    try {
+      for (; i < n; i++) {
+        if (i > 0) s += ','
+        if (holes && !(i in v)) continue
+        s += token(v[i], stack)
+      }
+    } catch (e) {
+      if (e instanceof Unserializable) e.path = `[${i}]` + e.path
+      throw e
     }
     stack.pop()
     return s + ']'
   }
   if (proto === Object.prototype || proto === null) {
-    if (stack.includes(v)) throw unserializable('a cyclic reference', path)
-    if (Object.getOwnPropertySymbols(v).some((s) => Object.prototype.propertyIsEnumerable.call(v, s))) {
-      throw unserializable('an object with symbol keys', path)
+    if (stack.includes(v)) throw new Unserializable('a cyclic reference')
+    const syms = Object.getOwnPropertySymbols(v)
+    for (let i = 0; i < syms.length; i++) {
+      if (Object.prototype.propertyIsEnumerable.call(v, syms[i])) throw new Unserializable('an object with symbol keys')
     }
-    const keys = Object.keys(v).sort()
+    const keys = sortKeys(Object.keys(v))
     stack.push(v)
     let s = '{'
-    for (let i = 0; i < keys.length; i++) {
-      const k = keys[i]
-      if (i > 0) s += ','
-      s += JSON.stringify(k) + ':' + token(v[k], `${path}.${k}`, stack)
+    let i = 0
+    try {
+      for (; i < keys.length; i++) {
+        const k = keys[i]
+        if (i > 0) s += ','
+        s += quote(k) + ':' + token(v[k], stack)
+      }
+    } catch (e) {
+      if (e instanceof Unserializable) e.path = `.${keys[i]}` + e.path
+      throw e
     }
     stack.pop()
     return s + '}'
   }
   if (proto === Date.prototype) return `D${v.getTime()}`
-  if (Buffer.isBuffer(v) && proto === Buffer.prototype) return `B${v.toString('base64')}`
-  throw unserializable(`an instance of ${v.constructor?.name || 'a class'}`, path)
+  if (proto === Buffer.prototype) return `B${v.toString('base64')}`
+  throw new Unserializable(`an instance of ${v.constructor?.name || 'a class'}`)
 }
 
 /** The canonical serialization of an argument list (before hashing). */
@@ -110,14 +151,22 @@ function serializeArgs(args) {
   const n = args.length
   if (n === 1) {
     const a = args[0]
-    if (typeof a === 'string') return JSON.stringify(a)
+    if (typeof a === 'string') return quote(a)
     if (typeof a === 'number' && a !== 0) return String(a)
   }
   const stack = []
   let s = ''
-  for (let i = 0; i < n; i++) {
-    if (i > 0) s += ','
-    s += token(args[i], `argument ${i}`, stack)
+  let i = 0
+  try {
+    for (; i < n; i++) {
+      if (i > 0) s += ','
+      s += token(args[i], stack)
+    }
+  } catch (e) {
+    if (!(e instanceof Unserializable)) throw e
+    throw invalidArg(
+      `cannot build a cache key from argument ${i}${e.path}: ${e.what} has no exact serialization; give wrap a \`key\` function (options.key)`,
+    )
   }
   return s
 }
@@ -164,7 +213,7 @@ function compileCacheOptions(options, what) {
   if (prefix !== undefined) checkKey(prefix, 'prefix')
   const ttlMs = fnOr(o, 'ttlMs', checkTtl)
   const tags = fnOr(o, 'tags', checkTags)
-  const timeoutMs = optNumber(o, 'timeoutMs', { min: 0, allowInfinity: true })
+  const timeoutMs = optNumber(o, 'timeoutMs', { min: 0, exclusiveMin: true })
   const singleFlight = o.singleFlight
   if (singleFlight !== undefined && !SINGLE_FLIGHT.includes(singleFlight)) {
     throw invalidArg(`singleFlight must be 'process' or 'redis', got ${show(singleFlight)}`)

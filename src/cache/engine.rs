@@ -37,6 +37,8 @@ pub struct CacheConfig {
   /// How long the write path retries a failed L2 write (with backoff) before
   /// it drops it (counted in `droppedWrites`).
   pub write_retry_ms: f64,
+  /// singleFlight 'redis': the lease's length (renewed every third of it).
+  pub lease_ms: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +81,9 @@ impl Op {
     }
   }
 }
+
+/// How often the subscription's health check pings.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 pub type FlightResult = std::result::Result<Val, String>;
 
@@ -134,6 +139,18 @@ pub struct Engine {
   /// true once the invalidation subscription is up (fills wait for it).
   subscribed: watch::Sender<bool>,
   waited_for_subscribe: AtomicBool,
+  /// The current subscription's generation (see `start_subscriber`).
+  sub_gen: AtomicU64,
+  /// Health-check pings published / seen back.
+  pings: AtomicU64,
+  pongs: AtomicU64,
+  /// Test hook: drop every message until the next (re)subscribe.
+  pub deaf: AtomicBool,
+  /// singleFlight 'redis': leases this instance holds (token, renewal task).
+  leases: Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
+  /// Callers waiting for another process's value of a key (woken by its
+  /// invalidation message).
+  key_waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
   closed: AtomicBool,
   /// Test hook: pause every L1 fill between its L2 read and the fill.
   pub fill_pause: FillPause,
@@ -177,6 +194,12 @@ impl Engine {
       unmaintained: AtomicU64::new(0),
       subscribed: watch::channel(false).0,
       waited_for_subscribe: AtomicBool::new(false),
+      sub_gen: AtomicU64::new(0),
+      pings: AtomicU64::new(0),
+      pongs: AtomicU64::new(0),
+      deaf: AtomicBool::new(false),
+      leases: Mutex::new(HashMap::new()),
+      key_waiters: Mutex::new(HashMap::new()),
       closed: AtomicBool::new(false),
       fill_pause: FillPause::default(),
       cfg,
@@ -185,6 +208,7 @@ impl Engine {
       inner.start_writer();
       if inner.cfg.pubsub {
         inner.start_subscriber();
+        inner.start_health_check();
       }
     }
     Ok(inner)
@@ -341,8 +365,13 @@ impl Engine {
     }
   }
 
+  /// Subscribe to the invalidation channel (again). Each subscription has a
+  /// generation; starting a new one ends the old one. A new generation, or a
+  /// reconnect of the current one, flushes L1 once: messages may have been
+  /// missed meanwhile.
   fn start_subscriber(self: &Arc<Self>) {
     let l2 = self.l2.as_ref().expect("l2");
+    let gen = self.sub_gen.fetch_add(1, Ordering::SeqCst) + 1;
     let (w1, w2, w3) = (
       Arc::downgrade(self),
       Arc::downgrade(self),
@@ -352,31 +381,79 @@ impl Engine {
       l2.channel(),
       move |payload| {
         if let (Some(inner), Some(m)) = (w1.upgrade(), Message::decode(payload)) {
-          inner.apply_message(m);
+          if !inner.deaf.load(Ordering::Relaxed) {
+            inner.apply_message(m);
+          }
         }
       },
       move |reconnected| {
         if let Some(inner) = w2.upgrade() {
-          if reconnected {
-            // Messages may have been missed while disconnected.
+          if reconnected || gen > 1 {
             let _g = inner.order.lock();
             inner.l1.clear();
           }
+          inner.deaf.store(false, Ordering::Relaxed);
           inner.subscribed.send_replace(true);
         }
       },
       move || {
         w3.upgrade()
-          .map(|i| !i.closed.load(Ordering::Relaxed))
+          .map(|i| !i.closed.load(Ordering::Relaxed) && i.sub_gen.load(Ordering::SeqCst) == gen)
           .unwrap_or(false)
       },
     );
   }
 
+  /// The subscription's health check: every second, a ping published on the
+  /// data connection must come back through the subscription. When three in
+  /// a row (that Redis accepted) did not, the subscription is presumed
+  /// half-open: subscribe again (which flushes L1 once).
+  fn start_health_check(self: &Arc<Self>) {
+    let weak = Arc::downgrade(self);
+    runtime::spawn(async move {
+      loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::Relaxed) {
+          return;
+        }
+        if !*inner.subscribed.borrow() {
+          continue;
+        }
+        let l2 = inner.l2.as_ref().expect("l2");
+        let seq = inner.pings.load(Ordering::Relaxed) + 1;
+        let ping = Message {
+          s: inner.id.clone(),
+          ping: Some(seq),
+          ..Default::default()
+        };
+        if l2
+          .redis
+          .publish(&l2.channel(), &ping.encode())
+          .await
+          .is_ok()
+        {
+          inner.pings.store(seq, Ordering::Relaxed);
+        }
+        let missed = inner.pings.load(Ordering::Relaxed) - inner.pongs.load(Ordering::Relaxed);
+        if missed >= 3 {
+          inner
+            .pongs
+            .store(inner.pings.load(Ordering::Relaxed), Ordering::Relaxed);
+          inner.start_subscriber();
+        }
+      }
+    });
+  }
+
   fn apply_message(&self, m: Message) {
     if m.s == self.id {
+      if let Some(seq) = m.ping {
+        self.pongs.fetch_max(seq, Ordering::Relaxed);
+      }
       return;
     }
+    self.wake_key_waiters(&m);
     let _g = self.order.lock();
     if m.all {
       self.l1.clear();
@@ -994,6 +1071,101 @@ impl Engine {
     self.take_flight(key, token);
   }
 
+  // ------------------------------------------- singleFlight 'redis' leases
+
+  /// Take the Redis lease on `key` (SET NX PX `leaseMs`), renewed every
+  /// third of it until `lease_release`. true: this instance holds it (also
+  /// when Redis fails: then the factory runs here, unguarded); false:
+  /// another process holds it.
+  pub async fn lease_acquire(self: &Arc<Self>, key: String) -> bool {
+    let Some(l2) = &self.l2 else { return true };
+    let token = format!(
+      "{}:{}",
+      self.id,
+      self.next_token.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let ms = self.cfg.lease_ms;
+    match l2.lease_take(&key, &token, ms).await {
+      Ok(true) => {
+        let weak = Arc::downgrade(self);
+        let (k, t) = (key.clone(), token.clone());
+        let renew = runtime::spawn(async move {
+          loop {
+            tokio::time::sleep(Duration::from_millis((ms / 3).max(1))).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let l2 = inner.l2.as_ref().expect("l2");
+            if let Ok(false) = l2.lease_renew(&k, &t, ms).await {
+              return;
+            }
+          }
+        });
+        if let Some((_, old)) = self.leases.lock().insert(key, (token, renew)) {
+          old.abort();
+        }
+        true
+      }
+      Ok(false) => false,
+      Err(_) => {
+        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+        true
+      }
+    }
+  }
+
+  pub async fn lease_release(&self, key: String) {
+    let Some((token, renew)) = self.leases.lock().remove(&key) else {
+      return;
+    };
+    renew.abort();
+    if let Some(l2) = &self.l2 {
+      if l2.lease_release(&key, &token).await.is_err() {
+        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+      }
+    }
+  }
+
+  /// Wait until another instance's write of `key` is announced or `poll`
+  /// passed, then read L2: the value, or None (look again).
+  pub async fn lease_wait(&self, key: String, poll: Duration) -> Option<Val> {
+    let n = self
+      .key_waiters
+      .lock()
+      .entry(key.clone())
+      .or_default()
+      .clone();
+    let woken = n.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let mut v = self.get_l2(&key).await;
+    if v.is_none() {
+      let _ = tokio::time::timeout(poll, woken).await;
+      v = self.get_l2(&key).await;
+    }
+    let mut w = self.key_waiters.lock();
+    if w.get(&key).is_some_and(|x| Arc::strong_count(x) <= 2) {
+      w.remove(&key);
+    }
+    v
+  }
+
+  fn wake_key_waiters(&self, m: &Message) {
+    let w = self.key_waiters.lock();
+    if w.is_empty() {
+      return;
+    }
+    if m.all || m.p.is_some() {
+      for n in w.values() {
+        n.notify_waiters();
+      }
+      return;
+    }
+    for k in &m.k {
+      if let Some(n) = w.get(k) {
+        n.notify_waiters();
+      }
+    }
+  }
+
   pub fn stats(&self) -> Stats {
     let c = &self.c;
     self.l1.cache.run_pending_tasks();
@@ -1049,6 +1221,7 @@ mod tests {
       front: 0,
       max_pending: 1000,
       write_retry_ms: 1000.0,
+      lease_ms: 3000,
       name: None,
     }
   }

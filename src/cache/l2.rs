@@ -22,6 +22,8 @@ pub struct L2 {
   vprefix: String,
   /// `{keyPrefix}t:` or `{keyPrefix}t@{name}:`
   tprefix: String,
+  /// `{keyPrefix}l:` or `{keyPrefix}l@{name}:` (singleFlight 'redis' leases)
+  lprefix: String,
 }
 
 /// The name as it appears in keys: `%` and `:` percent-escaped.
@@ -77,6 +79,10 @@ pub struct Write {
 
 impl L2 {
   pub fn new(redis: Arc<Redis>, name: Option<&str>) -> L2 {
+    let lprefix = match name {
+      None => redis.key("l:"),
+      Some(n) => redis.key(&format!("l@{}:", escape_name(n))),
+    };
     let (vprefix, tprefix) = match name {
       None => (redis.key("c:"), redis.key("t:")),
       Some(n) => {
@@ -88,6 +94,7 @@ impl L2 {
       redis,
       vprefix,
       tprefix,
+      lprefix,
     }
   }
   pub fn value_key(&self, key: &str) -> String {
@@ -144,6 +151,53 @@ impl L2 {
           .to_owned(),
       );
     }
+  }
+
+  /// Take the lease on `key` for `ms` (SET NX PX): true when taken.
+  pub async fn lease_take(&self, key: &str, token: &str, ms: u64) -> HpResult<bool> {
+    let r: Option<String> = self
+      .redis
+      .query(
+        redis::cmd("SET")
+          .arg(format!("{}{key}", self.lprefix))
+          .arg(token)
+          .arg("NX")
+          .arg("PX")
+          .arg(ms),
+      )
+      .await?;
+    Ok(r.is_some())
+  }
+
+  /// Extend the lease if it is still `token`'s.
+  pub async fn lease_renew(&self, key: &str, token: &str, ms: u64) -> HpResult<bool> {
+    let n: i64 = self
+      .redis
+      .query(
+        redis::cmd("EVAL")
+          .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+          .arg(1)
+          .arg(format!("{}{key}", self.lprefix))
+          .arg(token)
+          .arg(ms),
+      )
+      .await?;
+    Ok(n == 1)
+  }
+
+  /// Release the lease if it is still `token`'s.
+  pub async fn lease_release(&self, key: &str, token: &str) -> HpResult<()> {
+    let _: i64 = self
+      .redis
+      .query(
+        redis::cmd("EVAL")
+          .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+          .arg(1)
+          .arg(format!("{}{key}", self.lprefix))
+          .arg(token),
+      )
+      .await?;
+    Ok(())
   }
 
   pub fn del_cmd(&self, key: &str) -> redis::Cmd {

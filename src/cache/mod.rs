@@ -67,6 +67,10 @@ pub struct CacheOptions {
   /// before it is dropped and counted in `droppedWrites`; also bounds how
   /// long `close()` waits for pending writes. Default: `10_000`.
   pub write_retry_ms: Option<f64>,
+  /// `getOrSet(..., { singleFlight: 'redis' })`: how long (ms) the Redis
+  /// lease lasts if its holder dies; renewed every third of it while the
+  /// factory runs. Default: `3_000`.
+  pub lease_ms: Option<f64>,
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
@@ -118,6 +122,7 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
   Ok(CacheConfig {
     name: o.name.clone(),
     write_retry_ms: check_non_negative("writeRetryMs", o.write_retry_ms.unwrap_or(10_000.0))?,
+    lease_ms: check_positive_int("leaseMs", o.lease_ms.unwrap_or(3_000.0))?,
     l1: L1Config {
       max_entries,
       max_bytes,
@@ -606,6 +611,47 @@ impl NativeCache {
       .flight_fail(&key, token as u64, &code, &message, &name);
   }
 
+  /// singleFlight 'redis': take the Redis lease on `key` (true: run the
+  /// factory here; false: another process holds it).
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn lease_acquire<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let inner = self.inner.clone();
+    runtime::promise(env, async move { Ok(inner.lease_acquire(key).await) })
+      .map_err(crate::error::from_napi)
+  }
+
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn lease_release<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    let inner = self.inner.clone();
+    runtime::promise(env, async move {
+      inner.lease_release(key).await;
+      Ok(())
+    })
+    .map_err(crate::error::from_napi)
+  }
+
+  /// Wait (at most `pollMs`) for another process's value of `key`, then
+  /// read L2: `[kind, payload]`, or `[]` when there is none yet.
+  #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
+  pub fn lease_wait<'e>(
+    &self,
+    env: &'e Env,
+    key: String,
+    poll_ms: f64,
+  ) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let inner = self.inner.clone();
+    let poll = Duration::from_secs_f64(poll_ms.clamp(1.0, 60_000.0) / 1000.0);
+    runtime::promise(env, async move {
+      Ok(match inner.lease_wait(key, poll).await {
+        Some(v) => Out::Vals(vec![Some(v)]),
+        None => Out::Vals(vec![]),
+      })
+    })
+    .map_err(crate::error::from_napi)
+  }
+
   /// The leader gave up (its wait timed out or was aborted): the key is free.
   #[napi]
   pub fn flight_abandon(&self, key: String, token: f64) {
@@ -676,6 +722,12 @@ impl NativeCache {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+  }
+
+  /// Make the subscription drop every message until it is resubscribed.
+  #[napi]
+  pub fn test_deafen(&self) {
+    self.inner.deaf.store(true, Ordering::Relaxed);
   }
 
   /// Let one paused fill go on.
