@@ -9,7 +9,7 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT, MAX_BYTES } = require('./errors')
 const { now } = require('./clock')
 const { cacheWrap, cacheWarm } = require('./wrap')
 
@@ -138,7 +138,7 @@ function checkCacheOptions(o) {
   checkOptions(o, 'options')
   optName(o)
   optNumber(o, 'maxEntries', { min: 1, integer: true })
-  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, max: MAX_BYTES, integer: true })
   ttlOption(o, 'ttlMs', { exclusiveMin: true })
   ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
   ttlOption(o, 'idleMs', { exclusiveMin: true })
@@ -148,7 +148,7 @@ function checkCacheOptions(o) {
   ttlOption(o, 'staleMs')
   ttlOption(o, 'refreshAheadMs')
   optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
-  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: MAX_COUNT, integer: true })
 }
 
 // A native call that may throw (closed, a bug): its error as a hotpath error.

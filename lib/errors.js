@@ -136,10 +136,13 @@ function checkOptions(options, what) {
  *  days), what a Node timer can wait; longer is a RangeError. */
 const MAX_DURATION_MS = 2 ** 31 - 1
 /** The longest lifetime of state (ttlMs, idleMs, staleMs, windowMs...):
- *  1e12 ms (~31.7 years). Not a timer, so not bound to 2^31 - 1. */
-const MAX_TTL_MS = 1e12
-/** The largest count (sizes, limits, capacities): 2^53 - 1. */
-const MAX_COUNT = Number.MAX_SAFE_INTEGER
+ *  365 days, as the native boundary (src/validate.rs MAX_DURATION_MS). Not
+ *  a timer, so not bound to 2^31 - 1. */
+const MAX_TTL_MS = 365 * 24 * 3600 * 1000
+/** The largest count (limits, capacities, retries): 2^32 - 1 (src/validate.rs MAX_COUNT). */
+const MAX_COUNT = 2 ** 32 - 1
+/** The largest size in bytes: 2^53 - 1 (src/validate.rs MAX_BYTES). */
+const MAX_BYTES = Number.MAX_SAFE_INTEGER
 
 /**
  * A number option or argument `name` = `v`, checked against a stated range:
@@ -162,7 +165,7 @@ function checkNumber(name, v, { min = 0, max = MAX_COUNT, integer = false, exclu
 function describeRange(min, max, integer, exclusiveMin, allowInfinity) {
   const kind = integer ? 'an integer' : 'a number'
   const lo = exclusiveMin ? `> ${min}` : `>= ${min}`
-  const hi = max === MAX_DURATION_MS ? '2^31 - 1' : max === MAX_COUNT ? '2^53 - 1' : max === MAX_TTL_MS ? '1e12' : String(max)
+  const hi = max === MAX_DURATION_MS ? '2^31 - 1' : max === MAX_COUNT ? '2^32 - 1' : max === MAX_BYTES ? '2^53 - 1' : max === MAX_TTL_MS ? `${MAX_TTL_MS} (365 days)` : String(max)
   return `${kind} ${lo} and <= ${hi}${allowInfinity ? ', or Infinity' : ''}`
 }
 
@@ -369,4 +372,5 @@ module.exports = {
   MAX_DURATION_MS,
   MAX_TTL_MS,
   MAX_COUNT,
+  MAX_BYTES,
 }
