@@ -24,8 +24,8 @@ class BufferPool {
   constructor(options) {
     checkOptions(options, 'options')
     optName(options)
-    optNumber(options, 'chunkSize', { min: 1, max: MAX_BYTES, integer: true })
-    optNumber(options, 'maxPooledBytes', { min: 0, max: MAX_BYTES, integer: true })
+    optNumber(options, 'chunkSize', { min: 1, max: MAX_BYTES, integer: true, unit: 'bytes' })
+    optNumber(options, 'maxPooledBytes', { min: 0, max: MAX_BYTES, integer: true, unit: 'bytes' })
     optBoolean(options, 'zeroOnRelease')
     // HOTPATH_BUFFERPOOL_PLAIN=1: plain Buffers, as where external buffers are
     // not allowed (Electron's V8 sandbox) — to test what those users get.

@@ -138,7 +138,7 @@ function checkCacheOptions(o) {
   checkOptions(o, 'options')
   optName(o)
   optNumber(o, 'maxEntries', { min: 1, integer: true })
-  optNumber(o, 'maxBytes', { min: 1, max: MAX_BYTES, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, max: MAX_BYTES, integer: true, unit: 'bytes' })
   ttlOption(o, 'ttlMs', { exclusiveMin: true })
   ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
   ttlOption(o, 'idleMs', { exclusiveMin: true })

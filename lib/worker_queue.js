@@ -59,7 +59,7 @@ function countOption(o, name, { allowInfinity = false, min = 1, max = undefined 
 }
 
 function msOption(o, name, { allowZero = false, allowInfinity = false } = {}) {
-  return checkNumber(name, o[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: !allowZero, allowInfinity })
+  return checkNumber(name, o[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: !allowZero, allowInfinity, unit: 'ms' })
 }
 
 function resolveFilename(f) {
