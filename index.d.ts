@@ -70,13 +70,13 @@ export interface CacheSetOptions {
   tags?: string[]
 }
 
-/** Options of `getOrSet`. */
+/** Options of `getOrSet`: those of `set`, and how long and how widely callers wait for one factory run. */
 export interface GetOrSetOptions extends CacheSetOptions {
-  /** Bounds this caller's wait (the leader's included): rejects `ERR_TIMEOUT` and frees the key. At most 2^31 - 1. */
+  /** Bounds every caller's wait in ms, the leader's included: past it the call rejects `ERR_TIMEOUT` and the key is usable again. Default: no bound. */
   timeoutMs?: number
-  /** Rejects `ERR_ABORTED` when it aborts. */
+  /** Aborting rejects the call with `ERR_ABORTED` (other callers of the key are not affected). */
   signal?: AbortSignal
-  /** `'redis'` (needs `redis`): one factory run across every process on that Redis, through a lease. Default: `'process'`. */
+  /** `'process'`: one factory run per key in this process (every thread). `'redis'` (needs `redis`): one run across every process on that Redis, through a lease. Default: `'process'`. */
   singleFlight?: 'process' | 'redis'
 }
 
@@ -418,7 +418,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native engine behind `BatchProcessor` (see lib/batch.js). */
 export declare class NativeBatch {
   constructor(options?: BatchOptions | undefined | null)
-  /** The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded). */
+  /** The validated `[maxBatchSize, maxWaitMs, maxPending]` (Infinity for unbounded). */
   limits(): Array<number>
   /**
    * A batch was sealed. Returns its id (>= 0) when it may start now, or
@@ -461,7 +461,10 @@ export declare class NativeBufferPool {
   release(buffer: unknown): boolean
   /** Count the release of a zero-length Buffer (the JS layer tracks those). */
   releaseEmpty(): void
-  /** Free all pooled memory now. */
+  /**
+   * Free all pooled memory now (Buffers collected since the last sweep
+   * included).
+   */
   trim(): void
   /**
    * Resolves when every released block has been zeroed and is back in the
@@ -766,6 +769,12 @@ export interface BatchOptions {
   dedupe?: boolean
   /** The key of an item for `dedupe`. */
   keyFn?: (item: unknown) => string
+  /**
+   * Items accepted but not yet settled (after dedupe: one per slot); past
+   * it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
+   * 2^32 - 1) or `Infinity`. Default: `Infinity`.
+   */
+  maxPending?: number
 }
 
 /** `stats()` of a BatchProcessor. */
@@ -959,6 +968,12 @@ export interface RateLimiterOptions {
    * restored ones first) are dropped. Default: `1_000_000`.
    */
   maxKeys?: number
+  /**
+   * `acquire()` callers waiting at once per key; past it `acquire` rejects
+   * `ERR_QUEUE_FULL` at once. A positive integer (up to 2^32 - 1) or
+   * `Infinity`. Default: `Infinity`.
+   */
+  maxWaiters?: number
 }
 
 /** `RateLimiter.stats()`. */
@@ -994,6 +1009,15 @@ export interface RedisOptions {
 
 /** Test hook: how many open handles the named cache has (0: none). */
 export declare function testCacheHandles(name: string): number
+
+/** Test hook (lib/testing.js): deleteLater tasks alive in the process (close() ends them). */
+export declare function testLiveDeleteLaterTasks(): number
+
+/**
+ * Test hook (lib/testing.js): the next guarded native call panics inside its guard (proves
+ * that a panic becomes `ERR_INTERNAL` and poisons only its instance).
+ */
+export declare function testPanicNextCall(): void
 
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {

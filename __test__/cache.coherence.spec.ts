@@ -7,14 +7,14 @@ import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
 let n = 0
 const prefix = () => `hp-coh-${process.pid}-${++n}:`
 const uniq = (s: string) => `${s}-${process.pid}-${++n}`
-const hooks = require('hotpath/testing')
+const hooks = require('../lib/testing.js')
 const never = () => new Promise<never>(() => {})
 
 /** Fails the test instead of hanging when `p` never settles (a wedged key). */

@@ -136,11 +136,11 @@ function checkOptions(options, what) {
  *  days), what a Node timer can wait; longer is a RangeError. */
 const MAX_DURATION_MS = 2 ** 31 - 1
 /** The longest lifetime of state (ttlMs, idleMs, staleMs, windowMs...):
- *  365 days, as the native boundary (src/validate.rs MAX_DURATION_MS). Not
- *  a timer, so not bound to 2^31 - 1. */
-const MAX_TTL_MS = 365 * 24 * 3600 * 1000
-/** The largest count (limits, capacities, retries): 2^32 - 1 (src/validate.rs MAX_COUNT). */
-const MAX_COUNT = 2 ** 32 - 1
+ *  1e12 ms (about 31.7 years), as src/validate.rs MAX_LIFETIME_MS. Not a
+ *  timer, so not bound to 2^31 - 1. */
+const MAX_TTL_MS = 1e12
+/** The largest count (limits, capacities, retries): 2^53 - 1 (src/validate.rs MAX_COUNT). */
+const MAX_COUNT = Number.MAX_SAFE_INTEGER
 /** The largest size in bytes: 2^53 - 1 (src/validate.rs MAX_BYTES). */
 const MAX_BYTES = Number.MAX_SAFE_INTEGER
 
@@ -165,9 +165,9 @@ function checkNumber(name, v, { min = 0, max = MAX_COUNT, integer = false, exclu
 // The range in the words the native boundary uses (src/validate.rs), so a
 // value gets the same message whichever side refuses it.
 function describeRange(min, max, integer, exclusiveMin, allowInfinity, unit) {
-  const interval = `${exclusiveMin ? '(' : '['}${min}, ${max === MAX_BYTES ? '2^53 - 1' : max}]`
+  const interval = `${exclusiveMin ? '(' : '['}${min}, ${unit === 'bytes' ? '2^53 - 1' : max}]`
   let r
-  if (unit === 'ms') r = `a number of milliseconds in ${interval}${max === MAX_TTL_MS ? ' (365 days)' : ''}`
+  if (unit === 'ms') r = `a number of milliseconds in ${interval}${max === MAX_TTL_MS ? ' (about 31.7 years)' : max === MAX_DURATION_MS ? ' (about 24.8 days)' : ''}`
   else if (unit === 'bytes') r = `an integer number of bytes in ${interval}`
   else r = `${integer ? 'an integer' : 'a number'} in ${interval}`
   return allowInfinity ? `${r} or Infinity` : r

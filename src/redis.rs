@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
-use crate::error::{check_non_negative, HpError, HpResult};
+use crate::error::{HpError, HpResult};
 
 /// Where shared state lives. Without it every class works in-process.
 #[napi(object, object_to_js = false)]
@@ -62,11 +62,8 @@ impl RedisConfig {
         .ok_or_else(|| HpError::invalid(format!("redis URL is not valid: \"{u}\"")))?;
     }
     let ms = |name: &str, v: Option<f64>, d: f64| -> HpResult<Duration> {
-      let v = check_non_negative(name, v.unwrap_or(d))?;
-      if v == 0.0 {
-        return Err(HpError::invalid(format!("{name} must be > 0, got 0")));
-      }
-      Ok(Duration::from_secs_f64(v / 1000.0))
+      crate::validate::positive_duration_ms(name, v.unwrap_or(d), crate::validate::Span::Timer)
+        .map(crate::validate::duration)
     };
     Ok(RedisConfig {
       url: o.url.clone(),

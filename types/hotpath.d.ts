@@ -12,6 +12,7 @@ export type {
   CacheOptions,
   CacheSetOptions,
   CacheStats,
+  GetOrSetOptions,
   CacheValue,
   GetOrSetOptions,
   CachedDecorator,

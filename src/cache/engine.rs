@@ -334,7 +334,7 @@ impl Engine {
             self.c.pending_writes.fetch_sub(writes, Ordering::Relaxed);
             return;
           }
-          let left = Duration::from_secs_f64((self.cfg.write_retry_ms - (now - since)) / 1000.0);
+          let left = crate::validate::duration(self.cfg.write_retry_ms - (now - since));
           tokio::time::sleep(backoff.min(left)).await;
           backoff = (backoff * 2).min(Duration::from_secs(1));
         }
@@ -514,7 +514,7 @@ impl Engine {
     let stale = if capped { 0.0 } else { self.cfg.stale_ms };
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
-    let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
+    let keep_for = l1_ttl.map(|t| crate::validate::duration(t + stale));
     self.l1.insert(
       key.to_string(),
       Entry {
@@ -905,14 +905,29 @@ impl Engine {
 
   /// Delayed double delete: now (L1 at once, L2 behind earlier writes), and
   /// again on every level after `delay_ms`.
-  pub fn delete_later(self: &Arc<Self>, key: String, delay_ms: f64) {
+  /// The task holds the engine only weakly while it waits, and ends as
+  /// soon as `stop` turns true (the handle closed): a closed cache is not
+  /// kept alive for the delay.
+  pub fn delete_later(
+    self: &Arc<Self>,
+    key: String,
+    delay_ms: f64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+  ) {
     let first = self.delete(vec![key.clone()]);
-    let inner = self.clone();
+    let weak = Arc::downgrade(self);
+    let task = LaterTask::new();
     runtime::spawn(async move {
+      let _task = task;
       first.await;
-      tokio::time::sleep(Duration::from_secs_f64(delay_ms / 1000.0)).await;
-      if !inner.closed.load(Ordering::Relaxed) {
-        inner.delete(vec![key]).await;
+      tokio::select! {
+        _ = tokio::time::sleep(crate::validate::duration(delay_ms)) => {}
+        _ = stop.wait_for(|closed| *closed) => return,
+      }
+      if let Some(inner) = weak.upgrade() {
+        if !inner.closed.load(Ordering::Relaxed) {
+          inner.delete(vec![key]).await;
+        }
       }
     });
   }
@@ -1197,6 +1212,22 @@ impl Engine {
 
   pub fn is_closed(&self) -> bool {
     self.closed.load(Ordering::Relaxed)
+  }
+}
+
+/// deleteLater tasks alive in the process (tests: they end at close()).
+pub static LATER_TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct LaterTask;
+impl LaterTask {
+  fn new() -> Self {
+    LATER_TASKS.fetch_add(1, Ordering::Relaxed);
+    LaterTask
+  }
+}
+impl Drop for LaterTask {
+  fn drop(&mut self) {
+    LATER_TASKS.fetch_sub(1, Ordering::Relaxed);
   }
 }
 

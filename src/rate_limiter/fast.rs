@@ -93,8 +93,28 @@ unsafe fn throw(env: sys::napi_env, code: &str, msg: &str, type_error: bool) -> 
 
 const KEY_BUF: usize = 512;
 
-/// `rateLimiterCheckSync(handle, key, cost, consume): boolean`.
+/// `rateLimiterCheckSync(handle, key, cost, consume): boolean`. A panic
+/// inside throws `ERR_INTERNAL` instead of unwinding into C (an abort).
 unsafe extern "C" fn check_sync(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  crate::guard::catch(
+    || unsafe { check_sync_unguarded(env, info) },
+    |m| unsafe {
+      throw(
+        env,
+        "ERR_INTERNAL",
+        &format!(
+          "internal error in RateLimiter.checkSync (a bug in hotpath, please report it): {m}"
+        ),
+        false,
+      )
+    },
+  )
+}
+
+unsafe fn check_sync_unguarded(
   env: sys::napi_env,
   info: sys::napi_callback_info,
 ) -> sys::napi_value {
