@@ -12,7 +12,6 @@ export type {
   CacheOptions,
   CacheSetOptions,
   CacheStats,
-  GetOrSetOptions,
   CacheValue,
   GetOrSetOptions,
   CachedDecorator,
