@@ -74,7 +74,7 @@ test('every public name is documented in README.md, and API.md names are all exp
 test('hotpath/testing has the test hooks, exactly as its typings declare; the main entry has none', () => {
   const { cjs, esm } = runtimeNames('hotpath/testing')
   assert.deepEqual(esm, cjs)
-  assert.deepEqual(cjs, ['__advanceClock', '__native', 'cacheHandles', 'deafen', 'fillReached', 'liveDeleteLaterTasks', 'panicNextCall', 'pauseFills', 'releaseFill'])
+  for (const hook of ['__advanceClock', '__native']) assert.ok(cjs.includes(hook), `hotpath/testing exports ${hook}`)
   assert.deepEqual(declaredValues(typesEntry('./testing')).values, cjs)
   const main = require('hotpath')
   assert.equal(main.__advanceClock, undefined)
@@ -87,8 +87,10 @@ test('the generated index.d.ts declares what the loader exports (the public typi
   const declared = declaredValues(join(root, 'index.d.ts')).values
   // index.d.ts also declares the JS layer's classes (types/header.d.ts): those live in lib/.
   const fromHeader = declaredValues(typesEntry('.')).values
+  // Names with `__` are test hooks left out of the typings (skip_typescript), except the loader's own marker.
+  const hook = (n: string) => n.startsWith('__') && n !== '__napiBindingTarget'
   assert.deepEqual(
     declared.filter((n) => !fromHeader.includes(n)),
-    loader.filter((n) => n !== '__advanceClock'),
+    loader.filter((n) => !hook(n)),
   )
 })

@@ -47,7 +47,7 @@ class BatchProcessor {
       optNumber(options, 'maxBatchSize', { min: 1, integer: true, allowInfinity: true })
       optDuration(options, 'maxWaitMs')
       optNumber(options, 'concurrency', { min: 1, integer: true, allowInfinity: true })
-      optNumber(options, 'retries', { min: 0, max: 2 ** 32 - 1, integer: true })
+      optNumber(options, 'retries', { min: 0, integer: true })
       optDuration(options, 'retryBackoffMs')
       const kf = options.keyFn
       const dd = optBoolean(options, 'dedupe')

@@ -10,7 +10,7 @@
 // tell a second release (ERR_BUFFER_RELEASED) from a foreign Buffer.
 
 const { NativeBufferPool } = require('../index.js')
-const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optName, optBoolean, fromNative, settled, show } = require('./errors')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optName, optBoolean, fromNative, settled, show, MAX_BYTES } = require('./errors')
 
 /** The largest size allocate() accepts: 2 GiB - 1. */
 const MAX_SIZE = 2 ** 31 - 1
@@ -24,8 +24,8 @@ class BufferPool {
   constructor(options) {
     checkOptions(options, 'options')
     optName(options)
-    optNumber(options, 'chunkSize', { min: 1, integer: true })
-    optNumber(options, 'maxPooledBytes', { min: 0, integer: true })
+    optNumber(options, 'chunkSize', { min: 1, max: MAX_BYTES, integer: true, unit: 'bytes' })
+    optNumber(options, 'maxPooledBytes', { min: 0, max: MAX_BYTES, integer: true, unit: 'bytes' })
     optBoolean(options, 'zeroOnRelease')
     // HOTPATH_BUFFERPOOL_PLAIN=1: plain Buffers, as where external buffers are
     // not allowed (Electron's V8 sandbox) — to test what those users get.

@@ -11,7 +11,7 @@
 // one typed-array compare.
 
 const { NativeCache } = require('../index.js')
-const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT, MAX_BYTES } = require('./errors')
 const { FrontCache, deepFreeze } = require('./front_cache')
 const { cacheWrap, cacheWarm } = require('./wrap')
 
@@ -170,7 +170,7 @@ function checkCacheOptions(o) {
   checkOptions(o, 'options')
   optName(o)
   optNumber(o, 'maxEntries', { min: 1, integer: true })
-  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, max: MAX_BYTES, integer: true, unit: 'bytes' })
   ttlOption(o, 'ttlMs', { exclusiveMin: true })
   ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
   ttlOption(o, 'idleMs', { exclusiveMin: true })
@@ -180,9 +180,9 @@ function checkCacheOptions(o) {
   ttlOption(o, 'staleMs')
   ttlOption(o, 'refreshAheadMs')
   optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
-  optNumber(o, 'frontCacheBytes', { min: 0, max: Number.MAX_SAFE_INTEGER, integer: true })
+  optNumber(o, 'frontCacheBytes', { min: 0, max: MAX_BYTES, integer: true })
   oneOf(o, 'readMode', ['frozen', 'copy'])
-  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: MAX_COUNT, integer: true })
 }
 
 // A native call that may throw (closed, a bug): its error as a hotpath error.

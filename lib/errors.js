@@ -136,10 +136,13 @@ function checkOptions(options, what) {
  *  days), what a Node timer can wait; longer is a RangeError. */
 const MAX_DURATION_MS = 2 ** 31 - 1
 /** The longest lifetime of state (ttlMs, idleMs, staleMs, windowMs...):
- *  1e12 ms (~31.7 years). Not a timer, so not bound to 2^31 - 1. */
+ *  1e12 ms (about 31.7 years), as src/validate.rs MAX_LIFETIME_MS. Not a
+ *  timer, so not bound to 2^31 - 1. */
 const MAX_TTL_MS = 1e12
-/** The largest count (sizes, limits, capacities): 2^53 - 1. */
+/** The largest count (limits, capacities, retries): 2^53 - 1 (src/validate.rs MAX_COUNT). */
 const MAX_COUNT = Number.MAX_SAFE_INTEGER
+/** The largest size in bytes: 2^53 - 1 (src/validate.rs MAX_BYTES). */
+const MAX_BYTES = Number.MAX_SAFE_INTEGER
 
 /**
  * A number option or argument `name` = `v`, checked against a stated range:
@@ -149,21 +152,25 @@ const MAX_COUNT = Number.MAX_SAFE_INTEGER
  * `allowInfinity`: Infinity is accepted as "no limit" (then max bounds only
  * finite values).
  */
-function checkNumber(name, v, { min = 0, max = MAX_COUNT, integer = false, exclusiveMin = false, allowInfinity = false } = {}) {
+function checkNumber(name, v, { min = 0, max = MAX_COUNT, integer = false, exclusiveMin = false, allowInfinity = false, unit = undefined } = {}) {
   if (v === undefined) return undefined
   if (typeof v !== 'number') throw invalidArg(`${name} must be a number, got ${show(v)}`)
   if (v === Infinity && allowInfinity) return v
   if (Number.isNaN(v) || v < min || (exclusiveMin && v === min) || v > max || (integer && !Number.isInteger(v))) {
-    throw rangeError(`${name} must be ${describeRange(min, max, integer, exclusiveMin, allowInfinity)}, got ${show(v)}`)
+    throw rangeError(`${name} must be ${describeRange(min, max, integer, exclusiveMin, allowInfinity, unit)}, got ${show(v)}`)
   }
   return v
 }
 
-function describeRange(min, max, integer, exclusiveMin, allowInfinity) {
-  const kind = integer ? 'an integer' : 'a number'
-  const lo = exclusiveMin ? `> ${min}` : `>= ${min}`
-  const hi = max === MAX_DURATION_MS ? '2^31 - 1' : max === MAX_COUNT ? '2^53 - 1' : max === MAX_TTL_MS ? '1e12' : String(max)
-  return `${kind} ${lo} and <= ${hi}${allowInfinity ? ', or Infinity' : ''}`
+// The range in the words the native boundary uses (src/validate.rs), so a
+// value gets the same message whichever side refuses it.
+function describeRange(min, max, integer, exclusiveMin, allowInfinity, unit) {
+  const interval = `${exclusiveMin ? '(' : '['}${min}, ${unit === 'bytes' ? '2^53 - 1' : max}]`
+  let r
+  if (unit === 'ms') r = `a number of milliseconds in ${interval}${max === MAX_TTL_MS ? ' (about 31.7 years)' : max === MAX_DURATION_MS ? ' (about 24.8 days)' : ''}`
+  else if (unit === 'bytes') r = `an integer number of bytes in ${interval}`
+  else r = `${integer ? 'an integer' : 'a number'} in ${interval}`
+  return allowInfinity ? `${r} or Infinity` : r
 }
 
 /** checkNumber on `o[name]`. */
@@ -174,12 +181,12 @@ function optNumber(o, name, opts) {
 /** A wait in ms (a timer: timeouts, delays, back-offs): 0 (or > 0 with
  *  exclusiveMin) up to MAX_DURATION_MS. */
 function optDuration(o, name, { exclusiveMin = false, allowInfinity = false } = {}) {
-  return checkNumber(name, o?.[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin, allowInfinity })
+  return checkNumber(name, o?.[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin, allowInfinity, unit: 'ms' })
 }
 
 /** A lifetime in ms (TTLs, windows): 0 (or > 0 with exclusiveMin) up to MAX_TTL_MS. */
 function optTtl(o, name, { exclusiveMin = false } = {}) {
-  return checkNumber(name, o?.[name], { min: 0, max: MAX_TTL_MS, exclusiveMin })
+  return checkNumber(name, o?.[name], { min: 0, max: MAX_TTL_MS, exclusiveMin, unit: 'ms' })
 }
 
 /** A `name` option: a key (non-empty, well-formed) or absent. */
@@ -239,7 +246,7 @@ function checkRedisOptions(r, what = 'redis') {
   }
   if (r.keyPrefix !== undefined && typeof r.keyPrefix !== 'string') throw invalidArg(`${what}.keyPrefix must be a string, got ${show(r.keyPrefix)}`)
   for (const name of ['connectTimeoutMs', 'commandTimeoutMs']) {
-    checkNumber(`${what}.${name}`, r[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: true })
+    checkNumber(`${what}.${name}`, r[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: true, unit: 'ms' })
   }
 }
 
@@ -369,4 +376,5 @@ module.exports = {
   MAX_DURATION_MS,
   MAX_TTL_MS,
   MAX_COUNT,
+  MAX_BYTES,
 }

@@ -11,7 +11,7 @@
 
 const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
 const { limiterWrap } = require('./wrap')
-const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show } = require('./errors')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show, MAX_COUNT } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
 const ON_REDIS_ERROR = ['allow', 'deny', 'local']
@@ -46,7 +46,7 @@ class RateLimiter {
     checkOptions(options, 'options')
     required(options, 'limit')
     required(options, 'windowMs')
-    this._limit = optNumber(options, 'limit', { min: 0, exclusiveMin: true })
+    this._limit = optNumber(options, 'limit', { min: 0, max: MAX_COUNT, exclusiveMin: true })
     optTtl(options, 'windowMs', { exclusiveMin: true })
     oneOf(options, 'algorithm', ALGORITHMS)
     oneOf(options, 'onRedisError', ON_REDIS_ERROR)

@@ -59,7 +59,7 @@ function countOption(o, name, { allowInfinity = false, min = 1, max = undefined 
 }
 
 function msOption(o, name, { allowZero = false, allowInfinity = false } = {}) {
-  return checkNumber(name, o[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: !allowZero, allowInfinity })
+  return checkNumber(name, o[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: !allowZero, allowInfinity, unit: 'ms' })
 }
 
 function resolveFilename(f) {
@@ -96,7 +96,7 @@ function taskOptions(o) {
   }
   const t = msOption(o, 'timeoutMs', { allowInfinity: true })
   if (t !== undefined) oTimeout = t
-  const r = countOption(o, 'retries', { min: 0, max: 2 ** 32 - 1 })
+  const r = countOption(o, 'retries', { min: 0 })
   if (r !== undefined) oRetries = r
   const s = o.signal
   if (s !== undefined) {
@@ -179,7 +179,7 @@ class WorkerQueue {
       concurrency: concurrency ?? (workers ? workers.threads : os.availableParallelism()),
       maxQueueSize,
       timeoutMs: msOption(o, 'timeoutMs', { allowInfinity: true }),
-      retries: countOption(o, 'retries', { min: 0, max: 2 ** 32 - 1 }),
+      retries: countOption(o, 'retries', { min: 0 }),
       retryBackoffMs: msOption(o, 'retryBackoffMs', { allowZero: true }),
       workers,
       name: o.name,
