@@ -16,3 +16,32 @@ test('CommonJS and ES module entries export the same classes', () => {
   const named = execFileSync(process.execPath, ['--input-type=module', '-e', `import { ${CLASSES.join(', ')} } from 'hotpath'; console.log(typeof ${CLASSES[0]})`], { encoding: 'utf8' })
   assert.equal(named.trim(), 'function')
 })
+
+test('without the platform package, loading names the package to install and how', async () => {
+  // The published layout (package.json, index.js, lib/) with no binary beside
+  // it and no hotpath-<platform> package to resolve.
+  const { cpSync, mkdtempSync, rmSync, readFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const root = join(__dirname, '..')
+  const dir = mkdtempSync(join(tmpdir(), 'hotpath-nobinary-'))
+  try {
+    const pkgDir = join(dir, 'node_modules', 'hotpath')
+    for (const f of ['package.json', 'index.js', 'lib']) cpSync(join(root, f), join(pkgDir, f), { recursive: true })
+    const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+    const env = { ...process.env }
+    delete env.NAPI_RS_NATIVE_LIBRARY_PATH
+    const script = `try { require('hotpath'); console.log('loaded') } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, pkg: e.expectedPackage })) }`
+    const out = execFileSync(process.execPath, ['-e', script], { cwd: dir, env, encoding: 'utf8' })
+    const r = JSON.parse(out) as { code: string; message: string; pkg: string }
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { currentPlatform } = require('../lib/platforms.js') as { currentPlatform(): string }
+    const expected = `hotpath-${currentPlatform()}`
+    assert.equal(r.code, 'ERR_HOTPATH_NATIVE_MISSING')
+    assert.equal(r.pkg, expected)
+    assert.match(r.message, new RegExp(`npm install ${expected}@${version.replace(/\./g, '\\.')}`))
+    assert.doesNotMatch(r.message, /npm has a bug/)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})

@@ -8,7 +8,7 @@
 // in memory shared by every thread — still reads what it read when the entry
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
-const { NativeCache } = require('../index.js')
+const { NativeCache } = require('./native.js')
 const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
 const { now } = require('./clock')
 

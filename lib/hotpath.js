@@ -1,7 +1,7 @@
 'use strict'
 // The package entry (CommonJS). index.js is the loader `napi build`
 // generates; the classes here are the JS-facing layer over its engines.
-const native = require('../index.js')
+const native = require('./native.js')
 const { CacheManager } = require('./cache')
 const { RateLimiter } = require('./rate_limiter')
 const { WorkerQueue } = require('./worker_queue')

@@ -9,7 +9,7 @@
 // come back in batches through one callback (no Promise or threadsafe
 // function per check on the native side).
 
-const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
+const { NativeRateLimiter, rateLimiterCheckSync } = require('./native.js')
 const { CODES, hpError, invalidArg, rangeError, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']

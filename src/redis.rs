@@ -18,8 +18,9 @@ use crate::error::{check_non_negative, HpError, HpResult};
 #[napi(object, object_to_js = false)]
 #[derive(Default, Clone, Debug)]
 pub struct RedisOptions {
-  /// `redis://[user:pass@]host:port/db`, or `rediss://` for TLS.
-  pub url: String,
+  /// `redis://[user:pass@]host:port/db`, or `rediss://` for TLS. Required
+  /// unless `cluster` is given.
+  pub url: Option<String>,
   /// Seed node URLs: use Redis Cluster instead of `url`.
   pub cluster: Option<Vec<String>>,
   /// Every key this library writes starts with it. Default: `'hotpath:'`.
@@ -44,12 +45,13 @@ pub struct RedisConfig {
 impl RedisConfig {
   pub fn from_options(o: &RedisOptions) -> HpResult<Self> {
     let cluster = o.cluster.clone().unwrap_or_default();
-    if o.url.is_empty() && cluster.is_empty() {
+    let url = o.url.clone().unwrap_or_default();
+    if url.is_empty() && cluster.is_empty() {
       return Err(HpError::invalid(
-        "redis.url must be a redis:// or rediss:// URL, got \"\"",
+        "redis needs a url (redis:// or rediss://) or a cluster (seed node URLs), got neither",
       ));
     }
-    for u in std::iter::once(&o.url)
+    for u in std::iter::once(&url)
       .filter(|u| !u.is_empty())
       .chain(cluster.iter())
     {
@@ -69,7 +71,7 @@ impl RedisConfig {
       Ok(Duration::from_secs_f64(v / 1000.0))
     };
     Ok(RedisConfig {
-      url: o.url.clone(),
+      url,
       cluster,
       key_prefix: o
         .key_prefix
@@ -523,7 +525,7 @@ mod tests {
 
   fn opts(url: &str) -> RedisOptions {
     RedisOptions {
-      url: url.to_string(),
+      url: Some(url.to_string()),
       command_timeout_ms: Some(300.0),
       connect_timeout_ms: Some(200.0),
       ..Default::default()

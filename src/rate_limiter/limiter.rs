@@ -904,7 +904,7 @@ mod tests {
       return;
     };
     let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-      url,
+      url: Some(url),
       key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
       ..Default::default()
     })
@@ -947,7 +947,7 @@ mod tests {
       ("local", None),
     ] {
       let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-        url: "redis://127.0.0.1:1".into(),
+        url: Some("redis://127.0.0.1:1".into()),
         command_timeout_ms: Some(300.0),
         ..Default::default()
       })

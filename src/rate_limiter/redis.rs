@@ -204,7 +204,7 @@ mod tests {
 
   fn remote(url: &str, algo: Algo, limit: f64, window: f64) -> Remote {
     let cfg = RedisConfig::from_options(&RedisOptions {
-      url: url.to_string(),
+      url: Some(url.to_string()),
       key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
       ..Default::default()
     })
