@@ -45,3 +45,33 @@ test('without the platform package, loading names the package to install and how
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('index.d.mts declares exactly the values the ES module entry exports', async () => {
+  // index.d.mts lists the values by name (the rest of index.d.ts is re-exported
+  // as types only): a value added to lib/hotpath.mjs must be added there too.
+  const { readFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const dmts = readFileSync(join(__dirname, '..', 'index.d.mts'), 'utf8')
+  const declared = [...dmts.matchAll(/^export \{([^}]*)\} from/gm)].flatMap((m) => m[1].split(',').map((s) => s.trim()).filter(Boolean)).sort()
+  const esm = execFileSync(process.execPath, ['--input-type=module', '-e', `import * as m from 'hotpath'; console.log(JSON.stringify(Object.keys(m).filter((k) => k !== 'default').sort()))`], { encoding: 'utf8' })
+  assert.deepEqual(declared, JSON.parse(esm))
+})
+
+test('every field of every options and stats interface in index.d.ts has a doc comment (hover docs)', async () => {
+  const { readFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const lines = readFileSync(join(__dirname, '..', 'index.d.ts'), 'utf8').split('\n')
+  const undocumented: string[] = []
+  let current: string | null = null
+  for (let i = 0; i < lines.length; i++) {
+    const open = /^export interface (\w*(?:Options|Stats))\b.*\{\s*$/.exec(lines[i])
+    if (open) {
+      current = open[1]
+      continue
+    }
+    if (current && lines[i] === '}') current = null
+    const field = current && /^ {2}(?:readonly )?(\w+)\??:/.exec(lines[i])
+    if (field && !lines[i - 1].trim().endsWith('*/')) undocumented.push(`${current}.${field[1]}`)
+  }
+  assert.deepEqual(undocumented, [])
+})

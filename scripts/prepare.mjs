@@ -13,6 +13,7 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
@@ -23,7 +24,9 @@ if (!existsSync(`${root}Cargo.toml`) || process.env.HOTPATH_BUILD === 'none') {
   process.exit(0)
 }
 
-const napi = require.resolve('@napi-rs/cli/dist/cli.js')
+// The napi CLI's bin (its package exports only its API, not dist/cli.js).
+const cliManifest = require.resolve('@napi-rs/cli/package.json')
+const napi = join(dirname(cliManifest), require(cliManifest).bin.napi)
 const base = ['build', '--platform', '--release', '--js', 'index.js', '--dts', 'index.d.ts']
 
 function napiBuild(extra) {
