@@ -842,3 +842,4 @@ module.exports.NativeQueueWorker = nativeBinding.NativeQueueWorker
 module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
 module.exports.NativeWorkerQueue = nativeBinding.NativeWorkerQueue
 module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync
+module.exports.testCacheHandles = nativeBinding.testCacheHandles

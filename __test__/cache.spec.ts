@@ -3,7 +3,8 @@ import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import { Worker } from 'node:worker_threads'
 import { LRUCache } from 'lru-cache'
-import { CacheManager, __advanceClock, type CacheValue } from 'hotpath'
+import { CacheManager, type CacheValue } from 'hotpath'
+import { __advanceClock } from 'hotpath/testing'
 
 const code = (c: string) => ({ code: c })
 

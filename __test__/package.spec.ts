@@ -1,29 +1,114 @@
 // The package entry points: `require('hotpath')` and `import ... from 'hotpath'`
-// expose the same classes.
+// expose the same names, exactly the ones the public typings declare (and
+// the README names); test hooks live in `hotpath/testing` only.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import ts from 'typescript'
 
+const root = join(__dirname, '..')
 const CLASSES = ['CacheManager', 'RateLimiter', 'WorkerQueue', 'BatchProcessor', 'BufferPool']
 
-test('CommonJS and ES module entries export the same classes', () => {
-  const cjs = execFileSync(process.execPath, ['-e', `const m = require('hotpath'); console.log(JSON.stringify(Object.keys(m).filter(k => typeof m[k] === 'function' && /^[A-Z]/.test(k)).sort()))`], { encoding: 'utf8' })
-  const esm = execFileSync(process.execPath, ['--input-type=module', '-e', `import * as m from 'hotpath'; console.log(JSON.stringify(Object.keys(m).filter(k => typeof m[k] === 'function' && /^[A-Z]/.test(k)).sort()))`], { encoding: 'utf8' })
-  const c = JSON.parse(cjs) as string[]
-  const e = JSON.parse(esm) as string[]
-  assert.deepEqual(e, c)
-  for (const name of CLASSES) assert.ok(c.includes(name), `${name} missing from ${cjs}`)
-  const named = execFileSync(process.execPath, ['--input-type=module', '-e', `import { ${CLASSES.join(', ')} } from 'hotpath'; console.log(typeof ${CLASSES[0]})`], { encoding: 'utf8' })
+function runtimeNames(spec: string) {
+  const cjs = execFileSync(process.execPath, ['-e', `console.log(JSON.stringify(Object.keys(require(${JSON.stringify(spec)})).sort()))`], { encoding: 'utf8', cwd: root })
+  const esm = execFileSync(process.execPath, ['--input-type=module', '-e', `import * as m from ${JSON.stringify(spec)}; console.log(JSON.stringify(Object.keys(m).filter((k) => k !== 'default').sort()))`], {
+    encoding: 'utf8',
+    cwd: root,
+  })
+  return { cjs: JSON.parse(cjs) as string[], esm: JSON.parse(esm) as string[] }
+}
+
+/** The value (not type-only) exports a typings file declares, by the TypeScript compiler. */
+function declaredValues(file: string): { values: string[]; types: string[] } {
+  const program = ts.createProgram([file], { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, types: ['node'], noEmit: true, strict: true })
+  const diags = ts.getPreEmitDiagnostics(program).filter((d) => d.file?.fileName === file)
+  assert.deepEqual(diags.map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n')), [], `${file} type-checks`)
+  const checker = program.getTypeChecker()
+  const sf = program.getSourceFile(file)!
+  const mod = checker.getSymbolAtLocation(sf)!
+  const values: string[] = []
+  const types: string[] = []
+  for (const sym of checker.getExportsOfModule(mod)) {
+    let target = sym
+    if (sym.flags & ts.SymbolFlags.Alias) target = checker.getAliasedSymbol(sym)
+    // `export type { X }` re-exports only the type meaning.
+    const typeOnly = sym.declarations?.some((d) => ts.isExportSpecifier(d) && (d.isTypeOnly || d.parent.parent.isTypeOnly))
+    if (!typeOnly && target.flags & ts.SymbolFlags.Value) values.push(sym.name)
+    else types.push(sym.name)
+  }
+  return { values: values.sort(), types: types.sort() }
+}
+
+/** The typings of an entry for `require` (default) or `import` (each condition has its own: .d.ts / .d.mts). */
+function typesEntry(spec: '.' | './testing', condition: 'require' | 'import' = 'require') {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  return join(root, pkg.exports[spec][condition].types)
+}
+
+test('require and import of hotpath export the same names, exactly the values its typings declare', () => {
+  const { cjs, esm } = runtimeNames('hotpath')
+  assert.deepEqual(esm, cjs)
+  for (const name of CLASSES) assert.ok(cjs.includes(name), `${name} missing from ${cjs}`)
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  assert.equal(join(root, pkg.types), typesEntry('.'), 'package.json "types" is the public typings')
+  const declared = declaredValues(typesEntry('.'))
+  assert.deepEqual(declared.values, cjs, 'runtime exports = declared value exports')
+  // Nothing internal, in the typings or at runtime.
+  for (const name of [...declared.values, ...declared.types]) assert.doesNotMatch(name, /^(Native|__|rateLimiterCheckSync)/, name)
+  const named = execFileSync(process.execPath, ['--input-type=module', '-e', `import { ${cjs.join(', ')} } from 'hotpath'; console.log(typeof ${CLASSES[0]})`], { encoding: 'utf8', cwd: root })
   assert.equal(named.trim(), 'function')
+})
+
+test('every public name is documented in README.md, and API.md names are all exported', () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8')
+  const api = readFileSync(join(root, '..', '..', 'shared', 'API.md'), 'utf8')
+  const { cjs } = runtimeNames('hotpath')
+  for (const name of cjs) assert.ok(readme.includes(name), `README.md does not name ${name}`)
+  for (const name of [...CLASSES, 'HotpathError', 'isHotpathError']) {
+    assert.ok(api.includes(name), `API.md names ${name}`)
+    assert.ok(cjs.includes(name), `${name} is exported`)
+  }
+})
+
+test('hotpath/testing has the test hooks, exactly as its typings declare; the main entry has none', () => {
+  const { cjs, esm } = runtimeNames('hotpath/testing')
+  assert.deepEqual(esm, cjs)
+  assert.deepEqual(cjs, ['__advanceClock', '__native', 'cacheHandles', 'fillReached', 'pauseFills', 'releaseFill'])
+  assert.deepEqual(declaredValues(typesEntry('./testing')).values, cjs)
+  const main = require('hotpath')
+  assert.equal(main.__advanceClock, undefined)
+  assert.equal(main.__native, undefined)
+  assert.equal(typeof require('hotpath/testing').__advanceClock, 'function')
+})
+
+test('the generated index.d.ts declares what the loader exports (the public typings re-export a subset of it)', () => {
+  const loader = Object.keys(require(join(root, 'index.js'))).sort()
+  const declared = declaredValues(join(root, 'index.d.ts')).values
+  // index.d.ts also declares the JS layer's classes (types/header.d.ts): those live in lib/.
+  const fromHeader = declaredValues(typesEntry('.')).values
+  assert.deepEqual(
+    declared.filter((n) => !fromHeader.includes(n)),
+    loader.filter((n) => n !== '__advanceClock'),
+  )
+})
+
+test('the ES module typings (.d.mts) declare the same values and types as the CommonJS ones', () => {
+  for (const spec of ['.', './testing'] as const) {
+    const cjs = declaredValues(typesEntry(spec, 'require'))
+    const esm = declaredValues(typesEntry(spec, 'import'))
+    assert.match(typesEntry(spec, 'import'), /\.d\.mts$/)
+    assert.deepEqual(esm.values.filter((n) => n !== 'default'), cjs.values, spec)
+    assert.deepEqual(esm.types, cjs.types, spec)
+  }
 })
 
 test('without the platform package, loading names the package to install and how', async () => {
   // The published layout (package.json, index.js, lib/) with no binary beside
   // it and no hotpath-<platform> package to resolve.
-  const { cpSync, mkdtempSync, rmSync, readFileSync } = await import('node:fs')
+  const { cpSync, mkdtempSync, rmSync } = await import('node:fs')
   const { tmpdir } = await import('node:os')
-  const { join } = await import('node:path')
-  const root = join(__dirname, '..')
   const dir = mkdtempSync(join(tmpdir(), 'hotpath-nobinary-'))
   try {
     const pkgDir = join(dir, 'node_modules', 'hotpath')
@@ -34,7 +119,6 @@ test('without the platform package, loading names the package to install and how
     const script = `try { require('hotpath'); console.log('loaded') } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, pkg: e.expectedPackage })) }`
     const out = execFileSync(process.execPath, ['-e', script], { cwd: dir, env, encoding: 'utf8' })
     const r = JSON.parse(out) as { code: string; message: string; pkg: string }
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { currentPlatform } = require('../lib/platforms.js') as { currentPlatform(): string }
     const expected = `hotpath-${currentPlatform()}`
     assert.equal(r.code, 'ERR_HOTPATH_NATIVE_MISSING')
@@ -46,21 +130,8 @@ test('without the platform package, loading names the package to install and how
   }
 })
 
-test('index.d.mts declares exactly the values the ES module entry exports', async () => {
-  // index.d.mts lists the values by name (the rest of index.d.ts is re-exported
-  // as types only): a value added to lib/hotpath.mjs must be added there too.
-  const { readFileSync } = await import('node:fs')
-  const { join } = await import('node:path')
-  const dmts = readFileSync(join(__dirname, '..', 'index.d.mts'), 'utf8')
-  const declared = [...dmts.matchAll(/^export \{([^}]*)\} from/gm)].flatMap((m) => m[1].split(',').map((s) => s.trim()).filter(Boolean)).sort()
-  const esm = execFileSync(process.execPath, ['--input-type=module', '-e', `import * as m from 'hotpath'; console.log(JSON.stringify(Object.keys(m).filter((k) => k !== 'default').sort()))`], { encoding: 'utf8' })
-  assert.deepEqual(declared, JSON.parse(esm))
-})
-
-test('every field of every options and stats interface in index.d.ts has a doc comment (hover docs)', async () => {
-  const { readFileSync } = await import('node:fs')
-  const { join } = await import('node:path')
-  const lines = readFileSync(join(__dirname, '..', 'index.d.ts'), 'utf8').split('\n')
+test('every field of every options and stats interface in index.d.ts has a doc comment (hover docs)', () => {
+  const lines = readFileSync(join(root, 'index.d.ts'), 'utf8').split('\n')
   const undocumented: string[] = []
   let current: string | null = null
   for (let i = 0; i < lines.length; i++) {

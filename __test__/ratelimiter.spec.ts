@@ -3,10 +3,12 @@
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import { Worker } from 'node:worker_threads'
-import { RateLimiter, __advanceClock } from 'hotpath'
+import { RateLimiter } from 'hotpath'
+import { __advanceClock } from 'hotpath/testing'
 import type { RateLimitResult, RateLimiterOptions } from 'hotpath'
 
 const entry = require.resolve('hotpath')
+const testingEntry = require.resolve('hotpath/testing')
 
 type Algorithm = NonNullable<RateLimiterOptions['algorithm']>
 const ALGORITHMS: Algorithm[] = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
@@ -332,7 +334,7 @@ describe('RateLimiter bad input', () => {
     assert.deepEqual(rl.stats(), { allowed: 0, denied: 0, keys: 0, redisErrors: 0, waiting: 0 })
     assert.equal(rl.checkSync('k').remaining, 2)
     // The engine itself also refuses what slips past the JS layer.
-    const { __native } = require(entry)
+    const { __native } = require(testingEntry)
     const n = new __native.NativeRateLimiter({ limit: 3, windowMs: 1000 })
     const checkSync = __native.rateLimiterCheckSync()
     assert.equal(checkSync(n.handle, 'k', 1, true), true)

@@ -10,7 +10,7 @@
 // batch; a batch's results are delivered in one pass.
 
 const { NativeBatch } = require('./native.js')
-const { CODES, hpError, invalidArg, closedError, checkOptions, fromNative, show } = require('./errors')
+const { CODES, hpError, invalidArg, closedError, checkOptions, optNumber, optDuration, optBoolean, fromNative, show } = require('./errors')
 const { now } = require('./clock')
 
 class Batch {
@@ -44,10 +44,14 @@ class BatchProcessor {
     let keyFn = null
     let native = options
     if (options !== undefined) {
+      optNumber(options, 'maxBatchSize', { min: 1, integer: true, allowInfinity: true })
+      optDuration(options, 'maxWaitMs')
+      optNumber(options, 'concurrency', { min: 1, integer: true, allowInfinity: true })
+      optNumber(options, 'retries', { min: 0, max: 2 ** 32 - 1, integer: true })
+      optDuration(options, 'retryBackoffMs')
       const kf = options.keyFn
-      const dd = options.dedupe
+      const dd = optBoolean(options, 'dedupe')
       if (kf !== undefined && typeof kf !== 'function') throw invalidArg(`keyFn must be a function, got ${show(kf)}`)
-      if (dd !== undefined && typeof dd !== 'boolean') throw invalidArg(`dedupe must be a boolean, got ${show(dd)}`)
       if (dd === true && kf === undefined) {
         throw invalidArg('dedupe: true needs keyFn (a function giving the key of an item), got keyFn undefined')
       }

@@ -10,7 +10,7 @@
 // tell a second release (ERR_BUFFER_RELEASED) from a foreign Buffer.
 
 const { NativeBufferPool } = require('./native.js')
-const { CODES, hpError, invalidArg, rangeError, closedError, checkOptions, fromNative, show } = require('./errors')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optName, optBoolean, fromNative, settled, show } = require('./errors')
 
 /** The largest size allocate() accepts: 2 GiB - 1. */
 const MAX_SIZE = 2 ** 31 - 1
@@ -23,6 +23,10 @@ const empties = new WeakMap()
 class BufferPool {
   constructor(options) {
     checkOptions(options, 'options')
+    optName(options)
+    optNumber(options, 'chunkSize', { min: 1, integer: true })
+    optNumber(options, 'maxPooledBytes', { min: 0, integer: true })
+    optBoolean(options, 'zeroOnRelease')
     // HOTPATH_BUFFERPOOL_PLAIN=1: plain Buffers, as where external buffers are
     // not allowed (Electron's V8 sandbox) — to test what those users get.
     const plain = process.env.HOTPATH_BUFFERPOOL_PLAIN === '1'
@@ -48,7 +52,12 @@ class BufferPool {
       throw rangeError(`size must be an integer from 0 to ${MAX_SIZE}, got ${size}`)
     }
     if (this._closed) throw closedError('BufferPool')
-    const buf = this._n.allocate(size)
+    let buf
+    try {
+      buf = this._n.allocate(size)
+    } catch (err) {
+      throw fromNative(err)
+    }
     if (size === 0) empties.set(buf.buffer, this._id)
     return buf
   }
@@ -56,7 +65,13 @@ class BufferPool {
   release(buffer) {
     if (!Buffer.isBuffer(buffer)) throw invalidArg(`release takes a Buffer this pool allocated, got ${show(buffer)}`)
     if (this._closed) throw closedError('BufferPool')
-    if (this._n.release(buffer)) {
+    let done
+    try {
+      done = this._n.release(buffer)
+    } catch (err) {
+      throw fromNative(err)
+    }
+    if (done) {
       released.set(buffer.buffer, this._id)
       return
     }
@@ -70,32 +85,40 @@ class BufferPool {
       return
     }
     if (buffer.byteOffset !== 0 || buffer.length !== ab.byteLength) {
-      throw invalidArg(
+      throw misuse(
         `release takes a Buffer allocate() returned, not a view (byteOffset ${buffer.byteOffset}, length ${buffer.length} of ${ab.byteLength}); this one this pool did not allocate`,
       )
     }
-    throw invalidArg('release takes a Buffer this pool allocated; this one it did not')
+    throw misuse('release takes a Buffer this pool allocated; this one it did not')
   }
 
   trim() {
     if (this._closed) throw closedError('BufferPool')
-    this._n.trim()
+    try {
+      this._n.trim()
+    } catch (err) {
+      throw fromNative(err)
+    }
   }
 
   /** Resolves when every released block has been zeroed and is back in the
    *  pool (allocate hits again), or freed. */
   flush() {
     if (this._closed) return Promise.reject(closedError('BufferPool'))
-    return this._n.flush()
+    return settled(this._n.flush())
   }
 
   stats() {
-    return this._n.stats()
+    try {
+      return this._n.stats()
+    } catch (err) {
+      throw fromNative(err)
+    }
   }
 
   close() {
     this._closed = true
-    return this._n.close()
+    return settled(this._n.close())
   }
 }
 

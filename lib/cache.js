@@ -9,8 +9,9 @@
 // was filled. So a hot read is a Map lookup plus one typed-array compare.
 
 const { NativeCache } = require('./native.js')
-const { CODES, hpError, invalidArg, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT } = require('./errors')
 const { now } = require('./clock')
+const { cacheWrap, cacheWarm } = require('./wrap')
 
 const K_STR = 1
 const K_NUM = 2
@@ -39,8 +40,14 @@ let encPayload = null
 function encode(value) {
   switch (typeof value) {
     case 'string':
-      encKind = K_STR
-      encPayload = value
+      if (value.isWellFormed()) {
+        encKind = K_STR
+        encPayload = value
+      } else {
+        // Lone surrogates survive as JSON escapes (`"\ud800"`), not as UTF-8.
+        encKind = K_JSON
+        encPayload = JSON.stringify(value)
+      }
       return
     case 'number':
       encKind = K_NUM
@@ -105,7 +112,7 @@ function decodeMany(arr) {
 function setOptions(options) {
   if (options === undefined) return
   checkOptions(options, 'options')
-  const ttl = optNumber(options, 'ttlMs', { min: 0, exclusiveMin: true })
+  const ttl = ttlOption(options, 'ttlMs', { exclusiveMin: true })
   let tags = options.tags
   if (tags !== undefined) {
     if (!Array.isArray(tags)) throw invalidArg(`tags must be an array of strings, got ${show(tags)}`)
@@ -119,17 +126,105 @@ let optTags
 
 function flightError(json) {
   const o = JSON.parse(json)
-  const e = new Error(o.message)
-  if (o.name && o.name !== 'Error') e.name = o.name
+  const e = o.name === 'HotpathError' && typeof o.code === 'string' ? new HotpathError(o.code, o.message) : new Error(o.message)
+  if (o.name && o.name !== 'Error' && o.name !== 'HotpathError') e.name = o.name
   if (o.code) e.code = o.code
   return e
 }
 
+/** The options a CacheManager takes, checked before they reach native code. */
+function checkCacheOptions(o) {
+  if (o === undefined) return
+  checkOptions(o, 'options')
+  optName(o)
+  optNumber(o, 'maxEntries', { min: 1, integer: true })
+  optNumber(o, 'maxBytes', { min: 1, integer: true })
+  ttlOption(o, 'ttlMs', { exclusiveMin: true })
+  ttlOption(o, 'l1TtlMs', { exclusiveMin: true })
+  ttlOption(o, 'idleMs', { exclusiveMin: true })
+  oneOf(o, 'policy', ['tinylfu', 'lru'])
+  checkRedisOptions(o.redis)
+  oneOf(o, 'invalidation', ['pubsub', 'none'])
+  ttlOption(o, 'staleMs')
+  ttlOption(o, 'refreshAheadMs')
+  optNumber(o, 'frontCacheEntries', { min: 0, max: MAX_COUNT, integer: true })
+  optNumber(o, 'maxPendingWrites', { min: 1, max: 2 ** 32, integer: true })
+}
+
+// A native call that may throw (closed, a bug): its error as a hotpath error.
+function rethrow(err) {
+  throw fromNative(err)
+}
+
 const noop = () => {}
+
+// singleFlight 'redis': how often a process waiting on another's lease looks
+// at Redis when no invalidation message woke it.
+const LEASE_POLL_MS = 100
+
+function abortedError(signal) {
+  return detached(hpError(CODES.ABORTED, 'getOrSet was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined))
+}
+
+function isSignal(s) {
+  return typeof s === 'object' && s !== null && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function'
+}
+
+/** getOrSet's `timeoutMs` and `signal`, checked; null when neither is set. */
+function waitOptions(options) {
+  const timeoutMs = optDuration(options, 'timeoutMs', { exclusiveMin: true })
+  const signal = options.signal
+  if (signal !== undefined && !isSignal(signal)) throw invalidArg(`signal must be an AbortSignal, got ${show(signal)}`)
+  oneOf(options, 'singleFlight', ['process', 'redis'])
+  if (timeoutMs === undefined && signal === undefined) return null
+  return { timeoutMs, signal }
+}
+
+/** One caller's bound: rejects `stop` with ERR_TIMEOUT after timeoutMs, or
+ *  ERR_ABORTED when the signal aborts. `done()` releases the timer. */
+class Wait {
+  constructor({ timeoutMs, signal }) {
+    this.end = timeoutMs === undefined ? 0 : Date.now() + timeoutMs
+    this.reason = null
+    this.timer = null
+    this.signal = signal
+    this.onAbort = null
+    this.stop = new Promise((_, reject) => {
+      const fail = (e) => {
+        if (this.reason === null) {
+          this.reason = e
+          reject(e)
+        }
+      }
+      if (timeoutMs !== undefined) {
+        this.timer = setTimeout(() => fail(detached(hpError(CODES.TIMEOUT, `getOrSet timed out after ${timeoutMs} ms`))), timeoutMs)
+      }
+      if (signal !== undefined) {
+        this.onAbort = () => fail(abortedError(signal))
+        signal.addEventListener('abort', this.onAbort, { once: true })
+      }
+    })
+    this.stop.catch(noop)
+  }
+
+  remainingMs() {
+    return this.end === 0 ? -1 : Math.max(1, this.end - Date.now())
+  }
+
+  done() {
+    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.onAbort !== null) this.signal.removeEventListener('abort', this.onAbort)
+    this.timer = this.onAbort = null
+  }
+}
+
+function race(p, wait) {
+  return wait === null ? p : Promise.race([p, wait.stop])
+}
 
 class CacheManager {
   constructor(options) {
-    checkOptions(options, 'options')
+    checkCacheOptions(options)
     try {
       this._n = new NativeCache(options)
     } catch (e) {
@@ -148,7 +243,12 @@ class CacheManager {
 
   // Fill from L1 (native), caching immutable values in the front cache.
   _load(key, countMiss) {
-    const v = this._n.getSync(key, countMiss)
+    let v
+    try {
+      v = this._n.getSync(key, countMiss)
+    } catch (err) {
+      rethrow(err)
+    }
     const sc = this._sc
     const kind = sc[3]
     if (kind === 0) return undefined
@@ -197,17 +297,21 @@ class CacheManager {
       checkKey(key)
       const v = this._load(key, !this._hasL2)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._n.getL2(key).then(decodeOne)
+      return this._getL2(key)
     } catch (err) {
       return Promise.reject(err)
     }
+  }
+
+  async _getL2(key) {
+    return decodeOne(await settled(this._n.getL2(key)))
   }
 
   getMany(keys) {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.getMany(keys).then(decodeMany)
+      return settled(this._n.getMany(keys)).then(decodeMany)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -219,7 +323,7 @@ class CacheManager {
       encode(value)
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.set(key, encKind, encPayload, optTtl, optTags).then(noop)
+      return settled(this._n.set(key, encKind, encPayload, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -230,7 +334,11 @@ class CacheManager {
     encode(value)
     optTtl = optTags = undefined
     setOptions(options)
-    this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    try {
+      this._n.setSync(key, encKind, encPayload, optTtl, optTags)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   setMany(entries, options) {
@@ -250,7 +358,7 @@ class CacheManager {
       }
       optTtl = optTags = undefined
       setOptions(options)
-      return this._n.setMany(keys, kinds, payloads, optTtl, optTags).then(noop)
+      return settled(this._n.setMany(keys, kinds, payloads, optTtl, optTags)).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -260,15 +368,38 @@ class CacheManager {
     const e = this._front.get(key)
     if (e !== undefined && this._ver[e.s] === e.v && (e.x === 0 || e.x > now())) return true
     checkKey(key)
-    return this._n.has(key)
+    try {
+      return this._n.has(key)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
+  // getOrSet: the whole protocol is here (the engine keeps the flights).
+  //  1. L1 (front cache, then native peek): a fresh value is served; a stale
+  //     one or one due for refresh-ahead is served and refreshed once in the
+  //     background.
+  //  2. L2 (with redis).
+  //  3. The flight: one caller per key in the process leads (runs the
+  //     factory, writes the value, ends the flight with its token); the others
+  //     wait for its value or error. A leader that gives up (timeoutMs,
+  //     signal) abandons the flight, and one whose thread died is detected by
+  //     the engine: either way the waiters look again and one of them leads.
+  //  Every caller's wait (leader's included) is bounded by its own timeoutMs
+  //  and signal.
   getOrSet(key, factory, options) {
     try {
       checkKey(key)
       if (typeof factory !== 'function') throw invalidArg(`factory must be a function, got ${show(factory)}`)
+      let wait = null
+      let acrossProcesses = false
       if (options !== undefined) {
         setOptions(options)
+        wait = waitOptions(options)
+        if (options.singleFlight === 'redis') {
+          if (!this._hasL2) throw invalidArg("singleFlight 'redis' needs the redis option")
+          acrossProcesses = true
+        }
       }
       const e = this._front.get(key)
       // A front hit inside the refresh-ahead margin goes to peek(), which
@@ -277,7 +408,12 @@ class CacheManager {
         if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
         return Promise.resolve(e.val)
       }
-      const v = this._n.peek(key)
+      let v
+      try {
+        v = this._n.peek(key)
+      } catch (err) {
+        rethrow(err)
+      }
       const kind = this._sc[3]
       if (kind !== 0) {
         const state = this._sc[4]
@@ -285,15 +421,10 @@ class CacheManager {
         if (state !== 0) this._refresh(key, factory, options)
         return Promise.resolve(value)
       }
-      let p = this._flights.get(key)
-      if (p !== undefined) return p
-      p = this._fly(key, factory, options)
-      this._flights.set(key, p)
-      const done = () => {
-        if (this._flights.get(key) === p) this._flights.delete(key)
-      }
-      p.then(done, done)
-      return p
+      if (wait !== null && wait.signal?.aborted) throw abortedError(wait.signal)
+      // settled: a rejection made in background work (a native wait, a
+      // timer) is re-made on the caller's await chain, for its stack.
+      return settled(this._fly(key, factory, options, wait === null ? null : new Wait(wait), acrossProcesses))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -302,63 +433,124 @@ class CacheManager {
   // Stale or nearly expired: refresh once in the background (single flight).
   _refresh(key, factory, options) {
     if (this._flights.has(key)) return
-    const p = this._lead(key, factory, options, true)
-    this._flights.set(key, p)
+    const token = this._n.flightLead(key)
+    if (token !== 0) this._start(key, token, factory, options, null, false).p.catch(noop)
+  }
+
+  // Lead the flight: callers on this thread join `entry.p` (and so get the
+  // very value or error); callers on other threads wait natively.
+  _start(key, token, factory, options, wait, acrossProcesses) {
+    const entry = { p: null, abandoned: false, acrossProcesses }
+    this._flights.set(key, entry)
+    entry.p = this._lead(key, token, factory, options, wait, entry)
     const done = () => {
-      if (this._flights.get(key) === p) this._flights.delete(key)
+      if (this._flights.get(key) === entry) this._flights.delete(key)
     }
-    p.then(done, done)
+    entry.p.then(done, done)
+    return entry
   }
 
-  async _fly(key, factory, options) {
-    if (this._hasL2) {
-      const r = await this._n.getL2(key)
-      if (r[0] !== 0) return decodeOne(r)
-    }
-    for (;;) {
-      const led = await this._lead(key, factory, options, false)
-      if (led !== NOT_LEADER) return led
-      const r = await this._n.flightWait(key)
-      if (typeof r === 'string') throw flightError(r)
-      if (r.length > 0) return decodeOne(r)
-      // The flight ended before we could wait on it: its value is in L1 now,
-      // unless it failed (then we try to lead).
-      const v = this._load(key, false)
-      if (v !== undefined) return v
-    }
-  }
-
-  async _lead(key, factory, options, background) {
-    if (!this._n.flightLead(key)) return background ? undefined : NOT_LEADER
-    // From here the flight must end exactly once, whatever happens, or waiters
-    // in other threads would wait forever.
-    let ended = false
+  async _fly(key, factory, options, wait, acrossProcesses) {
     try {
-      const value = await factory()
+      if (this._hasL2) {
+        const r = await race(this._n.getL2(key), wait)
+        if (r[0] !== 0) return decodeOne(r)
+      }
+      for (;;) {
+        const local = this._flights.get(key)
+        if (local !== undefined) {
+          try {
+            return await race(local.p, wait)
+          } catch (err) {
+            // The leader on this thread gave up (its own timeout or signal):
+            // look again; anything else is the flight's error.
+            if (!local.abandoned || (wait !== null && err === wait.reason)) throw err
+            if (this._flights.get(key) === local) this._flights.delete(key)
+            continue
+          }
+        }
+        const token = this._n.flightLead(key)
+        if (token !== 0) return await this._start(key, token, factory, options, wait, acrossProcesses).p
+        const r = await race(this._n.flightWait(key, wait === null ? -1 : wait.remainingMs()), wait)
+        if (typeof r === 'string') throw flightError(r)
+        if (r.length > 0) return decodeOne(r)
+        // The flight is over without a value for us (it ended before we
+        // looked, or its leader gave up or died): its value may be in L1 now;
+        // if not, lead.
+        const v = this._load(key, false)
+        if (v !== undefined) return v
+      }
+    } finally {
+      wait?.done()
+    }
+  }
+
+  async _lead(key, token, factory, options, wait, entry) {
+    // From here the flight must end exactly once, whatever happens, or waiters
+    // would wait until their own timeout.
+    let ended = false
+    let leased = false
+    let taking = null // a lease request whose answer this caller may not wait for
+    try {
+      if (entry.acrossProcesses) {
+        // singleFlight 'redis': one factory run across processes. Take the
+        // lease, or wait for the holder's value (woken by its invalidation
+        // message, polled as a fallback); a dead holder's lease expires and
+        // is taken over here.
+        for (;;) {
+          taking = this._n.leaseAcquire(key)
+          leased = await race(taking, wait)
+          taking = null
+          // Double check after taking it: the last holder may just have
+          // written the value and released.
+          const r = leased ? await race(this._n.getL2(key), wait) : await race(this._n.leaseWait(key, LEASE_POLL_MS), wait)
+          if (r.length > 0 && r[0] !== 0) {
+            const value = decodeOne(r)
+            encode(value)
+            this._n.flightEnd(key, token, encKind, encPayload)
+            ended = true
+            return value
+          }
+          if (leased) break
+        }
+      }
+      const value = await race(new Promise((resolve) => resolve(factory())), wait)
       encode(value)
       const kind = encKind
       const payload = encPayload
       optTtl = optTags = undefined
       setOptions(options)
       const written = this._n.set(key, kind, payload, optTtl, optTags)
-      this._n.flightEnd(key, kind, payload)
+      this._n.flightEnd(key, token, kind, payload)
       ended = true
       // The value is in L1 now: later misses must not join this flight while
       // its L2 write finishes.
-      this._flights.delete(key)
+      if (this._flights.get(key) === entry) this._flights.delete(key)
       await written
       return value
     } catch (err) {
-      if (!ended) this._n.flightFail(key, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
-      if (background) return undefined
+      if (!ended) {
+        if (wait !== null && err === wait.reason) {
+          entry.abandoned = true
+          this._n.flightAbandon(key, token)
+        } else this._n.flightFail(key, token, String(err?.code ?? ''), String(err?.message ?? err), String(err?.name ?? 'Error'))
+      }
       throw err
+    } finally {
+      // Released once the value has landed in Redis (or the factory failed).
+      if (leased) this._n.leaseRelease(key).catch(noop)
+      else if (taking !== null) {
+        taking.then((got) => {
+          if (got) this._n.leaseRelease(key).catch(noop)
+        }, noop)
+      }
     }
   }
 
   delete(key) {
     try {
       checkKey(key)
-      return this._n.deleteMany([key]).then((n) => n > 0)
+      return settled(this._n.deleteMany([key])).then((n) => n > 0)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -368,7 +560,7 @@ class CacheManager {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return this._n.deleteMany(keys)
+      return settled(this._n.deleteMany(keys))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -377,7 +569,7 @@ class CacheManager {
   deletePattern(glob) {
     try {
       checkKey(glob, 'glob')
-      return this._n.deletePattern(glob)
+      return settled(this._n.deletePattern(glob))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -386,7 +578,7 @@ class CacheManager {
   deleteTag(tag) {
     try {
       checkKey(tag, 'tag')
-      return this._n.deleteTag(tag)
+      return settled(this._n.deleteTag(tag))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -394,15 +586,19 @@ class CacheManager {
 
   deleteLater(key, delayMs) {
     checkKey(key)
-    optNumber({ delayMs }, 'delayMs')
-    if (delayMs === undefined) throw invalidArg('delayMs must be a finite number, got undefined')
-    this._n.deleteLater(key, delayMs)
+    if (delayMs === undefined) throw invalidArg('delayMs must be a number, got undefined')
+    optDuration({ delayMs }, 'delayMs')
+    try {
+      this._n.deleteLater(key, delayMs)
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   remainingTtlMs(key) {
     try {
       checkKey(key)
-      return this._n.remainingTtlMs(key).then((ms) => (ms === -2 ? undefined : ms))
+      return settled(this._n.remainingTtlMs(key)).then((ms) => (ms === -2 ? undefined : ms))
     } catch (err) {
       return Promise.reject(err)
     }
@@ -411,15 +607,19 @@ class CacheManager {
   clear() {
     try {
       this._front.clear()
-      return this._n.clear()
+      return settled(this._n.clear())
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
   stats() {
-    this._flushHits()
-    return this._n.stats()
+    try {
+      this._flushHits()
+      return this._n.stats()
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   close() {
@@ -428,10 +628,17 @@ class CacheManager {
       this._flushFront()
       this._cap = 0
     }
-    return this._n.close()
+    return settled(this._n.close())
+  }
+
+  // Functions instead of keys (lib/wrap.js).
+  wrap(fn, options) {
+    return cacheWrap(this, fn, options)
+  }
+
+  warm(loaders, options) {
+    return cacheWarm(this, loaders, options)
   }
 }
-
-const NOT_LEADER = Symbol('not leader')
 
 module.exports = { CacheManager, encode, decode }

@@ -10,28 +10,23 @@
 // function per check on the native side).
 
 const { NativeRateLimiter, rateLimiterCheckSync } = require('./native.js')
-const { CODES, hpError, invalidArg, rangeError, closedError, checkKey, checkOptions, optNumber, fromNative, show } = require('./errors')
+const { limiterWrap } = require('./wrap')
+const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show } = require('./errors')
 
 const ALGORITHMS = ['sliding-window', 'sliding-window-counter', 'fixed-window', 'token-bucket', 'gcra']
 const ON_REDIS_ERROR = ['allow', 'deny', 'local']
 
-function requiredPositive(o, name) {
-  const v = o[name]
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidArg(`${name} must be a finite number > 0, got ${show(v)}`)
-  if (v <= 0) throw rangeError(`${name} must be > 0, got ${v}`)
-  return v
-}
-
-function oneOf(o, name, allowed) {
-  const v = o[name]
-  if (v !== undefined && !allowed.includes(v)) {
-    throw invalidArg(`${name} must be ${allowed.map((a) => `'${a}'`).join(', ')}, got ${show(v)}`)
-  }
+function required(o, name) {
+  if (o[name] === undefined) throw invalidArg(`${name} is required (a number > 0), got undefined`)
 }
 
 function checkCost(cost) {
-  if (typeof cost !== 'number' || !Number.isFinite(cost)) throw invalidArg(`cost must be a finite number >= 0, got ${show(cost)}`)
-  if (cost < 0) throw rangeError(`cost must be >= 0, got ${cost}`)
+  checkNumber('cost', cost, { min: 0 })
+}
+
+// A native call that may throw (closed, a bug): its error as a hotpath error.
+function rethrow(err) {
+  throw fromNative(err)
 }
 
 function abortedError(signal) {
@@ -49,13 +44,15 @@ class RateLimiter {
   constructor(options) {
     if (options === undefined) throw invalidArg('options must be an object with limit and windowMs, got undefined')
     checkOptions(options, 'options')
-    this._limit = requiredPositive(options, 'limit')
-    requiredPositive(options, 'windowMs')
+    required(options, 'limit')
+    required(options, 'windowMs')
+    this._limit = optNumber(options, 'limit', { min: 0, exclusiveMin: true })
+    optTtl(options, 'windowMs', { exclusiveMin: true })
     oneOf(options, 'algorithm', ALGORITHMS)
     oneOf(options, 'onRedisError', ON_REDIS_ERROR)
     optNumber(options, 'maxKeys', { min: 1, integer: true })
-    if (options.name !== undefined) checkKey(options.name, 'name')
-    if (options.redis !== undefined) checkOptions(options.redis, 'redis')
+    optName(options)
+    checkRedisOptions(options.redis)
     // Redis decisions arrive here in batches. The callback holds only what
     // it needs (not `this`), so an unclosed limiter can still be collected.
     const pending = new Map()
@@ -92,7 +89,7 @@ class RateLimiter {
   }
 
   _args(key, cost) {
-    if (typeof key !== 'string' || key.length === 0) checkKey(key)
+    if (typeof key !== 'string' || key.length === 0 || !key.isWellFormed()) checkKey(key)
     if (cost !== 1) checkCost(cost)
     if (this._closed) throw closedError('RateLimiter')
   }
@@ -100,8 +97,14 @@ class RateLimiter {
   /** In process: check and consume `cost` (default 1), synchronously. */
   checkSync(key, cost = 1) {
     this._args(key, cost)
-    if (this._redis) throw invalidArg('checkSync is in-process only: a RateLimiter with `redis` checks with check()')
-    return this._result(nativeCheckSync(this._h, key, cost, true))
+    if (this._redis) throw misuse('checkSync is in-process only: a RateLimiter with `redis` checks with check()')
+    let allowed
+    try {
+      allowed = nativeCheckSync(this._h, key, cost, true)
+    } catch (err) {
+      rethrow(err)
+    }
+    return this._result(allowed)
   }
 
   check(key, cost = 1) {
@@ -110,7 +113,7 @@ class RateLimiter {
       if (!this._redis) return Promise.resolve(this._result(nativeCheckSync(this._h, key, cost, true)))
       return this._ask(key, cost, true)
     } catch (err) {
-      return Promise.reject(err)
+      return Promise.reject(fromNative(err))
     }
   }
 
@@ -121,7 +124,7 @@ class RateLimiter {
       if (!this._redis) return Promise.resolve(this._result(nativeCheckSync(this._h, key, 1, false)))
       return this._ask(key, 1, false)
     } catch (err) {
-      return Promise.reject(err)
+      return Promise.reject(fromNative(err))
     }
   }
 
@@ -136,9 +139,9 @@ class RateLimiter {
         this._n.resetSync(key)
         return Promise.resolve()
       }
-      return this._n.reset(key)
+      return settled(this._n.reset(key))
     } catch (err) {
-      return Promise.reject(err)
+      return Promise.reject(fromNative(err))
     }
   }
 
@@ -158,17 +161,16 @@ class RateLimiter {
           checkCost(options.cost)
           cost = options.cost
         }
-        timeoutMs = optNumber(options, 'timeoutMs', { min: 0 })
-        signal = options.signal
-        if (signal !== undefined && (signal === null || typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function')) {
-          throw invalidArg(`signal must be an AbortSignal, got ${show(signal)}`)
-        }
+        timeoutMs = optDuration(options, 'timeoutMs', { allowInfinity: true })
+        if (timeoutMs === Infinity) timeoutMs = undefined
+        signal = optSignal(options)
       }
       this._args(key, cost)
       if (cost > this._limit) throw rangeError(`cost ${cost} exceeds limit ${this._limit}: it can never be admitted`)
       if (signal?.aborted) return Promise.reject(abortedError(signal))
-      const p = this._n.acquire(key, cost, timeoutMs)
-      if (p === null || p === undefined) return Promise.resolve()
+      const np = this._n.acquire(key, cost, timeoutMs)
+      if (np === null || np === undefined) return Promise.resolve()
+      const p = settled(np)
       if (signal === undefined) return p
       const id = this._sc[3]
       const onAbort = () => this._n.cancel(id)
@@ -184,7 +186,7 @@ class RateLimiter {
         },
       )
     } catch (err) {
-      return Promise.reject(err)
+      return Promise.reject(fromNative(err))
     }
   }
 
@@ -202,7 +204,8 @@ class RateLimiter {
       ['remaining', remaining],
       ['resetMs', resetMs],
     ]) {
-      if (typeof v !== 'number' || !(v >= 0)) throw invalidArg(`result.${name} must be a number >= 0, got ${show(v)}`)
+      if (typeof v !== 'number') throw invalidArg(`result.${name} must be a number, got ${show(v)}`)
+      if (!(v >= 0)) throw rangeError(`result.${name} must be a number >= 0, got ${show(v)}`)
     }
     if (typeof allowed !== 'boolean') throw invalidArg(`result.allowed must be a boolean, got ${show(allowed)}`)
     const h = {
@@ -211,19 +214,29 @@ class RateLimiter {
       'RateLimit-Reset': String(Math.ceil(resetMs / 1000)),
     }
     if (!allowed) {
-      if (typeof retryAfterMs !== 'number' || !(retryAfterMs >= 0)) throw invalidArg(`result.retryAfterMs must be a number >= 0, got ${show(retryAfterMs)}`)
+      if (typeof retryAfterMs !== 'number') throw invalidArg(`result.retryAfterMs must be a number, got ${show(retryAfterMs)}`)
+      if (!(retryAfterMs >= 0)) throw rangeError(`result.retryAfterMs must be a number >= 0, got ${show(retryAfterMs)}`)
       if (Number.isFinite(retryAfterMs)) h['Retry-After'] = String(Math.max(1, Math.ceil(retryAfterMs / 1000)))
     }
     return h
   }
 
   stats() {
-    return this._n.stats()
+    try {
+      return this._n.stats()
+    } catch (err) {
+      rethrow(err)
+    }
   }
 
   close() {
     this._closed = true
-    return this._n.close().then(noop)
+    return settled(this._n.close()).then(noop)
+  }
+
+  /** A function that checks the limit, then calls `fn` (lib/wrap.js). */
+  wrap(fn, options) {
+    return limiterWrap(this, fn, options)
   }
 }
 

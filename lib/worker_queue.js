@@ -19,7 +19,7 @@ const fs = require('node:fs')
 const { fileURLToPath } = require('node:url')
 const { Worker } = require('node:worker_threads')
 const { NativeWorkerQueue } = require('./native.js')
-const { CODES, hpError, invalidArg, rangeError, checkOptions, fromNative, show } = require('./errors')
+const { CODES, CODE_BY_INDEX, hpError, invalidArg, rangeError, misuse, checkOptions, checkNumber, optName, isSignal, fromNative, settled, detached, show, MAX_DURATION_MS } = require('./errors')
 const { enc, encode, decode } = require('./wq_codec')
 
 const HDR = 8
@@ -29,19 +29,8 @@ const EV_RETRYING = 2
 const EV_RESULT = 3
 const EV_FAILED = 4
 const EV_TERMINATE = 5
-// src/error.rs `Code`, in declaration order.
-const CODE_BY_INDEX = [
-  CODES.INVALID_ARG,
-  CODES.CLOSED,
-  CODES.TIMEOUT,
-  CODES.ABORTED,
-  CODES.QUEUE_FULL,
-  CODES.RATE_LIMITED,
-  CODES.REDIS,
-  CODES.BATCH_RESULT,
-  CODES.BUFFER_RELEASED,
-  CODES.TASK_FAILED,
-]
+/** The most worker threads one queue may have. */
+const MAX_THREADS = 1024
 const ENTRY = path.join(__dirname, 'worker_entry.js')
 // How long an idle worker blocks waiting for the next task before it returns
 // to its event loop (then a task wakes it through a ThreadsafeFunction).
@@ -50,45 +39,27 @@ const SPIN_MS = 2
 const closedError = () => hpError(CODES.CLOSED, 'WorkerQueue is closed')
 
 function abortedError(signal) {
-  const e = new Error('task was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined)
-  e.code = CODES.ABORTED
-  return e
+  return detached(hpError(CODES.ABORTED, 'task was aborted', signal.reason !== undefined ? { cause: signal.reason } : undefined))
 }
 
 function timeoutError(ms) {
-  return hpError(CODES.TIMEOUT, `task timed out after ${ms} ms`)
+  return detached(hpError(CODES.TIMEOUT, `task timed out after ${ms} ms`))
 }
 
 function statusError(st, q) {
   if (st === 1) return hpError(CODES.QUEUE_FULL, `queue is full (maxQueueSize ${q._maxQueue})`)
   if (st === 2) return closedError()
-  return invalidArg('WorkerQueue: bad task id (internal error)')
-}
-
-function isSignal(s) {
-  return s !== null && typeof s === 'object' && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function'
+  return hpError(CODES.INTERNAL, `WorkerQueue: the engine refused a task with status ${st} (a bug in hotpath)`)
 }
 
 // ---------------------------------------------------------------- options
 
-function countOption(o, name, { allowInfinity = false, min = 1 } = {}) {
-  const v = o[name]
-  if (v === undefined) return undefined
-  if (typeof v !== 'number' || Number.isNaN(v)) throw invalidArg(`${name} must be a number, got ${show(v)}`)
-  if (v === Infinity && allowInfinity) return v
-  if (!Number.isInteger(v) || v < min) throw rangeError(`${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer${allowInfinity ? ' or Infinity' : ''}, got ${v}`)
-  return v
+function countOption(o, name, { allowInfinity = false, min = 1, max = undefined } = {}) {
+  return checkNumber(name, o[name], { min, max, integer: true, allowInfinity })
 }
 
 function msOption(o, name, { allowZero = false, allowInfinity = false } = {}) {
-  const v = o[name]
-  if (v === undefined) return undefined
-  if (typeof v !== 'number' || Number.isNaN(v)) throw invalidArg(`${name} must be a number, got ${show(v)}`)
-  if (v === Infinity && allowInfinity) return v
-  if (!Number.isFinite(v) || v < 0 || (v === 0 && !allowZero)) {
-    throw rangeError(`${name} must be ${allowZero ? '>= 0' : '> 0'}${allowInfinity ? ' or Infinity' : ''}, got ${v}`)
-  }
-  return v
+  return checkNumber(name, o[name], { min: 0, max: MAX_DURATION_MS, exclusiveMin: !allowZero, allowInfinity })
 }
 
 function resolveFilename(f) {
@@ -119,12 +90,13 @@ function taskOptions(o) {
   checkOptions(o, 'options')
   const p = o.priority
   if (p !== undefined) {
-    if (typeof p !== 'number' || !Number.isFinite(p)) throw invalidArg(`priority must be a finite number, got ${show(p)}`)
+    if (typeof p !== 'number') throw invalidArg(`priority must be a number, got ${show(p)}`)
+    if (!Number.isFinite(p)) throw rangeError(`priority must be a finite number, got ${show(p)}`)
     oPrio = p
   }
   const t = msOption(o, 'timeoutMs', { allowInfinity: true })
   if (t !== undefined) oTimeout = t
-  const r = countOption(o, 'retries', { min: 0 })
+  const r = countOption(o, 'retries', { min: 0, max: 2 ** 32 - 1 })
   if (r !== undefined) oRetries = r
   const s = o.signal
   if (s !== undefined) {
@@ -194,22 +166,20 @@ class WorkerQueue {
     if (o.workers !== undefined) {
       checkOptions(o.workers, 'workers')
       if (o.workers === null) throw invalidArg('workers must be an object, got null')
-      const threads = countOption(o.workers, 'threads')
+      const threads = countOption(o.workers, 'threads', { max: MAX_THREADS })
       workers = {
         filename: resolveFilename(o.workers.filename),
         threads: threads ?? os.availableParallelism(),
       }
     }
-    if (o.name !== undefined && (typeof o.name !== 'string' || o.name.length === 0)) {
-      throw invalidArg(`name must be a non-empty string, got ${show(o.name)}`)
-    }
+    optName(o)
     const concurrency = countOption(o, 'concurrency', { allowInfinity: true })
     const maxQueueSize = countOption(o, 'maxQueueSize', { allowInfinity: true, min: 0 })
     const native = {
       concurrency: concurrency ?? (workers ? workers.threads : os.availableParallelism()),
       maxQueueSize,
       timeoutMs: msOption(o, 'timeoutMs', { allowInfinity: true }),
-      retries: countOption(o, 'retries', { min: 0 }),
+      retries: countOption(o, 'retries', { min: 0, max: 2 ** 32 - 1 }),
       retryBackoffMs: msOption(o, 'retryBackoffMs', { allowZero: true }),
       workers,
       name: o.name,
@@ -222,6 +192,8 @@ class WorkerQueue {
     this._sc = new Float64Array(this._n.scratch())
     this._bytes = Buffer.from(this._n.bytes())
     this._maxQueue = maxQueueSize ?? Infinity
+    /** Tasks time out by default (timeoutMs set, finite). */
+    this._timeouts = native.timeoutMs !== undefined && native.timeoutMs !== Infinity
     this._concurrency = this._n.concurrency()
     this._thread = workers !== undefined
     this._filename = workers?.filename
@@ -275,7 +247,7 @@ class WorkerQueue {
 
   add(fn, options) {
     if (this._closing) return Promise.reject(closedError())
-    if (this._thread) return Promise.reject(invalidArg('add(fn) is for function mode; this queue runs payloads in worker threads: use run(payload)'))
+    if (this._thread) return Promise.reject(misuse('add(fn) is for function mode; this queue runs payloads in worker threads: use run(payload)'))
     if (typeof fn !== 'function') return Promise.reject(invalidArg(`task must be a function, got ${show(fn)}`))
     try {
       taskOptions(options)
@@ -288,8 +260,12 @@ class WorkerQueue {
     const p = this._promise(rec)
     const id = this._slot(rec)
     if (this._refused(id, rec, this._n.add(id, oPrio, oTimeout, oRetries))) return p
+    // A task that can be rejected by a timeout or its signal: the rejection
+    // is re-made on the caller's await chain (settled), so its stack says
+    // where the task was added. Other tasks skip the extra promise.
+    const relay = signal !== undefined || (oTimeout < 0 ? this._timeouts : oTimeout > 0 && oTimeout !== Infinity)
     this._process(undefined)
-    return p
+    return relay ? settled(p) : p
   }
 
   addAll(tasks, options) {
@@ -302,7 +278,7 @@ class WorkerQueue {
 
   run(payload, options) {
     if (this._closing) return Promise.reject(closedError())
-    if (!this._thread) return Promise.reject(invalidArg('run(payload) needs worker-thread mode: pass workers: { filename } to the constructor, or use add(fn)'))
+    if (!this._thread) return Promise.reject(misuse('run(payload) needs worker-thread mode: pass workers: { filename } to the constructor, or use add(fn)'))
     if (this._broken !== null) return Promise.reject(this._brokenError())
     try {
       taskOptions(options)
@@ -323,7 +299,7 @@ class WorkerQueue {
     if (!this._spawned) this._spawnAll()
     const sc = this._sc
     if (sc[0] !== 0 || sc[1] !== -1 || sc[2] !== 0) this._process(undefined)
-    return p
+    return settled(p)
   }
 
   _promise(rec) {
@@ -478,7 +454,7 @@ class WorkerQueue {
           v = kind === 4 ? this._text(o, big) : decode(kind, sc[o + 4], kind >= 5 ? this._slice(o, big) : undefined)
         } catch (e) {
           this._finish(id, rec)
-          rec.reject(hpError(CODES.TASK_FAILED, `the task's result could not be decoded: ${e && e.message}`))
+          rec.reject(detached(hpError(CODES.TASK_FAILED, `the task's result could not be decoded: ${e && e.message}`)))
           return
         }
         this._finish(id, rec)
@@ -491,7 +467,7 @@ class WorkerQueue {
         const rec = this._recs[id]
         if (rec === undefined) return
         const code = CODE_BY_INDEX[sc[o + 2]] ?? CODES.TASK_FAILED
-        const err = code === CODES.TIMEOUT ? timeoutError(sc[o + 3]) : hpError(code, this._text(o, big) || 'task failed')
+        const err = code === CODES.TIMEOUT ? timeoutError(sc[o + 3]) : detached(hpError(code, this._text(o, big) || 'task failed'))
         this._finish(id, rec)
         if (rec.ctx !== null) this._deferred.push(rec.ctx, err)
         rec.reject(err)

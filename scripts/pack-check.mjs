@@ -95,7 +95,7 @@ try {
   const files = mainPack.files.map((f) => f.path)
   if (files.some((f) => f.endsWith('.node'))) fail(`the main package holds a binary: ${files.filter((f) => f.endsWith('.node'))}`)
   else ok(`main package: ${files.length} files, ${(mainPack.size / 1024).toFixed(0)} kB packed, no binary`)
-  for (const f of ['LICENSE', 'README.md', 'index.js', 'index.d.ts', 'index.d.mts', 'lib/hotpath.js', 'lib/hotpath.mjs']) {
+  for (const f of ['LICENSE', 'README.md', 'index.js', 'index.d.ts', 'types/hotpath.d.ts', 'types/hotpath.d.mts', 'lib/hotpath.js', 'lib/hotpath.mjs']) {
     if (!files.includes(f)) fail(`the main package lacks ${f}`)
   }
   const packed = JSON.parse(must('tar', ['-xzOf', mainTgz, 'package/package.json']))

@@ -3,9 +3,27 @@
 // of the README's TypeScript blocks includes this file; a block that uses
 // one of these is marked ```ts no-run.
 import type { ServerResponse } from 'node:http'
+import type { CacheManager, RateLimiter } from 'hotpath'
 
 declare global {
-  const db: { load(id: number): Promise<{ id: number; name: string }> }
+  type User = { id: number; name: string }
+  type Product = { id: number; title: string; price: number }
+  type Payload = { tenant: string; body: string }
+  type Reply = { ok: boolean }
+  const cache: CacheManager
+  const limiter: RateLimiter
+  const partnerLimiter: RateLimiter
+  const db: {
+    load(id: number): Promise<User>
+    users: { find(id: number): Promise<User> }
+    product(id: number): Promise<Product>
+    topProducts(): Promise<Product[]>
+  }
+  const mailer: { send(to: string, body: string): Promise<void> }
+  function retryLater(ms: number): void
+  function fetchPage(url: string): Promise<string>
+  function loadFlags(): Promise<Record<string, boolean>>
+  function log(line: string): void
   const ip: string
   const id: string
   const tenant: string

@@ -15,6 +15,7 @@ pub enum Code {
   BatchResult,
   BufferReleased,
   TaskFailed,
+  Internal,
 }
 
 impl Code {
@@ -30,6 +31,7 @@ impl Code {
       Code::BatchResult => "ERR_BATCH_RESULT",
       Code::BufferReleased => "ERR_BUFFER_RELEASED",
       Code::TaskFailed => "ERR_TASK_FAILED",
+      Code::Internal => "ERR_INTERNAL",
     }
   }
 }

@@ -49,6 +49,7 @@ export type HotpathErrorCode =
   | 'ERR_BATCH_RESULT'
   | 'ERR_BUFFER_RELEASED'
   | 'ERR_TASK_FAILED'
+  | 'ERR_INTERNAL'
 
 /** The error codes, by name. */
 export declare const ERROR_CODES: Readonly<{
@@ -62,7 +63,27 @@ export declare const ERROR_CODES: Readonly<{
   BATCH_RESULT: 'ERR_BATCH_RESULT'
   BUFFER_RELEASED: 'ERR_BUFFER_RELEASED'
   TASK_FAILED: 'ERR_TASK_FAILED'
+  INTERNAL: 'ERR_INTERNAL'
 }>
+
+/**
+ * Every error hotpath throws or rejects with. `e instanceof HotpathError` and
+ * `isHotpathError(e)` hold for all of them; a wrong type is also a
+ * `TypeError` and a value out of range also a `RangeError` (both with `code`
+ * `ERR_INVALID_ARG`). A rejection from background (native) work is made on
+ * the awaiting call's continuation, so its stack names the caller
+ * (`at async yourFunction`). `ERR_INTERNAL` is a bug inside hotpath (a caught
+ * panic): only the instance it happened in becomes unusable.
+ */
+export declare class HotpathError extends Error {
+  constructor(code: HotpathErrorCode, message: string, options?: { cause?: unknown })
+  readonly code: HotpathErrorCode
+  /** `ERR_RATE_LIMITED`: ms until a retry can pass. */
+  retryAfterMs?: number
+}
+
+/** Whether `e` is an error hotpath made (any class: Error, TypeError, RangeError). */
+export declare function isHotpathError(e: unknown): e is HotpathError
 
 /** Options of `set`, `setSync`, `setMany` and `getOrSet`. */
 export interface CacheSetOptions {
@@ -70,6 +91,16 @@ export interface CacheSetOptions {
   ttlMs?: number
   /** Tags: `deleteTag(tag)` deletes every entry set with it, on every level. */
   tags?: readonly string[]
+}
+
+/** Options of `getOrSet`: those of `set`, and how callers wait. */
+export interface GetOrSetOptions extends CacheSetOptions {
+  /** Bounds every caller's wait in ms, the leader's included: past it the call rejects `ERR_TIMEOUT` and the key is free again. Default: none. */
+  timeoutMs?: number
+  /** Rejects the call with `ERR_ABORTED` when it aborts. */
+  signal?: AbortSignal
+  /** `'redis'` (needs `redis`): one factory run across every process on that Redis, through a lease. Default: `'process'`. */
+  singleFlight?: 'process' | 'redis'
 }
 
 /**
@@ -100,7 +131,7 @@ export declare class CacheManager<V extends Storable<V> = CacheValue> {
    * threads included): one factory run per missing key. If the factory
    * throws, every waiter rejects with that error and nothing is cached.
    */
-  getOrSet(key: string, factory: () => V | Promise<V>, options?: CacheSetOptions): Promise<V>
+  getOrSet(key: string, factory: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V>
   /** Every level, and other instances' L1. Resolves whether the key existed. */
   delete(key: string): Promise<boolean>
   deleteMany(keys: readonly string[]): Promise<number>
@@ -117,6 +148,10 @@ export declare class CacheManager<V extends Storable<V> = CacheValue> {
   stats(): CacheStats
   /** Flushes pending write-behind, unsubscribes; later calls throw/reject `ERR_CLOSED`. Idempotent. */
   close(): Promise<void>
+  /** `fn` memoized through `getOrSet` (single-flight; errors are never cached). See {@link WrapOptions} for the key. */
+  wrap<A extends unknown[], R extends V>(fn: (...args: A) => R | Promise<R>, options?: WrapOptions<NoInferArgs<A>>): (...args: A) => Promise<R>
+  /** Run loaders (at most `concurrency` at once) and `set` each value; one failing loader never stops the others. */
+  warm(loaders: Iterable<readonly [string, () => V | Promise<V>]> | Record<string, () => V | Promise<V>>, options?: WarmOptions): Promise<WarmResult>
 }
 
 /** The answer to a rate-limit check. */
@@ -169,6 +204,8 @@ export declare class RateLimiter {
   stats(): RateLimiterStats
   /** Waiting `acquire` calls of this handle reject `ERR_CLOSED`; later calls throw/reject `ERR_CLOSED`. Idempotent. */
   close(): Promise<void>
+  /** A function that checks the limit, then calls `fn`. Denied: rejects `ERR_RATE_LIMITED` with `retryAfterMs` on the error; with `wait: true` it waits through `acquire`. */
+  wrap<A extends unknown[], R>(fn: (...args: A) => R | Promise<R>, options?: LimitWrapOptions<NoInferArgs<A>>): (...args: A) => Promise<R>
 }
 
 /** Options of `new BatchProcessor(handler, options)`. */
@@ -228,9 +265,6 @@ export declare class BufferPool {
   close(): Promise<void>
 }
 
-/** Tests only: move hotpath's clock forward (TTLs, windows, timers) without sleeping. */
-export declare function __advanceClock(ms: number): void
-
 // ---------------------------------------------------------------- WorkerQueue
 
 /** Per-task options of `add`, `addAll` and `run`. */
@@ -287,3 +321,117 @@ export declare class WorkerQueue {
   /** Stop accepting tasks, finish what is queued and running (a paused queue resumes), then stop the worker threads. Idempotent. */
   close(): Promise<void>
 }
+
+// ------------------------------------------- wrap, warm and decorators (lib/wrap.js, lib/decorators.js)
+
+/** `A`, not inferred from where it is used (the wrapped function's parameters come from `fn` alone). */
+export type NoInferArgs<A> = [A][A extends unknown ? 0 : never]
+
+/** Options of `cache.wrap` and `@cached`. Functions of the arguments are called with the call's `this`. */
+export interface WrapOptions<A extends unknown[]> {
+  /**
+   * The cache key of a call. Default: `prefix` (or the function's name; `Class.method` for `@cached`)
+   * + `:` + a canonical serialization of the arguments that is the same in every process and on every
+   * machine (object key order does not matter; distinct arguments never share a key; above 200
+   * characters it is replaced by `#` + base64url(sha256)). Arguments without an exact serialization
+   * (functions, symbols, class instances, cycles) reject `ERR_INVALID_ARG` unless `key` is given.
+   * With `prefix` as well, the key is `prefix:` + `key(...args)`.
+   */
+  key?: (...args: A) => string
+  /** The start of the default key. Default: the function's name (an anonymous function needs `prefix` or `key`). */
+  prefix?: string
+  /** TTL of a computed value, fixed or from the arguments. Default: the cache's `ttlMs`. */
+  ttlMs?: number | ((...args: A) => number)
+  /** Tags of a computed value, fixed or from the arguments. */
+  tags?: string[] | ((...args: A) => string[])
+  /** Passed to `getOrSet`: bounds every caller's wait. */
+  timeoutMs?: number
+  /** Passed to `getOrSet`: `'redis'` runs `fn` once across every process on that Redis. Default: `'process'`. */
+  singleFlight?: 'process' | 'redis'
+}
+
+/** Options of `cache.warm`. */
+export interface WarmOptions {
+  /** Loaders running at once. Default: `8`. */
+  concurrency?: number
+  /** TTL of every loaded value. Default: the cache's `ttlMs`. */
+  ttlMs?: number
+  /** Tags of every loaded value. */
+  tags?: string[]
+  /** Aborting starts no more loaders and rejects `ERR_ABORTED` (with `loaded` and `failed` so far on the error). */
+  signal?: AbortSignal
+  /** Called after each loader settles, with the number settled and the total; the last call has `done === total`. */
+  onProgress?: (done: number, total: number) => void
+}
+
+/** What `cache.warm` resolves to. */
+export interface WarmResult {
+  /** Values loaded and set. */
+  loaded: number
+  /** Loaders that threw (or whose value could not be set). */
+  failed: number
+  /** Why each failed loader failed. */
+  errors: { key: string; error: unknown }[]
+}
+
+/** Options of `limiter.wrap` and `@rateLimited`. Functions of the arguments are called with the call's `this`. */
+export interface LimitWrapOptions<A extends unknown[]> {
+  /** The limiter key, fixed or from the arguments. Default: one key for the function: its name (`Class.method` for `@rateLimited`). */
+  key?: string | ((...args: A) => string)
+  /** Units each call takes, fixed or from the arguments. Default: `1`. */
+  cost?: number | ((...args: A) => number)
+  /** Wait until allowed (through `acquire`) instead of rejecting `ERR_RATE_LIMITED`. Default: `false`. */
+  wait?: boolean
+  /** With `wait`: reject `ERR_TIMEOUT` when not admitted within this many ms. */
+  timeoutMs?: number
+  /** With `wait`: reject `ERR_ABORTED` when it aborts. */
+  signal?: AbortSignal
+}
+
+/**
+ * What `@cached(...)` returns: a method decorator for TC39 standard decorators and for
+ * `experimentalDecorators`. The method must return `Promise<R>` with `R` a cache value
+ * (the cache's `V`), or it is a type error.
+ */
+export interface CachedDecorator<V extends Storable<V>, A extends unknown[]> {
+  <This, Args extends A, R extends V>(
+    method: (this: This, ...args: Args) => Promise<R>,
+    context: ClassMethodDecoratorContext<This, (this: This, ...args: Args) => Promise<R>>,
+  ): (this: This, ...args: Args) => Promise<R>
+  <Args extends A, R extends V>(
+    target: object,
+    propertyKey: string | symbol,
+    descriptor: TypedPropertyDescriptor<(...args: Args) => Promise<R>>,
+  ): TypedPropertyDescriptor<(...args: Args) => Promise<R>>
+}
+
+/** What `@rateLimited(...)` returns: a method decorator (both protocols) for a method returning a Promise. */
+export interface RateLimitedDecorator<A extends unknown[]> {
+  <This, Args extends A, R>(
+    method: (this: This, ...args: Args) => Promise<R>,
+    context: ClassMethodDecoratorContext<This, (this: This, ...args: Args) => Promise<R>>,
+  ): (this: This, ...args: Args) => Promise<R>
+  <Args extends A, R>(
+    target: object,
+    propertyKey: string | symbol,
+    descriptor: TypedPropertyDescriptor<(...args: Args) => Promise<R>>,
+  ): TypedPropertyDescriptor<(...args: Args) => Promise<R>>
+}
+
+/**
+ * Memoize a method through `cache.getOrSet` (see `CacheManager.wrap`). `cache` may be a function
+ * returning the cache (called at each call, with the instance as `this`). Default key prefix: `Class.method`.
+ */
+export declare function cached<V extends Storable<V> = CacheValue, A extends unknown[] = unknown[]>(
+  cache: CacheManager<V> | (() => CacheManager<V>),
+  options?: WrapOptions<A>,
+): CachedDecorator<V, A>
+
+/**
+ * Check a rate limit before each call of a method (see `RateLimiter.wrap`). `limiter` may be a
+ * function returning the limiter. Default limiter key: `Class.method`.
+ */
+export declare function rateLimited<A extends unknown[] = unknown[]>(
+  limiter: RateLimiter | (() => RateLimiter),
+  options?: LimitWrapOptions<A>,
+): RateLimitedDecorator<A>

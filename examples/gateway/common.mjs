@@ -5,6 +5,11 @@ import http from 'node:http'
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+/** The gateway's builds, in the order the demo runs and prints them. */
+export const MODES = ['baseline', 'peers', 'hotpath']
+/** What the gateways cache: the upstream's answer text, or the JSON object it encodes. */
+export const VALUES = ['string', 'json']
+
 export const sha256 = (text) => createHash('sha256').update(text).digest('hex')
 
 /** A seeded PRNG (mulberry32): the same plan for the baseline and hotpath runs. */
@@ -65,10 +70,10 @@ export function requestJson(url, { method = 'GET', body, timeoutMs = 10_000 } = 
  * reports `{ type: 'ready', port }`. The child exits by itself when this
  * process goes away (it watches the IPC channel).
  */
-export function startChild(file, args, { env, name = file, readyTimeoutMs = 20_000 } = {}) {
+export function startChild(file, args, { env, name = file, readyTimeoutMs = 20_000, execArgv = [] } = {}) {
   return new Promise((resolve, reject) => {
     const proc = fork(file, args, {
-      execArgv: [],
+      execArgv,
       env: env ?? process.env,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     })

@@ -39,9 +39,35 @@ export interface UpstreamStats {
   avgEmbedBatchSize: number
 }
 
-/** A gateway's GET /stats (the component sections only in hotpath mode). */
+export type Mode = 'baseline' | 'peers' | 'hotpath'
+
+/** The gateway process's own numbers in GET /stats (gc: memory after a full GC). */
+export interface ProcessStats {
+  cpuUserUs: number
+  cpuSystemUs: number
+  rssBytes: number
+  heapUsedBytes: number
+  heapTotalBytes: number
+  externalBytes: number
+  gcRan: boolean
+  /** Since the last /stats?mark=1: event-loop delay (monitorEventLoopDelay) and GC pauses (PerformanceObserver 'gc'). */
+  eventLoopDelayP99Ms: number
+  eventLoopDelayMaxMs: number
+  gcPauses: number
+  gcPauseTotalMs: number
+  gcPauseMaxMs: number
+}
+
+/**
+ * A gateway's GET /stats. The component sections are absent for the
+ * baseline; for the peers they hold the counts the gateway keeps around
+ * lru-cache/bentocache, rate-limiter-flexible, dataloader, p-queue and piscina
+ * (same names where they mean the same thing: limiter.denied, embedBatch.items,
+ * cpuQueue.completed, cache.l2Hits with Redis).
+ */
 export interface GatewayStats {
-  mode: 'baseline' | 'hotpath'
+  mode: Mode
+  values: 'string' | 'json'
   instance: string
   pid: number
   redis: boolean
@@ -56,19 +82,28 @@ export interface GatewayStats {
     cacheHits: number
     cacheHitRatio: number
   }
-  cache?: import('hotpath').CacheStats
-  limiter?: { allowed: number; denied: number; keys: number; redisErrors: number }
-  embedBatch?: { items: number; batches: number; avgBatchSize: number; pending: number; inFlight: number; failedBatches: number; retries: number }
-  upstreamQueue?: { completed: number; failed: number; retried: number; timedOut: number; queued: number; running: number; avgWaitMs: number; avgRunMs: number }
-  cpuQueue?: { completed: number; failed: number; retried: number; timedOut: number; queued: number; running: number; avgWaitMs: number; avgRunMs: number }
+  /** hotpath: CacheManager.stats(); peers: { entries } (lru-cache) or { l1Hits, l2Hits } (bentocache events). */
+  cache?: Partial<import('hotpath').CacheStats> & { entries?: number }
+  limiter?: { allowed: number; denied: number; keys?: number; redisErrors?: number }
+  embedBatch?: { items: number; batches: number; avgBatchSize: number; pending?: number; inFlight?: number; failedBatches?: number; retries?: number }
+  upstreamQueue?: { completed: number; failed: number; retried: number; timedOut?: number; queued: number; running: number; avgWaitMs?: number; avgRunMs?: number }
+  cpuQueue?: { completed: number; queued: number; failed?: number; retried?: number; timedOut?: number; running?: number; avgWaitMs?: number; avgRunMs?: number }
+  /** hotpath only. */
   bufferPool?: { hits: number; misses: number; pooledBytes: number; outstandingBytes: number; allocations: number; releases: number }
+  process: ProcessStats
 }
 
 export interface Measured {
   load: LoadResult
   upstream: UpstreamStats
+  /** Each gateway's /stats?gc=1 right after the load. */
   gateways: GatewayStats[]
+  /** Each gateway's /stats right before the load (CPU time is counted from there). */
+  before: GatewayStats[]
 }
+
+export type MeasuredAll = { baseline: Measured; peers: Measured; hotpath: Measured }
+export type Row = [label: string, baseline: string, peers: string, hotpath: string, hotpathOverPeers: string]
 
 export interface LoadPlan {
   requests: number
@@ -84,24 +119,37 @@ export interface DemoOptions {
   requests?: number
   /** Gateway processes (more than 1 needs redisUrl). */
   instances?: number
-  /** Share the hotpath gateways' cache and limits through this Redis. */
+  /** Share the peers' and the hotpath gateways' cache and limits through this Redis. */
   redisUrl?: string
+  /** What the gateways cache: the upstream's answer text (default) or the parsed JSON object. */
+  values?: 'string' | 'json'
+  /** Runs of peers and of hotpath (default 1), alternating which goes first; the table shows medians. */
+  rounds?: number
   /** Where output goes (default process.stdout). */
   write?: (text: string) => void
   /** Progress on one updating line. */
   tty?: boolean
   /** Called after each run's load while its processes are still up. */
-  onMeasured?: (ctx: { mode: 'baseline' | 'hotpath'; gateways: string[]; upstream: string; measured: Measured }) => Promise<void> | void
+  onMeasured?: (ctx: { mode: Mode; round: number; gateways: string[]; upstream: string; measured: Measured }) => Promise<void> | void
 }
 
 export interface DemoResult {
   table: string
-  rows: [string, string, string, string][]
-  measured: { baseline: Measured; hotpath: Measured }
+  rows: Row[]
+  /** Each mode's first run. */
+  measured: MeasuredAll
+  /** Every run of each mode (one for the baseline). */
+  rounds: { baseline: Measured[]; peers: Measured[]; hotpath: Measured[] }
   plan: LoadPlan
   keyPrefix: string
 }
 
 export function runDemo(options?: DemoOptions): Promise<DemoResult>
-export function tableRows(measured: { baseline: Measured; hotpath: Measured }, plan: LoadPlan, instances: number): [string, string, string, string][]
-export function renderTable(rows: [string, string, string, string][]): string
+export function tableRows(rounds: DemoResult['rounds'], plan: LoadPlan, instances: number): Row[]
+/** The median of f over runs (the mean of the middle two for an even count). */
+export function median<T>(runs: T[], f: (run: T) => number): number
+export function renderTable(rows: Row[]): string
+/** hotpath's value over the peers' as "1.23x better|worse|same" (same: within 3%); '' when either is not positive. */
+export function ratio(hotpath: number, peers: number, higherIsBetter: boolean): string
+/** CPU time per request and GC pauses over the load (all instances; longest: the longest on any), memory at the end (mean per gateway). */
+export function gatewayCost(run: Measured): { cpuUsPerRequest: number; rssBytes: number; heapUsedBytes: number; gcPauseTotalMs: number; gcPauseMaxMs: number }

@@ -111,9 +111,17 @@ impl Val {
       .map_err(|_| HpError::redis("cache: Redis value is neither JSON nor a tagged Buffer"))?;
     let t = text.trim_start();
     match t.as_bytes().first() {
-      Some(b'"') => serde_json::from_str::<String>(t)
-        .map(Val::Str)
-        .map_err(|e| HpError::redis(format!("cache: bad JSON string in Redis: {e}"))),
+      Some(b'"') => match serde_json::from_str::<String>(t) {
+        Ok(s) => Ok(Val::Str(s)),
+        // A string with a lone surrogate (`"\ud800"`): Rust strings cannot
+        // hold it; JS parses the JSON text back exactly.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok() => {
+          Ok(Val::Json(text.to_string()))
+        }
+        Err(e) => Err(HpError::redis(format!(
+          "cache: bad JSON string in Redis: {e}"
+        ))),
+      },
       Some(b'{') | Some(b'[') => Ok(Val::Json(text.to_string())),
       Some(b't') if t == "true" => Ok(Val::Bool(true)),
       Some(b'f') if t == "false" => Ok(Val::Bool(false)),

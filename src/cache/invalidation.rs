@@ -4,7 +4,9 @@
 //! `{"s":id,"k":[keys]}`, a pattern delete `{"s":id,"p":glob}`, a clear
 //! `{"s":id,"all":true}`. Every other instance evicts those keys from its L1.
 //! After the subscription reconnects, the instance flushes its whole L1,
-//! since messages may have been missed while it was away.
+//! since messages may have been missed while it was away. Each instance also
+//! pings itself, `{"s":id,"ping":n}`, once a second: when three pings in a
+//! row do not come back, it subscribes again (and flushes its L1 once).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +19,9 @@ pub struct Message {
   pub p: Option<String>,
   #[serde(default, skip_serializing_if = "std::ops::Not::not")]
   pub all: bool,
+  /// A health-check ping (only its sender acts on it).
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  pub ping: Option<u64>,
 }
 
 impl Message {

@@ -1,30 +1,28 @@
-//! CacheManager: L1 in process (moka), L2 on Redis, coherence over pub/sub,
-//! process-wide single flight. This is the native engine; `lib/cache.js` is
-//! the JS-facing class (per-thread front cache, value encoding, getOrSet).
+//! CacheManager's `#[napi]` binding: it checks arguments, converts values and
+//! calls the engine (`engine.rs`: write path, fills, flights, subscriber).
+//! `lib/cache.js` is the JS-facing class (per-thread front cache, value
+//! encoding, getOrSet).
 
 pub mod codec;
+pub mod engine;
 pub mod invalidation;
 pub mod l1;
 pub mod l2;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{check_non_negative, check_positive_int, Code, HpError, HpResult};
-use crate::redis::{Redis, RedisConfig, RedisOptions};
+use crate::redis::{RedisConfig, RedisOptions};
 use crate::runtime::{self, now_ms};
 use codec::*;
-use invalidation::Message;
-use l1::{Entry, L1Config, Versions, L1};
-use l2::{Write, L2};
+use engine::{CacheConfig, Engine, FlightOutcome};
+use l1::{Entry, L1Config, Versions};
 
 /// Options of `new CacheManager(options)`.
 #[napi(object, object_to_js = false)]
@@ -62,22 +60,17 @@ pub struct CacheOptions {
   /// booleans and null that never cross into native code; validated against
   /// version counters on every read). `0` turns it off. Default: `16_384`.
   pub front_cache_entries: Option<f64>,
-  /// Most `setSync` writes waiting for Redis; beyond it a write-behind is
-  /// dropped and counted in `l2Errors`. Default: `100_000`.
+  /// Most writes waiting for Redis; beyond it a write is dropped (L1 keeps
+  /// it) and counted in `droppedWrites`. Default: `100_000`.
   pub max_pending_writes: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct CacheConfig {
-  l1: L1Config,
-  ttl_ms: Option<f64>,
-  l1_ttl_ms: Option<f64>,
-  stale_ms: f64,
-  refresh_ahead_ms: f64,
-  redis: Option<RedisConfig>,
-  pubsub: bool,
-  front: u64,
-  max_pending: u64,
+  /// How long (ms) a write to Redis that failed is retried, with backoff,
+  /// before it is dropped and counted in `droppedWrites`; also bounds how
+  /// long `close()` waits for pending writes. Default: `10_000`.
+  pub write_retry_ms: Option<f64>,
+  /// `getOrSet(..., { singleFlight: 'redis' })`: how long (ms) the Redis
+  /// lease lasts if its holder dies; renewed every third of it while the
+  /// factory runs. Default: `3_000`.
+  pub lease_ms: Option<f64>,
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
@@ -91,343 +84,63 @@ fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
   .transpose()
 }
 
-impl CacheConfig {
-  fn from_options(o: &CacheOptions) -> HpResult<Self> {
-    let max_entries = check_positive_int("maxEntries", o.max_entries.unwrap_or(10_000.0))?;
-    let max_bytes = o
-      .max_bytes
-      .map(|b| check_positive_int("maxBytes", b))
-      .transpose()?;
-    let idle = opt_ms("idleMs", o.idle_ms)?.map(|ms| Duration::from_secs_f64(ms / 1000.0));
-    let lru = match o.policy.as_deref() {
-      None | Some("tinylfu") => false,
-      Some("lru") => true,
-      Some(p) => {
-        return Err(HpError::invalid(format!(
-          "policy must be 'tinylfu' or 'lru', got '{p}'"
-        )))
-      }
-    };
-    let pubsub = match o.invalidation.as_deref() {
-      None | Some("pubsub") => true,
-      Some("none") => false,
-      Some(p) => {
-        return Err(HpError::invalid(format!(
-          "invalidation must be 'pubsub' or 'none', got '{p}'"
-        )))
-      }
-    };
-    let redis = o
-      .redis
-      .as_ref()
-      .map(RedisConfig::from_options)
-      .transpose()?;
-    let front = match o.front_cache_entries {
-      None => 16_384u64.min(max_entries),
-      Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
-    };
-    Ok(CacheConfig {
-      l1: L1Config {
-        max_entries,
-        max_bytes,
-        idle,
-        lru,
-      },
-      ttl_ms: opt_ms("ttlMs", o.ttl_ms)?,
-      l1_ttl_ms: opt_ms("l1TtlMs", o.l1_ttl_ms)?,
-      stale_ms: check_non_negative("staleMs", o.stale_ms.unwrap_or(0.0))?,
-      refresh_ahead_ms: check_non_negative("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
-      redis,
-      pubsub,
-      front,
-      max_pending: check_positive_int(
-        "maxPendingWrites",
-        o.max_pending_writes.unwrap_or(100_000.0),
-      )?,
-    })
-  }
-}
-
-#[derive(Default)]
-struct Counters {
-  l1_hits: AtomicU64,
-  l2_hits: AtomicU64,
-  misses: AtomicU64,
-  sets: AtomicU64,
-  deletes: AtomicU64,
-  l2_errors: AtomicU64,
-}
-
-enum WbOp {
-  Set(Write),
-  Flush(oneshot::Sender<()>),
-}
-
-type FlightResult = std::result::Result<Val, String>;
-
-/// The shared state of one cache (one per name, or per unnamed instance).
-pub struct CacheInner {
-  cfg: CacheConfig,
-  l1: L1,
-  l2: Option<L2>,
-  id: String,
-  c: Counters,
-  max_bytes_scale: Option<(u64, u64)>,
-  flights: Mutex<HashMap<String, watch::Sender<Option<FlightResult>>>>,
-  wb: Mutex<Option<mpsc::Sender<WbOp>>>,
-  closed: AtomicBool,
-}
-
-impl CacheInner {
-  fn new(cfg: CacheConfig) -> HpResult<Arc<CacheInner>> {
-    let l1 = L1::new(&cfg.l1);
-    let l2 = match &cfg.redis {
-      Some(rc) => Some(L2 {
-        redis: Redis::new(rc.clone())?,
-      }),
-      None => None,
-    };
-    let max_bytes_scale = cfg.l1.max_bytes.map(|b| (b, cfg.l1.max_entries));
-    let inner = Arc::new(CacheInner {
-      id: format!("{:016x}", rand::random::<u64>()),
-      l1,
-      l2,
-      c: Counters::default(),
-      max_bytes_scale,
-      flights: Mutex::new(HashMap::new()),
-      wb: Mutex::new(None),
-      closed: AtomicBool::new(false),
-      cfg,
-    });
-    if inner.l2.is_some() {
-      inner.start_write_behind();
-      if inner.cfg.pubsub {
-        inner.start_subscriber();
-      }
+/// Check the options once and turn them into the engine's configuration.
+fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
+  let max_entries = check_positive_int("maxEntries", o.max_entries.unwrap_or(10_000.0))?;
+  let max_bytes = o
+    .max_bytes
+    .map(|b| check_positive_int("maxBytes", b))
+    .transpose()?;
+  let idle = opt_ms("idleMs", o.idle_ms)?.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+  let lru = match o.policy.as_deref() {
+    None | Some("tinylfu") => false,
+    Some("lru") => true,
+    Some(p) => {
+      return Err(HpError::invalid(format!(
+        "policy must be 'tinylfu' or 'lru', got '{p}'"
+      )))
     }
-    Ok(inner)
-  }
-
-  fn start_write_behind(self: &Arc<Self>) {
-    let (tx, mut rx) = mpsc::channel::<WbOp>(self.cfg.max_pending as usize);
-    *self.wb.lock() = Some(tx);
-    let weak = Arc::downgrade(self);
-    runtime::spawn(async move {
-      let mut batch: Vec<Write> = Vec::new();
-      let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-      while let Some(op) = rx.recv().await {
-        let mut next = Some(op);
-        while let Some(op) = next.take() {
-          match op {
-            WbOp::Set(w) => batch.push(w),
-            WbOp::Flush(f) => flushes.push(f),
-          }
-          if batch.len() < 256 {
-            next = rx.try_recv().ok();
-          }
-        }
-        if let Some(inner) = weak.upgrade() {
-          if !batch.is_empty() {
-            inner.write_l2(&batch).await;
-            batch.clear();
-          }
-        }
-        for f in flushes.drain(..) {
-          let _ = f.send(());
-        }
-      }
-    });
-  }
-
-  fn start_subscriber(self: &Arc<Self>) {
-    let l2 = self.l2.as_ref().expect("l2");
-    let (w1, w2, w3) = (
-      Arc::downgrade(self),
-      Arc::downgrade(self),
-      Arc::downgrade(self),
-    );
-    l2.redis.subscribe(
-      l2.channel(),
-      move |payload| {
-        if let (Some(inner), Some(m)) = (w1.upgrade(), Message::decode(payload)) {
-          inner.apply_message(m);
-        }
-      },
-      move |reconnected| {
-        if reconnected {
-          if let Some(inner) = w2.upgrade() {
-            // Messages may have been missed while disconnected.
-            inner.l1.clear();
-          }
-        }
-      },
-      move || {
-        w3.upgrade()
-          .map(|i| !i.closed.load(Ordering::Relaxed))
-          .unwrap_or(false)
-      },
-    );
-  }
-
-  fn apply_message(&self, m: Message) {
-    if m.s == self.id {
-      return;
+  };
+  let pubsub = match o.invalidation.as_deref() {
+    None | Some("pubsub") => true,
+    Some("none") => false,
+    Some(p) => {
+      return Err(HpError::invalid(format!(
+        "invalidation must be 'pubsub' or 'none', got '{p}'"
+      )))
     }
-    if m.all {
-      self.l1.clear();
-    }
-    for k in &m.k {
-      self.l1.remove(k);
-    }
-    if let Some(p) = &m.p {
-      for k in self
-        .l1
-        .keys_matching(|k, _| l1::glob_match(p.as_bytes(), k.as_bytes()))
-      {
-        self.l1.remove(&k);
-      }
-    }
-  }
-
-  async fn publish(&self, m: Message) {
-    if let Some(l2) = &self.l2 {
-      if self.cfg.pubsub && l2.redis.publish(&l2.channel(), &m.encode()).await.is_err() {
-        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-      }
-    }
-  }
-
-  async fn write_l2(&self, writes: &[Write]) -> bool {
-    let Some(l2) = &self.l2 else { return true };
-    match l2.set_many(writes).await {
-      Ok(()) => {
-        self
-          .publish(Message::keys(
-            &self.id,
-            writes.iter().map(|w| w.key.clone()).collect(),
-          ))
-          .await;
-        true
-      }
-      Err(_) => {
-        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-        false
-      }
-    }
-  }
-
-  fn weight(&self, key: &str, val: &Val) -> u32 {
-    let bytes = (key.len() + val.weight()) as u64;
-    match self.max_bytes_scale {
-      None => 1,
-      Some((max_bytes, max_entries)) => {
-        let s = max_entries.saturating_mul(1024) as u128;
-        let w = (bytes as u128 * s).div_ceil(max_bytes as u128);
-        w.clamp(1024, u32::MAX as u128) as u32
-      }
-    }
-  }
-
-  /// Put a value in L1 with `ttl_ms` (None: the default TTL).
-  fn put_l1(&self, key: &str, val: Val, ttl_ms: Option<f64>, tags: Option<Box<[String]>>) {
-    let ttl = ttl_ms.or(self.cfg.ttl_ms);
-    let now = now_ms();
-    let l1_ttl = match (ttl, self.cfg.l1_ttl_ms) {
-      (Some(t), Some(c)) => Some(t.min(c)),
-      (t, c) => t.or(c),
-    };
-    let capped = matches!((ttl, self.cfg.l1_ttl_ms), (Some(t), Some(c)) if c < t)
-      || (ttl.is_none() && self.cfg.l1_ttl_ms.is_some());
-    let stale = if capped { 0.0 } else { self.cfg.stale_ms };
-    let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
-    let stale_until = expires_at + stale;
-    let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
-    let weight = self.weight(key, &val);
-    self.l1.insert(
-      key.to_string(),
-      Entry {
-        val,
-        expires_at,
-        stale_until,
-        keep_for,
-        tags,
-        weight,
-      },
-    );
-  }
-
-  fn l2_ttl(&self, ttl_ms: Option<f64>) -> Option<u64> {
-    ttl_ms.or(self.cfg.ttl_ms).map(|t| t.ceil() as u64)
-  }
-
-  async fn get_l2(&self, key: &str) -> Option<Val> {
-    let l2 = self.l2.as_ref()?;
-    match l2.get(key).await {
-      Ok(Some((v, pttl))) => {
-        self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-        self.put_l1(key, v.clone(), pttl.map(|t| t as f64), None);
-        Some(v)
-      }
-      Ok(None) => {
-        self.c.misses.fetch_add(1, Ordering::Relaxed);
-        None
-      }
-      Err(_) => {
-        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-        self.c.misses.fetch_add(1, Ordering::Relaxed);
-        None
-      }
-    }
-  }
-
-  /// Delete from L1 and L2; how many keys existed on either level.
-  async fn delete_keys(&self, keys: Vec<String>) -> u32 {
-    let mut existed: Vec<bool> = keys.iter().map(|k| self.l1.remove(k)).collect();
-    if let Some(l2) = &self.l2 {
-      match l2.del_many(&keys).await {
-        Ok(in_l2) => {
-          for (e, x) in existed.iter_mut().zip(in_l2) {
-            *e |= x;
-          }
-          self.publish(Message::keys(&self.id, keys)).await;
-        }
-        Err(_) => {
-          self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-        }
-      }
-    }
-    let n = existed.iter().filter(|x| **x).count() as u32;
-    self.c.deletes.fetch_add(n as u64, Ordering::Relaxed);
-    n
-  }
-
-  async fn flush_write_behind(&self) {
-    let tx = self.wb.lock().clone();
-    if let Some(tx) = tx {
-      let (ftx, frx) = oneshot::channel();
-      if tx.send(WbOp::Flush(ftx)).await.is_ok() {
-        let _ = frx.await;
-      }
-    }
-  }
-
-  async fn shutdown(&self) {
-    self.flush_write_behind().await;
-    self.closed.store(true, Ordering::Relaxed);
-    *self.wb.lock() = None;
-    // Waiters of flights that will never end (their leader is gone).
-    for (_, tx) in self.flights.lock().drain() {
-      let _ = tx.send(Some(Err(flight_error(
-        "ERR_CLOSED",
-        "CacheManager is closed",
-        "Error",
-      ))));
-    }
-  }
-}
-
-fn flight_error(code: &str, message: &str, name: &str) -> String {
-  serde_json::json!({ "code": code, "message": message, "name": name }).to_string()
+  };
+  let redis = o
+    .redis
+    .as_ref()
+    .map(RedisConfig::from_options)
+    .transpose()?;
+  let front = match o.front_cache_entries {
+    None => 16_384u64.min(max_entries),
+    Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
+  };
+  Ok(CacheConfig {
+    name: o.name.clone(),
+    write_retry_ms: check_non_negative("writeRetryMs", o.write_retry_ms.unwrap_or(10_000.0))?,
+    lease_ms: check_positive_int("leaseMs", o.lease_ms.unwrap_or(3_000.0))?,
+    l1: L1Config {
+      max_entries,
+      max_bytes,
+      idle,
+      lru,
+    },
+    ttl_ms: opt_ms("ttlMs", o.ttl_ms)?,
+    l1_ttl_ms: opt_ms("l1TtlMs", o.l1_ttl_ms)?,
+    stale_ms: check_non_negative("staleMs", o.stale_ms.unwrap_or(0.0))?,
+    refresh_ahead_ms: check_non_negative("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
+    redis,
+    pubsub,
+    front,
+    max_pending: check_positive_int(
+      "maxPendingWrites",
+      o.max_pending_writes.unwrap_or(100_000.0),
+    )?,
+  })
 }
 
 // ------------------------------------------------------------ JS values
@@ -539,14 +252,17 @@ pub struct CacheStats {
   pub l2_errors: f64,
   /// `(l1Hits + l2Hits) / (l1Hits + l2Hits + misses)`; `0` before any read.
   pub hit_ratio: f64,
-  /// Writes from `setSync` not yet on Redis.
+  /// Writes (and deletes) queued for Redis, not yet landed or dropped.
   pub pending_writes: f64,
+  /// Writes (and deletes) to Redis given up on: the queue was full, or
+  /// Redis kept failing for `writeRetryMs`. L1 kept them.
+  pub dropped_writes: f64,
 }
 
 /// The native engine behind `CacheManager` (see lib/cache.js).
 #[napi(js_name = "NativeCache")]
 pub struct NativeCache {
-  inner: Arc<CacheInner>,
+  inner: Arc<Engine>,
   name: Option<String>,
   closed: AtomicBool,
   scratch: Arc<Scratch>,
@@ -563,12 +279,12 @@ impl NativeCache {
   #[napi(constructor)]
   pub fn new(options: Option<CacheOptions>) -> Result<Self, Code> {
     let o = options.unwrap_or_default();
-    let cfg = to_js(CacheConfig::from_options(&o))?;
+    let cfg = to_js(config_from_options(&o))?;
     let inner = match &o.name {
       Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || {
-        CacheInner::new(cfg.clone())
+        Engine::new(cfg.clone())
       }))?,
-      None => to_js(CacheInner::new(cfg))?,
+      None => to_js(Engine::new(cfg))?,
     };
     Ok(NativeCache {
       inner,
@@ -578,7 +294,7 @@ impl NativeCache {
     })
   }
 
-  fn open(&self) -> Result<&CacheInner, Code> {
+  fn open(&self) -> Result<&Engine, Code> {
     if self.closed.load(Ordering::Relaxed) {
       return Err(HpError::closed(CLASS).into());
     }
@@ -732,20 +448,7 @@ impl NativeCache {
   ) -> Result<(), Code> {
     let inner = self.open()?;
     let val = to_js(val_from_js(kind, payload))?;
-    let tags = Self::tags(tags);
-    inner.c.sets.fetch_add(1, Ordering::Relaxed);
-    if let Some(tx) = inner.wb.lock().as_ref() {
-      let w = Write {
-        key: key.clone(),
-        val: val.clone(),
-        ttl_ms: inner.l2_ttl(ttl_ms),
-        tags: tags.clone(),
-      };
-      if tx.try_send(WbOp::Set(w)).is_err() {
-        inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-      }
-    }
-    inner.put_l1(&key, val, ttl_ms, tags);
+    inner.set_sync(key, val, ttl_ms, Self::tags(tags));
     Ok(())
   }
 
@@ -763,24 +466,8 @@ impl NativeCache {
   ) -> Result<Object<'e>, Code> {
     self.open()?;
     let val = to_js(val_from_js(kind, payload))?;
-    let tags = Self::tags(tags);
-    let inner = self.inner.clone();
-    inner.c.sets.fetch_add(1, Ordering::Relaxed);
-    inner.put_l1(&key, val.clone(), ttl_ms, tags.clone());
-    let ttl = inner.l2_ttl(ttl_ms);
-    runtime::promise(env, async move {
-      Ok(
-        inner
-          .write_l2(&[Write {
-            key,
-            val,
-            ttl_ms: ttl,
-            tags,
-          }])
-          .await,
-      )
-    })
-    .map_err(crate::error::from_napi)
+    let fut = self.inner.set(key, val, ttl_ms, Self::tags(tags));
+    runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
   }
 
   /// Many writes; one pipeline to L2.
@@ -798,28 +485,12 @@ impl NativeCache {
     if keys.len() != kinds.len() || keys.len() != payloads.len() {
       return Err(HpError::invalid("setMany: keys, kinds and payloads differ in length").into());
     }
-    let tags = Self::tags(tags);
-    let inner = self.inner.clone();
-    let ttl = inner.l2_ttl(ttl_ms);
-    let mut writes = Vec::with_capacity(keys.len());
+    let mut entries = Vec::with_capacity(keys.len());
     for ((key, kind), payload) in keys.into_iter().zip(kinds).zip(payloads) {
-      let val = to_js(val_from_js(kind, payload))?;
-      writes.push(Write {
-        key,
-        val,
-        ttl_ms: ttl,
-        tags: tags.clone(),
-      });
+      entries.push((key, to_js(val_from_js(kind, payload))?));
     }
-    for w in &writes {
-      inner.put_l1(&w.key, w.val.clone(), ttl_ms, tags.clone());
-    }
-    inner
-      .c
-      .sets
-      .fetch_add(writes.len() as u64, Ordering::Relaxed);
-    runtime::promise(env, async move { Ok(inner.write_l2(&writes).await) })
-      .map_err(crate::error::from_napi)
+    let fut = self.inner.set_many(entries, ttl_ms, Self::tags(tags));
+    runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
@@ -837,135 +508,32 @@ impl NativeCache {
   /// L1 for each key, then one MGET for all misses.
   #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
-    let inner = self.open()?;
-    let mut out: Vec<Option<Val>> = Vec::with_capacity(keys.len());
-    let mut missing: Vec<(usize, String)> = Vec::new();
-    for (i, k) in keys.into_iter().enumerate() {
-      match inner.l1.get_live(&k) {
-        Some(e) => {
-          inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
-          out.push(Some(e.val.clone()));
-        }
-        None => {
-          out.push(None);
-          missing.push((i, k));
-        }
-      }
-    }
-    let inner = self.inner.clone();
-    runtime::promise(env, async move {
-      if missing.is_empty() {
-        return Ok(Out::Vals(out));
-      }
-      match &inner.l2 {
-        None => {
-          inner
-            .c
-            .misses
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        }
-        Some(l2) => {
-          let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
-          match l2.get_many(&keys).await {
-            Ok(vals) => {
-              for ((i, k), v) in missing.into_iter().zip(vals) {
-                match v {
-                  Some(v) => {
-                    inner.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    inner.put_l1(&k, v.clone(), None, None);
-                    out[i] = Some(v);
-                  }
-                  None => {
-                    inner.c.misses.fetch_add(1, Ordering::Relaxed);
-                  }
-                }
-              }
-            }
-            Err(_) => {
-              inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-              inner
-                .c
-                .misses
-                .fetch_add(missing.len() as u64, Ordering::Relaxed);
-            }
-          }
-        }
-      }
-      Ok(Out::Vals(out))
-    })
-    .map_err(crate::error::from_napi)
+    self.open()?;
+    let fut = self.inner.get_many(keys);
+    runtime::promise(env, async move { Ok(Out::Vals(fut.await)) }).map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
     self.open()?;
-    let inner = self.inner.clone();
-    runtime::promise(env, async move { Ok(inner.delete_keys(keys).await) })
-      .map_err(crate::error::from_napi)
+    let fut = self.inner.delete(keys);
+    runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_pattern<'e>(&self, env: &'e Env, glob: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
-    runtime::promise(env, async move {
-      let local = inner
-        .l1
-        .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
-      let mut all: std::collections::HashSet<String> = local.into_iter().collect();
-      for k in &all {
-        inner.l1.remove(k);
-      }
-      if let Some(l2) = &inner.l2 {
-        match l2.del_pattern(&glob).await {
-          Ok(keys) => all.extend(keys),
-          Err(e) => {
-            inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-          }
-        }
-        inner.publish(Message::pattern(&inner.id, &glob)).await;
-      }
-      inner
-        .c
-        .deletes
-        .fetch_add(all.len() as u64, Ordering::Relaxed);
-      Ok(all.len() as u32)
-    })
-    .map_err(crate::error::from_napi)
+    runtime::promise(env, async move { inner.delete_pattern(glob).await })
+      .map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_tag<'e>(&self, env: &'e Env, tag: String) -> Result<Object<'e>, Code> {
     self.open()?;
     let inner = self.inner.clone();
-    runtime::promise(env, async move {
-      let local = inner
-        .l1
-        .keys_matching(|_, e| e.tags.as_ref().is_some_and(|t| t.contains(&tag)));
-      let mut all: std::collections::HashSet<String> = local.into_iter().collect();
-      for k in &all {
-        inner.l1.remove(k);
-      }
-      if let Some(l2) = &inner.l2 {
-        match l2.del_tag(&tag).await {
-          Ok((members, deleted)) => {
-            inner.publish(Message::keys(&inner.id, members)).await;
-            all.extend(deleted);
-          }
-          Err(e) => {
-            inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-          }
-        }
-      }
-      inner
-        .c
-        .deletes
-        .fetch_add(all.len() as u64, Ordering::Relaxed);
-      Ok(all.len() as u32)
-    })
-    .map_err(crate::error::from_napi)
+    runtime::promise(env, async move { inner.delete_tag(tag).await })
+      .map_err(crate::error::from_napi)
   }
 
   /// Delayed double delete: now, and again after `delayMs`.
@@ -973,15 +541,7 @@ impl NativeCache {
   pub fn delete_later(&self, key: String, delay_ms: f64) -> Result<(), Code> {
     self.open()?;
     let delay = to_js(check_non_negative("delayMs", delay_ms))?;
-    let inner = self.inner.clone();
-    inner.l1.remove(&key);
-    runtime::spawn(async move {
-      inner.delete_keys(vec![key.clone()]).await;
-      tokio::time::sleep(Duration::from_secs_f64(delay / 1000.0)).await;
-      if !inner.closed.load(Ordering::Relaxed) {
-        inner.delete_keys(vec![key]).await;
-      }
-    });
+    self.inner.delete_later(key, delay);
     Ok(())
   }
 
@@ -989,85 +549,55 @@ impl NativeCache {
   /// undefined (as -2 here) when absent.
   #[napi(ts_return_type = "Promise<number>")]
   pub fn remaining_ttl_ms<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
-    let inner = self.open()?;
-    if let Some(e) = inner.l1.get_live(&key) {
-      let r = if e.expires_at.is_infinite() {
-        f64::INFINITY
-      } else {
-        (e.expires_at - now_ms()).max(0.0)
-      };
-      return runtime::promise(env, async move { Ok(r) }).map_err(crate::error::from_napi);
-    }
-    let inner = self.inner.clone();
-    runtime::promise(env, async move {
-      match &inner.l2 {
-        None => Ok(-2.0),
-        Some(l2) => match l2.pttl(&key).await {
-          Ok(None) => Ok(-2.0),
-          Ok(Some(-1)) => Ok(f64::INFINITY),
-          Ok(Some(n)) => Ok(n as f64),
-          Err(_) => {
-            inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-            Ok(-2.0)
-          }
-        },
-      }
-    })
-    .map_err(crate::error::from_napi)
+    self.open()?;
+    let fut = self.inner.remaining_ttl_ms(key);
+    runtime::promise(env, async move { Ok(fut.await.unwrap_or(-2.0)) })
+      .map_err(crate::error::from_napi)
   }
 
   #[napi(ts_return_type = "Promise<void>")]
   pub fn clear<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
     self.open()?;
-    let inner = self.inner.clone();
-    inner.l1.clear();
-    runtime::promise(env, async move {
-      if let Some(l2) = &inner.l2 {
-        inner.flush_write_behind().await;
-        if let Err(e) = l2.clear().await {
-          inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
-          return Err(e);
-        }
-        inner.publish(Message::all(&inner.id)).await;
-      }
-      Ok(())
-    })
-    .map_err(crate::error::from_napi)
+    let fut = self.inner.clear();
+    runtime::promise(env, fut).map_err(crate::error::from_napi)
   }
 
   // ---------------------------------------------------------- single flight
 
-  /// true: the caller leads the flight for `key` (runs the factory and must
-  /// end it); false: another caller in the process leads it.
+  /// A token (> 0): the caller leads the flight for `key` (runs the factory
+  /// and must end it with that token); 0: a live caller leads it.
   #[napi]
-  pub fn flight_lead(&self, key: String) -> Result<bool, Code> {
-    let inner = self.open()?;
-    let mut f = inner.flights.lock();
-    if f.contains_key(&key) {
-      return Ok(false);
-    }
-    let (tx, _rx) = watch::channel(None);
-    f.insert(key, tx);
-    Ok(true)
+  pub fn flight_lead(&self, key: String) -> Result<f64, Code> {
+    Ok(
+      self
+        .open()?
+        .flight_lead(key)
+        .map(|t| t as f64)
+        .unwrap_or(0.0),
+    )
   }
 
-  /// Wait for the flight on `key` led elsewhere. Resolves to the value, to a
-  /// JSON error string, or to `[]` when the flight is already over.
+  /// Wait for the flight on `key` led elsewhere, at most `timeoutMs` (< 0:
+  /// no bound). Resolves to the value, to a JSON error string, or to `[]`
+  /// when the flight is over without a value (look again, or lead).
   #[napi(
     ts_return_type = "Promise<string | Array<number | string | boolean | null | Buffer | undefined>>"
   )]
-  pub fn flight_wait<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
-    let inner = self.open()?;
-    let rx = inner.flights.lock().get(&key).map(|tx| tx.subscribe());
+  pub fn flight_wait<'e>(
+    &self,
+    env: &'e Env,
+    key: String,
+    timeout_ms: f64,
+  ) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let timeout = (timeout_ms >= 0.0 && timeout_ms.is_finite())
+      .then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
+    let fut = self.inner.flight_wait(key, timeout);
     runtime::promise(env, async move {
-      let Some(mut rx) = rx else {
-        return Ok(Out::Vals(vec![]));
-      };
-      let r = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
-      Ok(match r {
-        Ok(Some(Ok(v))) => Out::Vals(vec![Some(v)]),
-        Ok(Some(Err(e))) => Out::Err(e),
-        _ => Out::Vals(vec![]),
+      Ok(match fut.await {
+        FlightOutcome::Value(v) => Out::Vals(vec![Some(v)]),
+        FlightOutcome::Failed(e) => Out::Err(e),
+        FlightOutcome::Gone => Out::Vals(vec![]),
       })
     })
     .map_err(crate::error::from_napi)
@@ -1077,56 +607,85 @@ impl NativeCache {
   pub fn flight_end(
     &self,
     key: String,
+    token: f64,
     kind: u32,
     payload: Either3<String, f64, Buffer>,
   ) -> Result<(), Code> {
     let val = to_js(val_from_js(kind, payload))?;
-    if let Some(tx) = self.inner.flights.lock().remove(&key) {
-      let _ = tx.send(Some(Ok(val)));
-    }
+    self.inner.flight_end(&key, token as u64, val);
     Ok(())
   }
 
   #[napi]
-  pub fn flight_fail(&self, key: String, code: String, message: String, name: String) {
-    if let Some(tx) = self.inner.flights.lock().remove(&key) {
-      let _ = tx.send(Some(Err(flight_error(&code, &message, &name))));
-    }
+  pub fn flight_fail(&self, key: String, token: f64, code: String, message: String, name: String) {
+    self
+      .inner
+      .flight_fail(&key, token as u64, &code, &message, &name);
+  }
+
+  /// singleFlight 'redis': take the Redis lease on `key` (true: run the
+  /// factory here; false: another process holds it).
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn lease_acquire<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let inner = self.inner.clone();
+    runtime::promise(env, async move { Ok(inner.lease_acquire(key).await) })
+      .map_err(crate::error::from_napi)
+  }
+
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn lease_release<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    let inner = self.inner.clone();
+    runtime::promise(env, async move {
+      inner.lease_release(key).await;
+      Ok(())
+    })
+    .map_err(crate::error::from_napi)
+  }
+
+  /// Wait (at most `pollMs`) for another process's value of `key`, then
+  /// read L2: `[kind, payload]`, or `[]` when there is none yet.
+  #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
+  pub fn lease_wait<'e>(
+    &self,
+    env: &'e Env,
+    key: String,
+    poll_ms: f64,
+  ) -> Result<Object<'e>, Code> {
+    self.open()?;
+    let inner = self.inner.clone();
+    let poll = Duration::from_secs_f64(poll_ms.clamp(1.0, 60_000.0) / 1000.0);
+    runtime::promise(env, async move {
+      Ok(match inner.lease_wait(key, poll).await {
+        Some(v) => Out::Vals(vec![Some(v)]),
+        None => Out::Vals(vec![]),
+      })
+    })
+    .map_err(crate::error::from_napi)
+  }
+
+  /// The leader gave up (its wait timed out or was aborted): the key is free.
+  #[napi]
+  pub fn flight_abandon(&self, key: String, token: f64) {
+    self.inner.flight_abandon(&key, token as u64);
   }
 
   #[napi]
   pub fn stats(&self) -> CacheStats {
-    let i = &self.inner;
-    let c = &i.c;
-    i.l1.cache.run_pending_tasks();
-    let (l1h, l2h, m) = (
-      c.l1_hits.load(Ordering::Relaxed) as f64,
-      c.l2_hits.load(Ordering::Relaxed) as f64,
-      c.misses.load(Ordering::Relaxed) as f64,
-    );
-    let total = l1h + l2h + m;
-    let pending = i
-      .wb
-      .lock()
-      .as_ref()
-      .map(|tx| (tx.max_capacity() - tx.capacity()) as f64)
-      .unwrap_or(0.0);
+    let s = self.inner.stats();
     CacheStats {
-      l1_hits: l1h,
-      l2_hits: l2h,
-      misses: m,
-      sets: c.sets.load(Ordering::Relaxed) as f64,
-      deletes: c.deletes.load(Ordering::Relaxed) as f64,
-      evictions: i.l1.evictions.load(Ordering::Relaxed) as f64,
-      l1_entries: i.l1.cache.entry_count() as f64,
-      l1_bytes: i.l1.bytes() as f64,
-      l2_errors: c.l2_errors.load(Ordering::Relaxed) as f64,
-      hit_ratio: if total > 0.0 {
-        (l1h + l2h) / total
-      } else {
-        0.0
-      },
-      pending_writes: pending,
+      l1_hits: s.l1_hits,
+      l2_hits: s.l2_hits,
+      misses: s.misses,
+      sets: s.sets,
+      deletes: s.deletes,
+      evictions: s.evictions,
+      l1_entries: s.l1_entries,
+      l1_bytes: s.l1_bytes,
+      l2_errors: s.l2_errors,
+      hit_ratio: s.hit_ratio,
+      pending_writes: s.pending_writes,
+      dropped_writes: s.dropped_writes,
     }
   }
 
@@ -1156,10 +715,61 @@ impl NativeCache {
   }
 }
 
-#[allow(dead_code)]
-fn _assert_send() {
-  fn s<T: Send + Sync>() {}
-  s::<CacheInner>();
-  let _: Option<Weak<CacheInner>> = None;
-  let _ = Code::Closed;
+/// Test hooks (lib/testing.js; not exported from the package).
+#[napi]
+impl NativeCache {
+  /// Pause (`true`) or stop pausing every L1 fill between its L2 read and
+  /// the fill.
+  #[napi]
+  pub fn test_pause_fills(&self, on: bool) {
+    self.inner.fill_pause.on.store(on, Ordering::Relaxed);
+  }
+
+  /// Resolves when a fill reached the pause.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn test_fill_reached<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    let inner = self.inner.clone();
+    runtime::promise(env, async move {
+      inner.fill_pause.reached.notified().await;
+      Ok(())
+    })
+    .map_err(crate::error::from_napi)
+  }
+
+  /// Make the subscription drop every message until it is resubscribed.
+  #[napi]
+  pub fn test_deafen(&self) {
+    self.inner.deaf.store(true, Ordering::Relaxed);
+  }
+
+  /// Let one paused fill go on.
+  #[napi]
+  pub fn test_release_fill(&self) {
+    self.inner.fill_pause.release.notify_one();
+  }
+}
+
+/// Test hook: how many open handles the named cache has (0: none).
+#[napi]
+pub fn test_cache_handles(name: String) -> u32 {
+  runtime::handles(CLASS, &name) as u32
+}
+
+impl Drop for NativeCache {
+  /// A handle dropped without `close()` (garbage collected, or its worker
+  /// thread exited) still lets go of the shared state: the last one flushes
+  /// the write path and ends the subscription.
+  fn drop(&mut self) {
+    if self.closed.swap(true, Ordering::SeqCst) {
+      return;
+    }
+    let last = match &self.name {
+      Some(n) => runtime::detach(CLASS, n),
+      None => true,
+    };
+    if last {
+      let inner = self.inner.clone();
+      runtime::spawn(async move { inner.shutdown().await });
+    }
+  }
 }

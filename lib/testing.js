@@ -1,0 +1,34 @@
+'use strict'
+// `hotpath/testing`: hooks for hotpath's own tests (deterministic races,
+// the clock), not part of the public API: they reach into every instance in
+// the process.
+const native = require('./native.js')
+const { advance } = require('./clock')
+
+module.exports = {
+  /** Move hotpath's clock forward by `ms` (TTLs, windows, timers), for every instance in the process. */
+  __advanceClock: advance,
+  /** The raw native binding (index.js). */
+  __native: native,
+  /** Pause every L1 fill of `cache` between its L2 read and the fill. */
+  pauseFills(cache, on = true) {
+    cache._n.testPauseFills(on)
+  },
+  /** Resolves when one of `cache`'s fills reached the pause. */
+  fillReached(cache) {
+    return cache._n.testFillReached()
+  },
+  /** Let one paused fill of `cache` go on. */
+  releaseFill(cache) {
+    cache._n.testReleaseFill()
+  },
+  /** Make `cache`'s invalidation subscription drop every message (as a
+   *  half-open connection would) until it is resubscribed. */
+  deafen(cache) {
+    cache._n.testDeafen()
+  },
+  /** Open handles of the named cache (0 when it does not exist). */
+  cacheHandles(name) {
+    return native.testCacheHandles(name)
+  },
+}

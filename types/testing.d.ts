@@ -1,0 +1,15 @@
+// `hotpath/testing`: hooks for hotpath's own tests (not the public API).
+import type { CacheManager } from './hotpath.js'
+
+/** Move hotpath's clock forward by `ms` (TTLs, windows, timers) for every instance in the process, without sleeping. */
+export declare function __advanceClock(ms: number): void
+/** The raw native binding (the generated index.js): engines whose methods trust their callers. */
+export declare const __native: typeof import('../index.js')
+/** Pause every L1 fill of `cache` between its L2 read and the fill. */
+export declare function pauseFills(cache: CacheManager<any>, on?: boolean): void
+/** Resolves when one of `cache`'s fills reached the pause. */
+export declare function fillReached(cache: CacheManager<any>): Promise<void>
+/** Let one paused fill of `cache` go on. */
+export declare function releaseFill(cache: CacheManager<any>): void
+/** Open handles of the named cache (0 when it does not exist). */
+export declare function cacheHandles(name: string): number
