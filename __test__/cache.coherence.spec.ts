@@ -7,14 +7,13 @@ import assert from 'node:assert/strict'
 import Redis from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { Worker } from 'node:worker_threads'
-import { createRequire } from 'node:module'
+import { join } from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { redisUrl, freePort, OwnRedis, eventually } from './helpers.ts'
 
 let n = 0
 const prefix = () => `hp-coh-${process.pid}-${++n}:`
 const uniq = (s: string) => `${s}-${process.pid}-${++n}`
-const require = createRequire(__filename)
 const hooks = require('../lib/testing.js')
 const never = () => new Promise<never>(() => {})
 
@@ -162,7 +161,7 @@ class Child {
   lines: string[] = []
   exited: Promise<number | null>
   constructor(args: string[]) {
-    this.proc = spawn(process.execPath, ['--import', 'tsx', `${__dirname}/fixtures/cache_sf_child.mjs`, ...args], {
+    this.proc = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'cache_sf_child.mjs'), ...args], {
       stdio: ['pipe', 'pipe', 'inherit'],
     })
     let buf = ''

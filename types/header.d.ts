@@ -93,13 +93,13 @@ export interface CacheSetOptions {
   tags?: readonly string[]
 }
 
-/** Options of `getOrSet`: those of `set`, and how callers wait. */
+/** Options of `getOrSet`: those of `set`, and how long and how widely callers wait for one factory run. */
 export interface GetOrSetOptions extends CacheSetOptions {
-  /** Bounds every caller's wait in ms, the leader's included: past it the call rejects `ERR_TIMEOUT` and the key is free again. Default: none. */
+  /** Bounds every caller's wait in ms, the leader's included: past it the call rejects `ERR_TIMEOUT` and the key is usable again. Default: no bound. */
   timeoutMs?: number
-  /** Rejects the call with `ERR_ABORTED` when it aborts. */
+  /** Aborting rejects the call with `ERR_ABORTED` (other callers of the key are not affected). */
   signal?: AbortSignal
-  /** `'redis'` (needs `redis`): one factory run across every process on that Redis, through a lease. Default: `'process'`. */
+  /** `'process'`: one factory run per key in this process (every thread). `'redis'` (needs `redis`): one run across every process on that Redis, through a lease. Default: `'process'`. */
   singleFlight?: 'process' | 'redis'
 }
 

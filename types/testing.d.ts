@@ -11,5 +11,7 @@ export declare function pauseFills(cache: CacheManager<any>, on?: boolean): void
 export declare function fillReached(cache: CacheManager<any>): Promise<void>
 /** Let one paused fill of `cache` go on. */
 export declare function releaseFill(cache: CacheManager<any>): void
+/** Make `cache`'s invalidation subscription drop every message (as a half-open connection would) until it is resubscribed. */
+export declare function deafen(cache: CacheManager<any>): void
 /** Open handles of the named cache (0 when it does not exist). */
 export declare function cacheHandles(name: string): number
