@@ -447,7 +447,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The native engine behind `BatchProcessor` (see lib/batch.js). */
 export declare class NativeBatch {
   constructor(options?: NativeBatchOptions | undefined | null)
-  /** The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded). */
+  /** The validated `[maxBatchSize, maxWaitMs, maxPending]` (Infinity for unbounded). */
   limits(): Array<number>
   /**
    * A batch was sealed. Returns its id (>= 0) when it may start now, or
@@ -490,7 +490,10 @@ export declare class NativeBufferPool {
   release(buffer: unknown): boolean
   /** Count the release of a zero-length Buffer (the JS layer tracks those). */
   releaseEmpty(): void
-  /** Free all pooled memory now. */
+  /**
+   * Free all pooled memory now (Buffers collected since the last sweep
+   * included).
+   */
   trim(): void
   /**
    * Resolves when every released block has been zeroed and is back in the
@@ -965,6 +968,12 @@ export interface NativeBatchOptions {
   dedupe?: boolean
   /** The key of an item for `dedupe`. */
   keyFn?: (item: unknown) => string
+  /**
+   * Items accepted but not yet settled (after dedupe: one per slot); past
+   * it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
+   * 2^32 - 1) or `Infinity`. Default: `Infinity`.
+   */
+  maxPending?: number
 }
 
 /** The raw function behind `RateLimiter.checkSync` (see the module docs). */
@@ -1006,6 +1015,12 @@ export interface RateLimiterOptions {
    * restored ones first) are dropped. Default: `1_000_000`.
    */
   maxKeys?: number
+  /**
+   * `acquire()` callers waiting at once per key; past it `acquire` rejects
+   * `ERR_QUEUE_FULL` at once. A positive integer (up to 2^32 - 1) or
+   * `Infinity`. Default: `Infinity`.
+   */
+  maxWaiters?: number
 }
 
 /** `RateLimiter.stats()`. */
@@ -1029,7 +1044,10 @@ export interface RedisOptions {
    * unless `cluster` is given.
    */
   url?: string
-  /** Seed node URLs: use Redis Cluster instead of `url`. */
+  /**
+   * Seed node URLs: use Redis Cluster instead of `url`. The first seed's
+   * credentials, database and TLS settings are used for every node.
+   */
   cluster?: Array<string>
   /** Every key this library writes starts with it. Default: `'hotpath:'`. */
   keyPrefix?: string
@@ -1044,6 +1062,15 @@ export interface RedisOptions {
 
 /** Test hook: how many open handles the named cache has (0: none). */
 export declare function testCacheHandles(name: string): number
+
+/** Test hook (lib/testing.js): deleteLater tasks alive in the process (close() ends them). */
+export declare function testLiveDeleteLaterTasks(): number
+
+/**
+ * Test hook (lib/testing.js): the next guarded native call panics inside its guard (proves
+ * that a panic becomes `ERR_INTERNAL` and poisons only its instance).
+ */
+export declare function testPanicNextCall(): void
 
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {

@@ -843,3 +843,5 @@ module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
 module.exports.NativeWorkerQueue = nativeBinding.NativeWorkerQueue
 module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync
 module.exports.testCacheHandles = nativeBinding.testCacheHandles
+module.exports.testLiveDeleteLaterTasks = nativeBinding.testLiveDeleteLaterTasks
+module.exports.testPanicNextCall = nativeBinding.testPanicNextCall

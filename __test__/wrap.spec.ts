@@ -7,7 +7,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { CacheManager, RateLimiter, type CacheValue } from 'hotpath'
+import { CacheManager, RateLimiter, isHotpathError, type CacheValue } from 'hotpath'
 import { __advanceClock } from 'hotpath/testing'
 import { redisUrl } from './helpers.ts'
 
@@ -550,7 +550,7 @@ describe('limiter.wrap', () => {
     assert.ok(err.retryAfterMs > 0 && err.retryAfterMs <= 60_000, `retryAfterMs ${err.retryAfterMs}`)
     assert.equal(err.limit, 3)
     assert.match(err.message, /"send"/)
-    assert.ok(err instanceof Error)
+    assert.ok(isHotpathError(err))
     assert.equal(calls, 3)
     assert.equal(rl.stats().denied, 1)
     await rl.close()
@@ -680,6 +680,8 @@ describe('decorators @cached and @rateLimited', () => {
     const c = new CacheManager()
     assert.throws(() => cached(c)(undefined, { kind: 'field', name: 'x' }), code('ERR_INVALID_ARG'))
     assert.throws(() => cached(c)({}, 'x', { value: 1 }), code('ERR_INVALID_ARG'))
+    assert.throws(() => cached(c)(async function m() { return 1 }, { kind: 'method', name: '#m', private: true }), code('ERR_INVALID_ARG'))
+    assert.equal(typeof cached(c, { prefix: 'p' })(async function m() { return 1 }, { kind: 'method', name: '#m', private: true }), 'function')
     const fromThunk = cached(() => 'not a cache')(async function m() { return 1 }, { kind: 'method', name: 'm' })
     await assert.rejects(fromThunk.call({}), code('ERR_INVALID_ARG'))
     await c.close()
@@ -757,9 +759,7 @@ describe('two processes on one Redis', () => {
     assert.deepEqual(await Promise.all([first, second]), ['report 5', 'report 5'])
     await c1.close()
     await c2.close()
-    // Reported as TODO (not a failure) until getOrSet's singleFlight: 'redis' exists.
-    if (calls !== 1) t.todo(`fn ran ${calls} times: getOrSet's singleFlight: 'redis' (issue 13) is not on this branch yet`)
-    assert.equal(calls, 1)
+    assert.equal(calls, 1, 'one run across both caches (a Redis lease)')
   })
 
   test('limiter.wrap on a Redis limiter: denied beyond the limit, shared by every handle', async (t) => {

@@ -63,8 +63,11 @@ class BatchProcessor {
     } catch (e) {
       throw fromNative(e)
     }
-    const [max, wait] = this._n.limits()
+    const [max, wait, maxPending] = this._n.limits()
     this._handler = handler
+    /** Items (slots) accepted and not yet settled, and their bound. */
+    this._pending = 0
+    this._maxPending = maxPending
     this._keyFn = keyFn
     this._max = max
     this._wait = wait
@@ -97,6 +100,8 @@ class BatchProcessor {
   add(item) {
     if (this._closed) return Promise.reject(closedError('BatchProcessor'))
     if (this._keyFn !== null) return this._addKeyed(item)
+    if (this._pending >= this._maxPending) return Promise.reject(this._full())
+    this._pending++
     let b = this._cur
     if (b === null) b = this._open()
     b.items.push(item)
@@ -117,6 +122,12 @@ class BatchProcessor {
     b.adds++
     const shared = b.keys.get(key)
     if (shared !== undefined) return shared
+    if (this._pending >= this._maxPending) {
+      b.adds--
+      if (b.items.length === 0 && b.adds === 0) this._discardEmpty(b)
+      return Promise.reject(this._full())
+    }
+    this._pending++
     b.items.push(item)
     const p = new Promise(this._exec)
     b.keys.set(key, p)
@@ -136,6 +147,27 @@ class BatchProcessor {
     return this._flush()
   }
 
+  _full() {
+    return hpError(
+      CODES.QUEUE_FULL,
+      `BatchProcessor has ${this._pending} items pending, the maxPending limit: add() is refused until some settle`,
+    )
+  }
+
+  /** An open batch that got no item (its only add was refused). */
+  _discardEmpty(b) {
+    if (this._cur === b) this._cur = null
+    this._disarm()
+  }
+
+  _disarm() {
+    if (this._timer !== null) {
+      if (this._wait === 0) clearImmediate(this._timer)
+      else clearTimeout(this._timer)
+      this._timer = null
+    }
+  }
+
   stats() {
     const b = this._cur
     return this._n.stats(b === null ? 0 : this._keyFn !== null ? b.adds : b.items.length)
@@ -145,11 +177,6 @@ class BatchProcessor {
     if (this._closing === null) {
       this._closed = true
       this._closing = this._flush()
-      if (this._timer !== null) {
-        if (this._wait === 0) clearImmediate(this._timer)
-        else clearTimeout(this._timer)
-        this._timer = null
-      }
     }
     return this._closing
   }
@@ -176,7 +203,14 @@ class BatchProcessor {
     this._cur = null
     if (b === null || b.items.length === 0) return
     if (b.keys === null) b.adds = b.items.length
-    const r = this._n.submit(b.items.length, b.adds)
+    let r
+    try {
+      r = this._n.submit(b.items.length, b.adds)
+    } catch (err) {
+      // The scheduler failed (ERR_INTERNAL): the batch's items reject with it.
+      this._rejectAll(b, err)
+      return
+    }
     if (r >= 0) {
       b.id = r
       this._lastId = r
@@ -215,14 +249,30 @@ class BatchProcessor {
   _settle(b, out) {
     const n = b.items.length
     const cb = b.cb
-    if (!Array.isArray(out) || out.length !== n) {
-      const err = hpError(
+    let bad = null
+    try {
+      if (!Array.isArray(out) || out.length !== n) {
+        bad = hpError(
+          CODES.BATCH_RESULT,
+          `the batch handler must return an array of ${n} results (one per item, in order), got ${describe(out)}`,
+        )
+      }
+    } catch (err) {
+      // Reading the result's shape threw (a `length` getter, a revoked
+      // Proxy): the whole batch rejects, nothing escapes as unhandled.
+      bad = hpError(
         CODES.BATCH_RESULT,
-        `the batch handler must return an array of ${n} results (one per item, in order), got ${describe(out)}`,
+        `the batch handler's result could not be read (${err && err.message ? err.message : String(err)})`,
+        Error,
+        { cause: err },
       )
-      for (let i = 0; i < n; i++) cb[2 * i + 1](err)
+    }
+    if (bad !== null) {
+      this._pending -= n
+      for (let i = 0; i < n; i++) cb[2 * i + 1](bad)
       return this._finish(b, true)
     }
+    this._pending -= n
     let i = 0
     try {
       for (; i < n; i++) {
@@ -239,19 +289,41 @@ class BatchProcessor {
   }
 
   _failed(b, err) {
-    const delay = this._n.retry(b.attempt)
+    let delay = -1
+    try {
+      delay = this._n.retry(b.attempt)
+    } catch (e) {
+      err = e
+    }
     if (delay >= 0) {
       b.attempt++
       setTimeout(() => this._run(b), delay)
       return null
     }
+    this._pending -= b.items.length
     const cb = b.cb
     for (let i = 0; i < b.items.length; i++) cb[2 * i + 1](err)
     return this._finish(b, true)
   }
 
+  _rejectAll(b, err) {
+    this._pending -= b.items.length
+    for (let i = 0; i < b.items.length; i++) b.cb[2 * i + 1](err)
+  }
+
   _finish(b, failed) {
-    const next = this._n.finish(b.id, failed)
+    let next
+    try {
+      next = this._n.finish(b.id, failed)
+    } catch (err) {
+      // The scheduler failed (ERR_INTERNAL): batches waiting for a slot will
+      // never get one; they reject, and flush() waiters are released.
+      for (const qb of this._queued.values()) this._rejectAll(qb, err)
+      this._queued.clear()
+      for (const w of this._waiters) w.resolve()
+      this._waiters = []
+      return null
+    }
     if (this._waiters.length > 0) this._wake()
     if (next < 0) return null
     const nb = this._queued.get(next)
@@ -261,13 +333,24 @@ class BatchProcessor {
 
   _flush() {
     if (this._cur !== null) this._seal()
-    const oldest = this._n.oldest()
+    // Nothing is open now: the window timer has nothing to do, and must not
+    // keep the process alive for maxWaitMs.
+    this._disarm()
+    let oldest
+    try {
+      oldest = this._n.oldest()
+    } catch {
+      return Promise.resolve()
+    }
     if (oldest < 0 || oldest > this._lastId) return Promise.resolve()
     return new Promise((resolve) => this._waiters.push({ target: this._lastId, resolve }))
   }
 
   _wake() {
-    const oldest = this._n.oldest()
+    let oldest = -1
+    try {
+      oldest = this._n.oldest()
+    } catch {}
     const keep = []
     for (const w of this._waiters) {
       if (oldest < 0 || oldest > w.target) w.resolve()

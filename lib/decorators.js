@@ -46,16 +46,20 @@ function className(target) {
 }
 
 /**
- * Makes a decorator for both protocols from `build(method, name, ownerKnown)`,
- * which returns the replacement. `ownerKnown` is the class name for a legacy
- * decorator; for a standard one it is undefined and `owner(this)` finds it.
+ * Makes a decorator for both protocols from `build(method, owner)`, which
+ * returns the replacement; `owner(this)` is the default name `Class.method`
+ * (known at once for a legacy decorator, found from `this` for a standard
+ * one). `named`: the options give the key, so no default name is needed.
  */
-function decorator(what, build) {
+function decorator(what, named, build) {
   return function hotpathDecorator(value, context, descriptor) {
     if (context !== null && typeof context === 'object' && typeof context.kind === 'string') {
       if (context.kind !== 'method') throw invalidArg(`@${what} decorates methods, not a ${context.kind}`)
       if (typeof value !== 'function') throw invalidArg(`@${what} decorates methods, got ${show(value)}`)
       const name = context.name
+      if (context.private && !named) {
+        throw invalidArg(`@${what} on the private method ${String(name)} needs options.${what === 'cached' ? 'prefix or options.key' : 'key'}: its class cannot be found from the instance`)
+      }
       let cached
       let replacement
       const owner = (thisArg) => {
@@ -84,7 +88,7 @@ function decorator(what, build) {
 function cached(cache, options) {
   checkSource(cache, 'cache', 'getOrSet')
   const spec = compileCacheOptions(options, '@cached')
-  return decorator('cached', (method, owner) =>
+  return decorator('cached', spec.prefix !== undefined || spec.key !== undefined, (method, owner) =>
     function cachedMethod(...args) {
       let c
       try {
@@ -101,7 +105,7 @@ function cached(cache, options) {
 function rateLimited(limiter, options) {
   checkSource(limiter, 'limiter', 'check')
   const spec = compileLimitOptions(options, '@rateLimited')
-  return decorator('rateLimited', (method, owner) =>
+  return decorator('rateLimited', spec.key !== undefined, (method, owner) =>
     function rateLimitedMethod(...args) {
       let l
       try {

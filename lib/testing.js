@@ -31,4 +31,13 @@ module.exports = {
   cacheHandles(name) {
     return native.testCacheHandles(name)
   },
+  /** The next guarded native call (any instance, any class) panics inside
+   *  its guard: it fails with ERR_INTERNAL and poisons only its instance. */
+  panicNextCall() {
+    native.testPanicNextCall()
+  },
+  /** CacheManager deleteLater tasks alive in the process (close() ends them). */
+  liveDeleteLaterTasks() {
+    return native.testLiveDeleteLaterTasks()
+  },
 }

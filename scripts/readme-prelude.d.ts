@@ -24,6 +24,7 @@ declare global {
   function fetchPage(url: string): Promise<string>
   function loadFlags(): Promise<Record<string, boolean>>
   function log(line: string): void
+  function build(): Promise<string>
   const ip: string
   const id: string
   const tenant: string

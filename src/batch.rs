@@ -13,7 +13,8 @@ use std::collections::{BTreeSet, VecDeque};
 use napi::bindgen_prelude::Result;
 use napi_derive::napi;
 
-use crate::error::{check_finite, check_non_negative, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
+use crate::validate;
 
 /// Options of `new BatchProcessor(handler, options)`, as the native engine
 /// takes them. The public `BatchOptions<T>` (types/header.d.ts) is this with
@@ -42,6 +43,10 @@ pub struct BatchOptions {
   /// The key of an item for `dedupe`.
   #[napi(ts_type = "(item: unknown) => string")]
   pub key_fn: Option<()>,
+  /// Items accepted but not yet settled (after dedupe: one per slot); past
+  /// it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
+  /// 2^32 - 1) or `Infinity`. Default: `Infinity`.
+  pub max_pending: Option<f64>,
 }
 
 /// `stats()` of a BatchProcessor.
@@ -76,20 +81,13 @@ pub struct BatchConfig {
   pub concurrency: usize,
   pub retries: u32,
   pub retry_backoff_ms: f64,
+  /// `f64::INFINITY` for unbounded.
+  pub max_pending: f64,
 }
 
-/// A positive integer, or `Infinity` when `allow_inf`.
+/// A positive integer (up to 2^32 - 1), or `Infinity`.
 fn positive_int_or_inf(name: &str, v: f64) -> HpResult<f64> {
-  if v == f64::INFINITY {
-    return Ok(v);
-  }
-  let v = check_finite(name, v)?;
-  if v < 1.0 || v.fract() != 0.0 {
-    return Err(HpError::invalid(format!(
-      "{name} must be a positive integer or Infinity, got {v}"
-    )));
-  }
-  Ok(v)
+  Ok(validate::count_or_inf(name, v, 1)?.map_or(f64::INFINITY, |n| n as f64))
 }
 
 /// Longest backoff (setTimeout's limit is 2^31 - 1 ms).
@@ -98,10 +96,15 @@ const MAX_DELAY_MS: f64 = 2_147_483_647.0;
 impl BatchConfig {
   pub fn from_options(o: &BatchOptions) -> HpResult<Self> {
     let max_batch_size = positive_int_or_inf("maxBatchSize", o.max_batch_size.unwrap_or(100.0))?;
-    let max_wait_ms = check_non_negative("maxWaitMs", o.max_wait_ms.unwrap_or(10.0))?;
+    let max_wait_ms = validate::duration_ms(
+      "maxWaitMs",
+      o.max_wait_ms.unwrap_or(10.0),
+      validate::Span::Timer,
+    )?;
     if max_wait_ms > MAX_DELAY_MS {
       return Err(HpError::invalid(format!(
-        "maxWaitMs must be <= {MAX_DELAY_MS}, got {max_wait_ms}"
+        "maxWaitMs must be a number of milliseconds in [0, {MAX_DELAY_MS}], got {}",
+        validate::js_num(max_wait_ms)
       )));
     }
     let c = positive_int_or_inf("concurrency", o.concurrency.unwrap_or(4.0))?;
@@ -110,15 +113,15 @@ impl BatchConfig {
     } else {
       c as usize
     };
-    let retries = check_non_negative("retries", o.retries.unwrap_or(0.0))?;
-    if retries.fract() != 0.0 || retries > u32::MAX as f64 {
-      return Err(HpError::invalid(format!(
-        "retries must be a non-negative integer, got {retries}"
-      )));
-    }
-    let retry_backoff_ms =
-      check_non_negative("retryBackoffMs", o.retry_backoff_ms.unwrap_or(100.0))?;
+    let retries = validate::count("retries", o.retries.unwrap_or(0.0), 0)?;
+    let retry_backoff_ms = validate::duration_ms(
+      "retryBackoffMs",
+      o.retry_backoff_ms.unwrap_or(100.0),
+      validate::Span::Timer,
+    )?;
+    let max_pending = positive_int_or_inf("maxPending", o.max_pending.unwrap_or(f64::INFINITY))?;
     Ok(BatchConfig {
+      max_pending,
       max_batch_size,
       max_wait_ms,
       concurrency,
@@ -268,6 +271,8 @@ impl Scheduler {
 /// The native engine behind `BatchProcessor` (see lib/batch.js).
 #[napi(js_name = "NativeBatch")]
 pub struct NativeBatch {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   s: Scheduler,
 }
 
@@ -279,53 +284,68 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 impl NativeBatch {
   #[napi(constructor)]
   pub fn new(options: Option<BatchOptions>) -> Result<Self, Code> {
+    guarded! { ctor "BatchProcessor",
     let cfg = to_js(BatchConfig::from_options(&options.unwrap_or_default()))?;
     Ok(NativeBatch {
+      poison: crate::guard::Poison::new("BatchProcessor"),
       s: Scheduler::new(cfg),
     })
+    }
   }
 
-  /// The validated `[maxBatchSize, maxWaitMs]` (Infinity for unbounded).
+  /// The validated `[maxBatchSize, maxWaitMs, maxPending]` (Infinity for unbounded).
   #[napi]
-  pub fn limits(&self) -> Vec<f64> {
-    vec![self.s.cfg.max_batch_size, self.s.cfg.max_wait_ms]
+  pub fn limits(&self) -> Result<Vec<f64>, Code> {
+    guarded! { ok self,
+    vec![self.s.cfg.max_batch_size, self.s.cfg.max_wait_ms, self.s.cfg.max_pending]
+    }
   }
 
   /// A batch was sealed. Returns its id (>= 0) when it may start now, or
   /// `-1 - id` when it waits for a slot (then `finish` hands it out).
   #[napi]
-  pub fn submit(&mut self, slots: u32, adds: u32) -> f64 {
+  pub fn submit(&mut self, slots: u32, adds: u32) -> Result<f64, Code> {
+    guarded! { ok self,
     match self.s.submit(slots, adds) {
       Admit::Start(id) => id as f64,
       Admit::Queued(id) => -1.0 - id as f64,
+    }
     }
   }
 
   /// Batch `id` is over. Returns the id of the next batch to start, or -1.
   #[napi]
-  pub fn finish(&mut self, id: f64, failed: bool) -> f64 {
+  pub fn finish(&mut self, id: f64, failed: bool) -> Result<f64, Code> {
+    guarded! { ok self,
     match self.s.finish(id as u64, failed) {
       Some(n) => n as f64,
       None => -1.0,
+    }
     }
   }
 
   /// The handler failed on attempt `attempt`: the delay before the retry in
   /// ms, or -1 when retries are exhausted.
   #[napi]
-  pub fn retry(&mut self, attempt: u32) -> f64 {
+  pub fn retry(&mut self, attempt: u32) -> Result<f64, Code> {
+    guarded! { ok self,
     self.s.retry(attempt, rand::random::<f64>()).unwrap_or(-1.0)
+    }
   }
 
   /// The oldest sealed batch not finished, or -1 when none.
   #[napi]
-  pub fn oldest(&self) -> f64 {
+  pub fn oldest(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     self.s.oldest().map(|i| i as f64).unwrap_or(-1.0)
+    }
   }
 
   #[napi]
-  pub fn stats(&self, open_adds: u32) -> BatchStats {
+  pub fn stats(&self, open_adds: u32) -> Result<BatchStats, Code> {
+    guarded! { always ok self,
     self.s.stats(open_adds as u64)
+    }
   }
 }
 
@@ -340,6 +360,7 @@ mod tests {
       concurrency,
       retries,
       retry_backoff_ms: 100.0,
+      max_pending: f64::INFINITY,
     }
   }
 

@@ -15,10 +15,29 @@ pub enum Code {
   BatchResult,
   BufferReleased,
   TaskFailed,
+  /// A bug inside hotpath (a caught panic); the instance it happened in is
+  /// unusable afterwards. Keep this enum's order: lib/errors.js lists the
+  /// codes in this order (a test checks both).
   Internal,
 }
 
 impl Code {
+  /// Every code, in declaration order (lib/errors.js's CODES lists them in
+  /// this same order; `codes_match_lib_errors_js` checks it).
+  pub const ALL: [Code; 11] = [
+    Code::InvalidArg,
+    Code::Closed,
+    Code::Timeout,
+    Code::Aborted,
+    Code::QueueFull,
+    Code::RateLimited,
+    Code::Redis,
+    Code::BatchResult,
+    Code::BufferReleased,
+    Code::TaskFailed,
+    Code::Internal,
+  ];
+
   pub const fn as_str(self) -> &'static str {
     match self {
       Code::InvalidArg => "ERR_INVALID_ARG",
@@ -64,6 +83,9 @@ impl HpError {
   }
   pub fn redis(message: impl Into<String>) -> Self {
     Self::new(Code::Redis, message)
+  }
+  pub fn internal(message: impl Into<String>) -> Self {
+    Self::new(Code::Internal, message)
   }
 }
 
@@ -147,5 +169,24 @@ mod tests {
     assert_eq!(check_positive_int("limit", 3.0).unwrap(), 3);
     assert!(check_non_negative("ttlMs", f64::NAN).is_err());
     assert!(check_key("key", "").is_err());
+  }
+
+  /// One source for the codes: lib/errors.js's CODES must list exactly these
+  /// names in this order (the JS side maps a native code by name; reordering
+  /// or renaming one side without the other fails here).
+  #[test]
+  fn codes_match_lib_errors_js() {
+    let js =
+      std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lib/errors.js")).unwrap();
+    let start = js
+      .find("const CODES = Object.freeze({")
+      .expect("CODES in lib/errors.js");
+    let block = &js[start..start + js[start..].find("})").unwrap()];
+    let listed: Vec<&str> = block
+      .split('\'')
+      .filter(|s| s.starts_with("ERR_"))
+      .collect();
+    let ours: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, ours);
   }
 }

@@ -1,6 +1,8 @@
 //! hotpath: native performance primitives for Node.js services.
 #![deny(clippy::all)]
 
+#[macro_use]
+pub mod guard;
 pub mod batch;
 pub mod buffer_pool;
 pub mod cache;
@@ -8,6 +10,7 @@ pub mod error;
 pub mod rate_limiter;
 pub mod redis;
 pub mod runtime;
+pub mod validate;
 pub mod worker_queue;
 
 use napi_derive::napi;
@@ -16,4 +19,17 @@ use napi_derive::napi;
 #[napi(js_name = "__advanceClock", skip_typescript)]
 pub fn advance_clock(ms: f64) {
   runtime::advance_clock_ms(ms);
+}
+
+/// Test hook (lib/testing.js): the next guarded native call panics inside its guard (proves
+/// that a panic becomes `ERR_INTERNAL` and poisons only its instance).
+#[napi]
+pub fn test_panic_next_call() {
+  guard::panic_next_call();
+}
+
+/// Test hook (lib/testing.js): deleteLater tasks alive in the process (close() ends them).
+#[napi]
+pub fn test_live_delete_later_tasks() -> f64 {
+  cache::engine::LATER_TASKS.load(std::sync::atomic::Ordering::Relaxed) as f64
 }

@@ -11,16 +11,29 @@ use parking_lot::Mutex;
 
 use crate::error::{HpError, HpResult};
 
-static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+/// The one runtime for all background work (timers, Redis I/O, zeroing). It
+/// is hotpath's own, started on first use and never shut down: it lives as
+/// long as the process. (napi-rs' runtime is not used: napi-rs shuts it down
+/// when the first environment that loaded the addon exits, so a handle to it
+/// cached here went dead when a worker thread that loaded hotpath exited, and
+/// a later worker's promises never settled.)
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// The one runtime for all background work is napi-rs' tokio runtime (the one
-/// its `async fn` methods run on); this is a handle to it. napi-rs starts it
-/// when the addon loads; outside Node (`cargo test`) it is started here.
+/// A handle to the one runtime.
 pub fn handle() -> &'static tokio::runtime::Handle {
-  HANDLE.get_or_init(|| {
-    napi::bindgen_prelude::start_async_runtime();
-    napi::bindgen_prelude::block_on(async { tokio::runtime::Handle::current() })
-  })
+  RUNTIME
+    .get_or_init(|| {
+      tokio::runtime::Builder::new_multi_thread()
+        .thread_name("hotpath")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+          // Without a runtime nothing asynchronous can work; this happens
+          // only when the OS refuses threads, and is reported once, loudly.
+          panic!("hotpath: cannot start its tokio runtime: {e}")
+        })
+    })
+    .handle()
 }
 
 /// Spawn background work on the one runtime.
@@ -48,7 +61,16 @@ where
   type Resolver<T> = Box<dyn FnOnce(napi::Env) -> napi::Result<T> + Send>;
   let (deferred, promise) = env.create_deferred::<T, Resolver<T>>()?;
   spawn(async move {
-    let r = fut.await;
+    use futures_util::FutureExt;
+    // A panic in the future rejects with ERR_INTERNAL instead of leaving the
+    // Promise pending forever.
+    let r = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+      Ok(r) => r,
+      Err(p) => Err(HpError::internal(format!(
+        "internal error in background work (a bug in hotpath, please report it): {}",
+        crate::guard::panic_message(&*p)
+      ))),
+    };
     deferred.resolve(Box::new(move |env: napi::Env| {
       r.map_err(|e| js_error(&env, e))
     }));
@@ -187,6 +209,72 @@ pub fn handles(class: &'static str, name: &str) -> usize {
     .get(&(class, name.to_string()))
     .map(|e| e.handles)
     .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- external memory probe
+
+static ALIASES: OnceLock<bool> = OnceLock::new();
+
+unsafe extern "C" fn free_probe(
+  _env: napi::sys::napi_env,
+  data: *mut std::ffi::c_void,
+  _hint: *mut std::ffi::c_void,
+) {
+  crate::guard::catch_finalizer(|| drop(unsafe { Box::from_raw(data as *mut [u8; 16]) }));
+}
+
+/// Whether an external ArrayBuffer made here is a view of native memory (it
+/// is in Node). In a V8 memory cage (Electron's sandbox) Node-API refuses
+/// external buffers and napi-rs silently copies instead, so a table shared
+/// through one would become a stale snapshot. Probed once per process, on
+/// the first construction. `HOTPATH_TEST_NO_EXTERNAL_MEMORY=1` makes the
+/// probe fail (tests of what those runtimes get).
+pub fn external_memory_aliases(env: &napi::Env) -> bool {
+  let env = env.raw();
+  *ALIASES.get_or_init(|| {
+    if std::env::var_os("HOTPATH_TEST_NO_EXTERNAL_MEMORY").is_some_and(|v| v == "1") {
+      return false;
+    }
+    let data = Box::into_raw(Box::new([0u8; 16]));
+    let mut ab = std::ptr::null_mut();
+    let s = unsafe {
+      napi::sys::napi_create_external_arraybuffer(
+        env,
+        data as *mut std::ffi::c_void,
+        16,
+        Some(free_probe),
+        std::ptr::null_mut(),
+        &mut ab,
+      )
+    };
+    if s != napi::sys::Status::napi_ok {
+      drop(unsafe { Box::from_raw(data) });
+      return false;
+    }
+    let (mut p, mut len) = (std::ptr::null_mut(), 0usize);
+    let s = unsafe { napi::sys::napi_get_arraybuffer_info(env, ab, &mut p, &mut len) };
+    s == napi::sys::Status::napi_ok && p == data as *mut std::ffi::c_void && len == 16
+  })
+}
+
+/// At construction of a class that shares memory with JS through external
+/// ArrayBuffers (the cache's version table, the limiter's scratch, the
+/// queue's event buffers): a clear `ERR_INTERNAL` where they would be copies.
+pub fn require_external_memory(
+  env: &napi::Env,
+  class: &str,
+) -> std::result::Result<(), napi::Error<crate::error::Code>> {
+  if external_memory_aliases(env) {
+    return Ok(());
+  }
+  Err(
+    HpError::internal(format!(
+      "{class} cannot run here: it shares native memory with JS through external ArrayBuffers, \
+       and this runtime copies them (a V8 memory cage, as in Electron's sandbox). \
+       BufferPool works here (plain Buffers); CacheManager, RateLimiter and WorkerQueue do not"
+    ))
+    .into(),
+  )
 }
 
 #[cfg(test)]

@@ -15,3 +15,7 @@ export declare function releaseFill(cache: CacheManager<any>): void
 export declare function deafen(cache: CacheManager<any>): void
 /** Open handles of the named cache (0 when it does not exist). */
 export declare function cacheHandles(name: string): number
+/** The next guarded native call (any instance, any class) panics inside its guard: it fails with ERR_INTERNAL and poisons only its instance. */
+export declare function panicNextCall(): void
+/** CacheManager deleteLater tasks alive in the process (close() ends them). */
+export declare function liveDeleteLaterTasks(): number

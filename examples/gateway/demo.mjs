@@ -182,8 +182,8 @@ export function renderTable(rows) {
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n')
 }
 
+/** Progress of one run: one updating line on a terminal, else one line when the run is done. */
 function progressPrinter(label, write, tty) {
-  let lastStep = -1
   let ended = false
   return ({ done, total, elapsedMs }) => {
     if (ended) return
@@ -193,12 +193,8 @@ function progressPrinter(label, write, tty) {
     if (tty) {
       const bar = '#'.repeat(Math.floor(pct / 5)).padEnd(20, '.')
       write(`\r${text}  [${bar}]${ended ? '\n' : ''}`)
-    } else {
-      const step = Math.floor(pct / 25)
-      if (step !== lastStep) {
-        lastStep = step
-        write(`${text}\n`)
-      }
+    } else if (ended) {
+      write(`${text}\n`)
     }
   }
 }

@@ -16,7 +16,7 @@ use super::codec::Val;
 use super::invalidation::Message;
 use super::l1::{self, Entry, L1Config, L1};
 use super::l2::{Write, L2};
-use crate::error::HpResult;
+use crate::error::{HpError, HpResult};
 use crate::redis::{Redis, RedisConfig};
 use crate::runtime::{self, now_ms};
 
@@ -136,6 +136,8 @@ pub struct Engine {
   /// Upper bound of L1's weighted size since moka last ran its maintenance
   /// (see `enforce_bounds`).
   unmaintained: AtomicU64,
+  /// true while the write path is retrying a failed batch.
+  writer_failing: AtomicBool,
   /// true once the invalidation subscription is up (fills wait for it).
   subscribed: watch::Sender<bool>,
   waited_for_subscribe: AtomicBool,
@@ -194,6 +196,7 @@ impl Engine {
       unmaintained: AtomicU64::new(0),
       subscribed: watch::channel(false).0,
       waited_for_subscribe: AtomicBool::new(false),
+      writer_failing: AtomicBool::new(false),
       sub_gen: AtomicU64::new(0),
       pings: AtomicU64::new(0),
       pongs: AtomicU64::new(0),
@@ -307,6 +310,7 @@ impl Engine {
       match l2.redis.many::<redis::Value>(&cmds).await {
         Ok(vals) => {
           *failing_since = None;
+          self.writer_failing.store(false, Ordering::Relaxed);
           for (a, d) in acks.into_iter().zip(dels) {
             if let Some(a) = a {
               let existed = d
@@ -327,6 +331,7 @@ impl Engine {
               let _ = a.send(None);
             }
           }
+          self.writer_failing.store(true, Ordering::Relaxed);
           let now = now_ms();
           let since = *failing_since.get_or_insert(now);
           if now - since >= self.cfg.write_retry_ms {
@@ -334,7 +339,7 @@ impl Engine {
             self.c.pending_writes.fetch_sub(writes, Ordering::Relaxed);
             return;
           }
-          let left = Duration::from_secs_f64((self.cfg.write_retry_ms - (now - since)) / 1000.0);
+          let left = crate::validate::duration(self.cfg.write_retry_ms - (now - since));
           tokio::time::sleep(backoff.min(left)).await;
           backoff = (backoff * 2).min(Duration::from_secs(1));
         }
@@ -345,6 +350,14 @@ impl Engine {
   /// Queue an op behind every earlier one. Call with `order` locked.
   fn enqueue(&self, q: &Option<mpsc::Sender<Op>>, kind: OpKind, ack: Option<Ack>) -> bool {
     let Some(tx) = q else { return false };
+    let mut ack = ack;
+    if !matches!(kind, OpKind::Flush) && self.writer_failing.load(Ordering::Relaxed) {
+      // Queued behind writes that are being retried: the caller learns now
+      // that L2 is failing (this op is still sent, in order, when it heals).
+      if let Some(a) = ack.take() {
+        let _ = a.send(None);
+      }
+    }
     let op = Op { kind, ack };
     let n = op.writes();
     self.c.pending_writes.fetch_add(n, Ordering::Relaxed);
@@ -514,7 +527,7 @@ impl Engine {
     let stale = if capped { 0.0 } else { self.cfg.stale_ms };
     let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
     let stale_until = expires_at + stale;
-    let keep_for = l1_ttl.map(|t| Duration::from_secs_f64((t + stale) / 1000.0));
+    let keep_for = l1_ttl.map(|t| crate::validate::duration(t + stale));
     self.l1.insert(
       key.to_string(),
       Entry {
@@ -581,6 +594,52 @@ impl Engine {
     }
     self.put_l1(key, val, pttl.map(|t| t as f64), None);
     true
+  }
+
+  /// This thread's own Redis connection for an L2 read, when the read may
+  /// take it: no write or delete of this instance is queued (they go on the
+  /// Tokio side, and a read must not overtake them), the subscription is
+  /// live (else fills wait for it, on the Tokio side), no test pause is set.
+  pub fn fast_l2(&self, env: napi::sys::napi_env) -> Option<(&L2, crate::redis::Fast)> {
+    let l2 = self.l2.as_ref()?;
+    if self.c.pending_writes.load(Ordering::SeqCst) != 0
+      || (self.cfg.pubsub && !*self.subscribed.borrow())
+      || self.fill_pause.on.load(Ordering::Relaxed)
+    {
+      return None;
+    }
+    Some((l2, l2.redis.fast(env)?))
+  }
+
+  /// The L1 slot version to read before an L2 request (for [`Engine::got_l2`]).
+  pub fn version_of(&self, key: &str) -> u32 {
+    self.l1.versions().get(self.l1.slot(key))
+  }
+
+  /// An L2 read's result (from [`Engine::fast_l2`]'s connection): counted,
+  /// and filled into L1 unless the key's slot moved since `ver`.
+  pub fn got_l2(
+    &self,
+    key: &str,
+    ver: u32,
+    r: HpResult<Option<(Val, Option<u64>)>>,
+  ) -> Option<Val> {
+    match r {
+      Ok(Some((v, pttl))) => {
+        self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
+        self.fill(key, ver, v.clone(), pttl);
+        Some(v)
+      }
+      Ok(None) => {
+        self.c.misses.fetch_add(1, Ordering::Relaxed);
+        None
+      }
+      Err(_) => {
+        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+        self.c.misses.fetch_add(1, Ordering::Relaxed);
+        None
+      }
+    }
   }
 
   pub async fn get_l2(&self, key: &str) -> Option<Val> {
@@ -652,6 +711,24 @@ impl Engine {
       rx
     };
     let _ = rx.await;
+  }
+
+  /// Before an operation that asks L2 explicitly (deletePattern, deleteTag,
+  /// clear): wait until this instance's earlier writes landed, bounded by the
+  /// command timeout, so it is ordered after them. ERR_REDIS when they did
+  /// not land in time (Redis down): the operation is not sent.
+  async fn earlier_writes_landed(&self) -> HpResult<()> {
+    let Some(l2) = &self.l2 else { return Ok(()) };
+    if self.writer_failing.load(Ordering::Relaxed) {
+      return Err(HpError::redis(
+        "redis: not sent: earlier writes of this cache are still being retried (Redis unreachable)",
+      ));
+    }
+    tokio::time::timeout(l2.redis.cfg.command_timeout, self.flush_write_behind())
+      .await
+      .map_err(|_| {
+        HpError::redis("redis: not sent: earlier writes of this cache did not land in time")
+      })
   }
 
   pub async fn shutdown(&self) {
@@ -842,7 +919,7 @@ impl Engine {
   /// Delete every key matching `glob` on every level (after this instance's
   /// earlier writes landed).
   pub async fn delete_pattern(&self, glob: String) -> HpResult<u32> {
-    self.flush_write_behind().await;
+    self.earlier_writes_landed().await?;
     let mut all: HashSet<String> = {
       let _g = self.order.lock();
       let local = self
@@ -873,7 +950,7 @@ impl Engine {
   /// Delete every entry written with `tag` (after this instance's earlier
   /// writes landed).
   pub async fn delete_tag(&self, tag: String) -> HpResult<u32> {
-    self.flush_write_behind().await;
+    self.earlier_writes_landed().await?;
     let mut all: HashSet<String> = {
       let _g = self.order.lock();
       let local = self
@@ -905,14 +982,29 @@ impl Engine {
 
   /// Delayed double delete: now (L1 at once, L2 behind earlier writes), and
   /// again on every level after `delay_ms`.
-  pub fn delete_later(self: &Arc<Self>, key: String, delay_ms: f64) {
+  /// The task holds the engine only weakly while it waits, and ends as
+  /// soon as `stop` turns true (the handle closed): a closed cache is not
+  /// kept alive for the delay.
+  pub fn delete_later(
+    self: &Arc<Self>,
+    key: String,
+    delay_ms: f64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+  ) {
     let first = self.delete(vec![key.clone()]);
-    let inner = self.clone();
+    let weak = Arc::downgrade(self);
+    let task = LaterTask::new();
     runtime::spawn(async move {
+      let _task = task;
       first.await;
-      tokio::time::sleep(Duration::from_secs_f64(delay_ms / 1000.0)).await;
-      if !inner.closed.load(Ordering::Relaxed) {
-        inner.delete(vec![key]).await;
+      tokio::select! {
+        _ = tokio::time::sleep(crate::validate::duration(delay_ms)) => {}
+        _ = stop.wait_for(|closed| *closed) => return,
+      }
+      if let Some(inner) = weak.upgrade() {
+        if !inner.closed.load(Ordering::Relaxed) {
+          inner.delete(vec![key]).await;
+        }
       }
     });
   }
@@ -958,7 +1050,7 @@ impl Engine {
     let inner = self.clone();
     async move {
       if let Some(l2) = &inner.l2 {
-        inner.flush_write_behind().await;
+        inner.earlier_writes_landed().await?;
         if let Err(e) = l2.clear().await {
           inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
           return Err(e);
@@ -1197,6 +1289,22 @@ impl Engine {
 
   pub fn is_closed(&self) -> bool {
     self.closed.load(Ordering::Relaxed)
+  }
+}
+
+/// deleteLater tasks alive in the process (tests: they end at close()).
+pub static LATER_TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct LaterTask;
+impl LaterTask {
+  fn new() -> Self {
+    LATER_TASKS.fetch_add(1, Ordering::Relaxed);
+    LaterTask
+  }
+}
+impl Drop for LaterTask {
+  fn drop(&mut self) {
+    LATER_TASKS.fetch_sub(1, Ordering::Relaxed);
   }
 }
 

@@ -17,12 +17,14 @@ use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
 
-use crate::error::{check_non_negative, check_positive_int, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::redis::{RedisConfig, RedisOptions};
 use crate::runtime::{self, now_ms};
+use crate::validate;
 use codec::*;
 use engine::{CacheConfig, Engine, FlightOutcome};
 use l1::{Entry, L1Config, Versions};
+use tokio::sync::watch;
 
 /// Options of `new CacheManager(options)`.
 #[napi(object, object_to_js = false)]
@@ -74,24 +76,23 @@ pub struct CacheOptions {
 }
 
 fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
-  v.map(|x| {
-    let x = check_non_negative(name, x)?;
-    if x == 0.0 {
-      return Err(HpError::invalid(format!("{name} must be > 0, got 0")));
-    }
-    Ok(x)
-  })
-  .transpose()
+  v.map(|x| validate::positive_duration_ms(name, x, validate::Span::Lifetime))
+    .transpose()
+}
+
+/// A per-call `ttlMs` (absent: the cache's default).
+fn call_ttl(ttl_ms: Option<f64>) -> Result<Option<f64>, Code> {
+  to_js(opt_ms("ttlMs", ttl_ms))
 }
 
 /// Check the options once and turn them into the engine's configuration.
 fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
-  let max_entries = check_positive_int("maxEntries", o.max_entries.unwrap_or(10_000.0))?;
+  let max_entries = validate::count("maxEntries", o.max_entries.unwrap_or(10_000.0), 1)?;
   let max_bytes = o
     .max_bytes
-    .map(|b| check_positive_int("maxBytes", b))
+    .map(|b| validate::bytes("maxBytes", b, 1))
     .transpose()?;
-  let idle = opt_ms("idleMs", o.idle_ms)?.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+  let idle = opt_ms("idleMs", o.idle_ms)?.map(validate::duration);
   let lru = match o.policy.as_deref() {
     None | Some("tinylfu") => false,
     Some("lru") => true,
@@ -117,12 +118,21 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
     .transpose()?;
   let front = match o.front_cache_entries {
     None => 16_384u64.min(max_entries),
-    Some(v) => check_non_negative("frontCacheEntries", v)? as u64,
+    Some(v) => validate::count("frontCacheEntries", v, 0)?,
   };
   Ok(CacheConfig {
     name: o.name.clone(),
-    write_retry_ms: check_non_negative("writeRetryMs", o.write_retry_ms.unwrap_or(10_000.0))?,
-    lease_ms: check_positive_int("leaseMs", o.lease_ms.unwrap_or(3_000.0))?,
+    write_retry_ms: validate::duration_ms(
+      "writeRetryMs",
+      o.write_retry_ms.unwrap_or(10_000.0),
+      validate::Span::Timer,
+    )?,
+    lease_ms: validate::positive_duration_ms(
+      "leaseMs",
+      o.lease_ms.unwrap_or(3_000.0),
+      validate::Span::Timer,
+    )?
+    .ceil() as u64,
     l1: L1Config {
       max_entries,
       max_bytes,
@@ -131,14 +141,23 @@ fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
     },
     ttl_ms: opt_ms("ttlMs", o.ttl_ms)?,
     l1_ttl_ms: opt_ms("l1TtlMs", o.l1_ttl_ms)?,
-    stale_ms: check_non_negative("staleMs", o.stale_ms.unwrap_or(0.0))?,
-    refresh_ahead_ms: check_non_negative("refreshAheadMs", o.refresh_ahead_ms.unwrap_or(0.0))?,
+    stale_ms: validate::duration_ms(
+      "staleMs",
+      o.stale_ms.unwrap_or(0.0),
+      validate::Span::Lifetime,
+    )?,
+    refresh_ahead_ms: validate::duration_ms(
+      "refreshAheadMs",
+      o.refresh_ahead_ms.unwrap_or(0.0),
+      validate::Span::Lifetime,
+    )?,
     redis,
     pubsub,
     front,
-    max_pending: check_positive_int(
+    max_pending: validate::count(
       "maxPendingWrites",
       o.max_pending_writes.unwrap_or(100_000.0),
+      1,
     )?,
   })
 }
@@ -262,6 +281,11 @@ pub struct CacheStats {
 /// The native engine behind `CacheManager` (see lib/cache.js).
 #[napi(js_name = "NativeCache")]
 pub struct NativeCache {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
+  /// Set to true at close() (or drop): pending deleteLater tasks stop
+  /// waiting and let go of the cache.
+  later: watch::Sender<bool>,
   inner: Arc<Engine>,
   name: Option<String>,
   closed: AtomicBool,
@@ -277,7 +301,9 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 #[napi]
 impl NativeCache {
   #[napi(constructor)]
-  pub fn new(options: Option<CacheOptions>) -> Result<Self, Code> {
+  pub fn new(env: Env, options: Option<CacheOptions>) -> Result<Self, Code> {
+    guarded! { ctor "CacheManager",
+    runtime::require_external_memory(&env, CLASS)?;
     let o = options.unwrap_or_default();
     let cfg = to_js(config_from_options(&o))?;
     let inner = match &o.name {
@@ -287,11 +313,14 @@ impl NativeCache {
       None => to_js(Engine::new(cfg))?,
     };
     Ok(NativeCache {
+      poison: crate::guard::Poison::new("CacheManager"),
+      later: watch::channel(false).0,
       inner,
       name: o.name,
       closed: AtomicBool::new(false),
       scratch: Arc::new(Scratch(std::cell::UnsafeCell::new([0.0; 8]))),
     })
+    }
   }
 
   fn open(&self) -> Result<&Engine, Code> {
@@ -304,32 +333,40 @@ impl NativeCache {
   /// The version table (Uint32 per slot), shared with every thread.
   #[napi]
   pub fn versions(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     let v: Arc<Versions> = self.inner.l1.versions();
     let ptr = v.slots.as_ptr() as *mut u8;
     let len = v.slots.len() * 4;
     unsafe { ArrayBuffer::from_external(&env, ptr, len, v, |_, v| drop(v)) }
+    }
   }
 
   /// The scratch array (Float64 x 8) this handle writes read metadata into.
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     let s = self.scratch.clone();
     let ptr = s.0.get() as *mut u8;
     unsafe { ArrayBuffer::from_external(&env, ptr, 64, s, |_, s| drop(s)) }
+    }
   }
 
   #[napi]
-  pub fn front_capacity(&self) -> f64 {
+  pub fn front_capacity(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     if self.inner.cfg.l1.idle.is_some() {
       // Front hits would not refresh time-to-idle: go native every time.
-      return 0.0;
+      return Ok(0.0);
     }
     self.inner.cfg.front as f64
+    }
   }
 
   #[napi]
-  pub fn has_l2(&self) -> bool {
+  pub fn has_l2(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.inner.l2.is_some()
+    }
   }
 
   fn fill_scratch(&self, slot: usize, ver: u32, e: Option<&Entry>, now: f64) {
@@ -360,6 +397,7 @@ impl NativeCache {
   /// L1 read. `countMiss`: count a miss here (false when L2 is asked next).
   #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
     let ver = inner.l1.versions().get(slot);
@@ -378,12 +416,14 @@ impl NativeCache {
         Ok(None)
       }
     }
+    }
   }
 
   /// L1 read for getOrSet: also returns a value inside its stale window
   /// (scratch state 1) and flags one due for refresh-ahead (state 2).
   #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
   pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     let slot = inner.l1.slot(&key);
     let ver = inner.l1.versions().get(slot);
@@ -404,32 +444,39 @@ impl NativeCache {
         Ok(None)
       }
     }
+    }
   }
 
   /// A front-cache hit batch: record `hits` L1 hits and touch the key in L1
   /// (so TinyLFU/LRU see that it is hot).
   #[napi]
-  pub fn touch(&self, key: String, hits: u32) {
+  pub fn touch(&self, key: String, hits: u32) -> Result<(), Code> {
+    guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
     let _ = self.inner.l1.cache.get(&key);
+    }
   }
 
   #[napi]
-  pub fn add_hits(&self, hits: u32) {
+  pub fn add_hits(&self, hits: u32) -> Result<(), Code> {
+    guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
+    }
   }
 
   #[napi]
   pub fn has(&self, key: String) -> Result<bool, Code> {
+    guarded! { self,
     Ok(self.open()?.l1.get_live(&key).is_some())
+    }
   }
 
   fn tags(tags: Option<Vec<String>>) -> Option<Box<[String]>> {
@@ -446,10 +493,13 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<(), Code> {
+    guarded! { self,
     let inner = self.open()?;
+    let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
     inner.set_sync(key, val, ttl_ms, Self::tags(tags));
     Ok(())
+    }
   }
 
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
@@ -464,10 +514,13 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
+    let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
     let fut = self.inner.set(key, val, ttl_ms, Self::tags(tags));
     runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
+    }
   }
 
   /// Many writes; one pipeline to L2.
@@ -481,7 +534,9 @@ impl NativeCache {
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
+    let ttl_ms = call_ttl(ttl_ms)?;
     if keys.len() != kinds.len() || keys.len() != payloads.len() {
       return Err(HpError::invalid("setMany: keys, kinds and payloads differ in length").into());
     }
@@ -491,75 +546,123 @@ impl NativeCache {
     }
     let fut = self.inner.set_many(entries, ttl_ms, Self::tags(tags));
     runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
+    }
   }
 
   /// L2 read of one key that missed L1 (fills L1 on a hit).
   #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
+    if let Some((l2, fast)) = inner.fast_l2(env.raw()) {
+      // This thread's connection: written this tick, answered on this
+      // thread (no thread hop either way).
+      let raw = env.raw();
+      let mut deferred = std::ptr::null_mut();
+      let mut promise = std::ptr::null_mut();
+      check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
+        .map_err(crate::error::from_napi)?;
+      let ver = inner.version_of(&key);
+      let k2 = key.clone();
+      let encode = move |b: &mut Vec<u8>| l2.encode_get(&k2, b);
+      let inner2 = inner.clone();
+      fast.send(
+        &encode,
+        2,
+        Box::new(move |r| {
+          let v = inner2.got_l2(&key, ver, l2::L2::got(r));
+          unsafe {
+            match Out::to_napi_value(raw, Out::Vals(vec![v])) {
+              Ok(val) => sys::napi_resolve_deferred(raw, deferred, val),
+              Err(e) => sys::napi_reject_deferred(
+                raw,
+                deferred,
+                crate::redis::uv::js_error(raw, HpError::redis(e.reason.clone())),
+              ),
+            };
+          }
+        }),
+      );
+      return unsafe { Object::from_napi_value(raw, promise) }.map_err(crate::error::from_napi);
+    }
     runtime::promise(
       env,
       async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
     )
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// L1 for each key, then one MGET for all misses.
   #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
   pub fn get_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let fut = self.inner.get_many(keys);
     runtime::promise(env, async move { Ok(Out::Vals(fut.await)) }).map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_many<'e>(&self, env: &'e Env, keys: Vec<String>) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let fut = self.inner.delete(keys);
     runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_pattern<'e>(&self, env: &'e Env, glob: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move { inner.delete_pattern(glob).await })
       .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<number>")]
   pub fn delete_tag<'e>(&self, env: &'e Env, tag: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move { inner.delete_tag(tag).await })
       .map_err(crate::error::from_napi)
+    }
   }
 
   /// Delayed double delete: now, and again after `delayMs`.
   #[napi]
   pub fn delete_later(&self, key: String, delay_ms: f64) -> Result<(), Code> {
+    guarded! { self,
     self.open()?;
-    let delay = to_js(check_non_negative("delayMs", delay_ms))?;
-    self.inner.delete_later(key, delay);
+    let delay = to_js(validate::duration_ms("delayMs", delay_ms, validate::Span::Timer))?;
+    self.inner.delete_later(key, delay, self.later.subscribe());
     Ok(())
+    }
   }
 
   /// Remaining TTL: L1 if it has the key, else L2. Infinity for no expiry;
   /// undefined (as -2 here) when absent.
   #[napi(ts_return_type = "Promise<number>")]
   pub fn remaining_ttl_ms<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let fut = self.inner.remaining_ttl_ms(key);
     runtime::promise(env, async move { Ok(fut.await.unwrap_or(-2.0)) })
       .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<void>")]
   pub fn clear<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let fut = self.inner.clear();
     runtime::promise(env, fut).map_err(crate::error::from_napi)
+    }
   }
 
   // ---------------------------------------------------------- single flight
@@ -568,6 +671,7 @@ impl NativeCache {
   /// and must end it with that token); 0: a live caller leads it.
   #[napi]
   pub fn flight_lead(&self, key: String) -> Result<f64, Code> {
+    guarded! { self,
     Ok(
       self
         .open()?
@@ -575,6 +679,7 @@ impl NativeCache {
         .map(|t| t as f64)
         .unwrap_or(0.0),
     )
+    }
   }
 
   /// Wait for the flight on `key` led elsewhere, at most `timeoutMs` (< 0:
@@ -589,6 +694,7 @@ impl NativeCache {
     key: String,
     timeout_ms: f64,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let timeout = (timeout_ms >= 0.0 && timeout_ms.is_finite())
       .then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
@@ -601,6 +707,7 @@ impl NativeCache {
       })
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi]
@@ -611,36 +718,51 @@ impl NativeCache {
     kind: u32,
     payload: Either3<String, f64, Buffer>,
   ) -> Result<(), Code> {
+    guarded! { self,
     let val = to_js(val_from_js(kind, payload))?;
     self.inner.flight_end(&key, token as u64, val);
     Ok(())
+    }
   }
 
   #[napi]
-  pub fn flight_fail(&self, key: String, token: f64, code: String, message: String, name: String) {
+  pub fn flight_fail(
+    &self,
+    key: String,
+    token: f64,
+    code: String,
+    message: String,
+    name: String,
+  ) -> Result<(), Code> {
+    guarded! { ok self,
     self
       .inner
       .flight_fail(&key, token as u64, &code, &message, &name);
+    }
   }
 
   /// singleFlight 'redis': take the Redis lease on `key` (true: run the
   /// factory here; false: another process holds it).
   #[napi(ts_return_type = "Promise<boolean>")]
   pub fn lease_acquire<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     runtime::promise(env, async move { Ok(inner.lease_acquire(key).await) })
       .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi(ts_return_type = "Promise<void>")]
   pub fn lease_release<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.inner.clone();
     runtime::promise(env, async move {
       inner.lease_release(key).await;
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// Wait (at most `pollMs`) for another process's value of `key`, then
@@ -652,6 +774,7 @@ impl NativeCache {
     key: String,
     poll_ms: f64,
   ) -> Result<Object<'e>, Code> {
+    guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
     let poll = Duration::from_secs_f64(poll_ms.clamp(1.0, 60_000.0) / 1000.0);
@@ -662,16 +785,20 @@ impl NativeCache {
       })
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// The leader gave up (its wait timed out or was aborted): the key is free.
   #[napi]
-  pub fn flight_abandon(&self, key: String, token: f64) {
+  pub fn flight_abandon(&self, key: String, token: f64) -> Result<(), Code> {
+    guarded! { ok self,
     self.inner.flight_abandon(&key, token as u64);
+    }
   }
 
   #[napi]
-  pub fn stats(&self) -> CacheStats {
+  pub fn stats(&self) -> Result<CacheStats, Code> {
+    guarded! { always ok self,
     let s = self.inner.stats();
     CacheStats {
       l1_hits: s.l1_hits,
@@ -687,13 +814,16 @@ impl NativeCache {
       pending_writes: s.pending_writes,
       dropped_writes: s.dropped_writes,
     }
+    }
   }
 
   /// Close this handle. The shared state (write-behind queue, subscription)
   /// shuts down with its last handle, after pending writes reach Redis.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { always self,
     let first = !self.closed.swap(true, Ordering::SeqCst);
+    let _ = self.later.send(true);
     let last = first
       && match &self.name {
         Some(n) => runtime::detach(CLASS, n),
@@ -707,11 +837,14 @@ impl NativeCache {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   #[napi]
-  pub fn is_closed(&self) -> bool {
+  pub fn is_closed(&self) -> Result<bool, Code> {
+    guarded! { always ok self,
     self.closed.load(Ordering::Relaxed)
+    }
   }
 }
 
@@ -721,31 +854,39 @@ impl NativeCache {
   /// Pause (`true`) or stop pausing every L1 fill between its L2 read and
   /// the fill.
   #[napi]
-  pub fn test_pause_fills(&self, on: bool) {
+  pub fn test_pause_fills(&self, on: bool) -> Result<(), Code> {
+    guarded! { ok self,
     self.inner.fill_pause.on.store(on, Ordering::Relaxed);
+    }
   }
 
   /// Resolves when a fill reached the pause.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn test_fill_reached<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.inner.clone();
     runtime::promise(env, async move {
       inner.fill_pause.reached.notified().await;
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
   }
 
   /// Make the subscription drop every message until it is resubscribed.
   #[napi]
-  pub fn test_deafen(&self) {
+  pub fn test_deafen(&self) -> Result<(), Code> {
+    guarded! { ok self,
     self.inner.deaf.store(true, Ordering::Relaxed);
+    }
   }
 
   /// Let one paused fill go on.
   #[napi]
-  pub fn test_release_fill(&self) {
+  pub fn test_release_fill(&self) -> Result<(), Code> {
+    guarded! { ok self,
     self.inner.fill_pause.release.notify_one();
+    }
   }
 }
 
@@ -760,6 +901,7 @@ impl Drop for NativeCache {
   /// thread exited) still lets go of the shared state: the last one flushes
   /// the write path and ends the subscription.
   fn drop(&mut self) {
+    let _ = self.later.send(true);
     if self.closed.swap(true, Ordering::SeqCst) {
       return;
     }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::local::{self, Decision, LocalStore, Params, Store};
 use super::redis::{Check, Remote, MAX_BATCH};
-use crate::error::{check_finite, check_positive_int, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::redis::{Redis, RedisConfig};
 use crate::runtime::{self, now_ms};
 
@@ -83,6 +83,8 @@ pub struct Config {
   pub algo: Algo,
   pub params: Params,
   pub max_keys: usize,
+  /// Waiting `acquire` calls per key (`usize::MAX`: unbounded).
+  pub max_waiters: usize,
   pub redis: Option<RedisConfig>,
   pub on_error: OnError,
 }
@@ -93,23 +95,34 @@ impl Config {
     window_ms: f64,
     algorithm: Option<&str>,
     max_keys: Option<f64>,
+    max_waiters: Option<f64>,
     redis: Option<RedisConfig>,
     on_error: Option<&str>,
   ) -> HpResult<Config> {
-    let positive = |name: &str, v: f64| -> HpResult<f64> {
-      let v = check_finite(name, v)?;
-      if v <= 0.0 {
-        return Err(HpError::invalid(format!("{name} must be > 0, got {v}")));
-      }
-      Ok(v)
-    };
+    let limit = crate::validate::number_in("limit", limit, 0.0, crate::validate::MAX_COUNT)?;
+    if limit == 0.0 {
+      return Err(HpError::invalid(format!(
+        "limit must be a number in (0, {}], got 0",
+        crate::validate::MAX_COUNT
+      )));
+    }
     Ok(Config {
       params: Params {
-        limit: positive("limit", limit)?,
-        window: positive("windowMs", window_ms)?,
+        limit,
+        window: crate::validate::positive_duration_ms(
+          "windowMs",
+          window_ms,
+          crate::validate::Span::Lifetime,
+        )?,
       },
       algo: Algo::parse(algorithm)?,
-      max_keys: check_positive_int("maxKeys", max_keys.unwrap_or(1_000_000.0))? as usize,
+      max_keys: crate::validate::count("maxKeys", max_keys.unwrap_or(1_000_000.0), 1)? as usize,
+      max_waiters: crate::validate::count_or_inf(
+        "maxWaiters",
+        max_waiters.unwrap_or(f64::INFINITY),
+        1,
+      )?
+      .map_or(usize::MAX, |n| n as usize),
       redis,
       on_error: OnError::parse(on_error)?,
     })
@@ -158,8 +171,9 @@ pub struct Counters {
   pub redis_errors: AtomicU64,
 }
 
-/// How long checks skip a failed Redis before trying it again (ms).
-const REDIS_RETRY_MS: f64 = 100.0;
+/// Checks waiting for the Redis batcher, at most; past it a check is answered
+/// by the `onRedisError` policy at once (as when Redis fails).
+pub const JOB_CAPACITY: usize = 65_536;
 /// Script calls in flight at once per limiter; checks arriving meanwhile
 /// wait and go together in the next call.
 const MAX_IN_FLIGHT: usize = 8;
@@ -195,11 +209,10 @@ pub struct Limiter {
   local: Box<dyn LocalStore>,
   remote: Option<Remote>,
   /// Checks for the Redis batcher.
-  jobs: Option<mpsc::UnboundedSender<Job>>,
+  /// Bounded: at most [`JOB_CAPACITY`] checks wait for the batcher.
+  jobs: Option<mpsc::Sender<Job>>,
   command_timeout: Duration,
   pub c: Counters,
-  /// Limiter clock (ms) before which Redis is not tried (it just failed).
-  redis_down_until: AtomicU64,
   queues: Mutex<Queues>,
   next_id: AtomicU64,
   closed: AtomicBool,
@@ -217,7 +230,7 @@ fn store(cfg: &Config) -> Box<dyn LocalStore> {
 }
 
 fn ms(d: f64) -> Duration {
-  Duration::from_secs_f64((d / 1000.0).clamp(0.0, 1e9))
+  crate::validate::duration(d)
 }
 
 impl Limiter {
@@ -228,7 +241,7 @@ impl Limiter {
     };
     let (jobs, rx) = match remote {
       Some(_) => {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(JOB_CAPACITY);
         (Some(tx), Some(rx))
       }
       None => (None, None),
@@ -243,7 +256,6 @@ impl Limiter {
         .map(|r| r.command_timeout)
         .unwrap_or_default(),
       c: Counters::default(),
-      redis_down_until: AtomicU64::new(0f64.to_bits()),
       queues: Mutex::new(Queues::default()),
       next_id: AtomicU64::new(1),
       closed: AtomicBool::new(false),
@@ -365,9 +377,66 @@ impl Limiter {
       let d = self.fallback(&job.key, job.cost, job.consume);
       return self.finish(job, d);
     }
-    if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+    // A full queue (Redis slower than the checks arrive) is handled as a
+    // Redis failure for that check: `onRedisError` decides, memory stays
+    // bounded.
+    if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
+      tx.try_send(job)
+    {
+      self.c.redis_errors.fetch_add(1, Ordering::Relaxed);
       let d = self.fallback(&job.key, job.cost, job.consume);
       self.finish(job, d);
+    }
+  }
+
+  /// A check for [`Limiter::settle`] (the JS-thread path batches them itself).
+  pub fn job(&self, key: String, cost: f64, consume: bool, reply: Reply) -> Job {
+    Job {
+      key,
+      cost,
+      consume,
+      count_denied: true,
+      deadline: Instant::now() + self.command_timeout,
+      reply,
+    }
+  }
+
+  pub fn remote(&self) -> Option<&Remote> {
+    self.remote.as_ref()
+  }
+
+  /// May checks go to Redis now (the endpoint's breaker is closed)?
+  pub fn redis_up(&self) -> bool {
+    !self.redis_down()
+  }
+
+  /// The script call's checks for `jobs`.
+  pub fn checks(jobs: &[Job]) -> Vec<Check<'_>> {
+    jobs
+      .iter()
+      .map(|j| Check {
+        key: &j.key,
+        cost: j.cost,
+        consume: j.consume,
+      })
+      .collect()
+  }
+
+  /// Decide `jobs` from a script call's result, or by `onRedisError` when
+  /// Redis could not answer.
+  pub fn settle(&self, jobs: Vec<Job>, r: HpResult<Vec<Decision>>) {
+    match r {
+      Ok(ds) => {
+        for (j, d) in jobs.into_iter().zip(ds) {
+          self.finish(j, d);
+        }
+      }
+      Err(_) => {
+        for j in jobs {
+          let d = self.fallback(&j.key, j.cost, j.consume);
+          self.finish(j, d);
+        }
+      }
     }
   }
 
@@ -383,14 +452,21 @@ impl Limiter {
     }
   }
 
+  /// Redis is known down: the endpoint's breaker (shared with every other
+  /// component on that endpoint) is open. Asking may start its probe.
   fn redis_down(&self) -> bool {
-    now_ms() < f64::from_bits(self.redis_down_until.load(Ordering::Relaxed))
+    self.remote.as_ref().is_some_and(|r| !r.redis.admit())
   }
 
+  /// A check went unanswered past its deadline: that is a connection-level
+  /// failure for the endpoint's breaker.
   fn trip(&self) {
-    self
-      .redis_down_until
-      .store((now_ms() + REDIS_RETRY_MS).to_bits(), Ordering::Relaxed);
+    if let Some(r) = &self.remote {
+      r.redis.breaker().failure(
+        crate::redis::real_ms(),
+        "rate limiter script call timed out",
+      );
+    }
   }
 
   /// One script call for `jobs` (one slot), bounded by the earliest deadline.
@@ -496,6 +572,17 @@ impl Limiter {
       if d.allowed {
         self.count(&d);
         return Ok(None);
+      }
+    }
+    if let Some(kq) = q.by_key.get(key) {
+      if kq.waiters.len() >= self.cfg.max_waiters {
+        return Err(HpError::new(
+          Code::QueueFull,
+          format!(
+            "{} acquire() calls are already waiting for key \"{key}\" (maxWaiters)",
+            kq.waiters.len()
+          ),
+        ));
       }
     }
     let settle = make_settle()?;
@@ -700,7 +787,7 @@ impl Limiter {
 /// together, at most [`MAX_IN_FLIGHT`] calls at once. A check never waits
 /// past its deadline: without a free slot by then, it is decided by
 /// `onRedisError`.
-async fn batcher(weak: std::sync::Weak<Limiter>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn batcher(weak: std::sync::Weak<Limiter>, mut rx: mpsc::Receiver<Job>) {
   let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
   while let Some(first) = rx.recv().await {
     let permit = tokio::time::timeout_at(first.deadline, slots.clone().acquire_owned()).await;
@@ -736,7 +823,7 @@ mod tests {
   use std::sync::mpsc;
 
   fn limiter(limit: f64, window: f64, algo: &str) -> Arc<Limiter> {
-    Limiter::new(Config::new(limit, window, Some(algo), None, None, None).unwrap()).unwrap()
+    Limiter::new(Config::new(limit, window, Some(algo), None, None, None, None).unwrap()).unwrap()
   }
 
   fn settle_to(
@@ -749,16 +836,16 @@ mod tests {
 
   #[test]
   fn options_are_checked() {
-    assert!(Config::new(0.0, 1000.0, None, None, None, None).is_err());
-    assert!(Config::new(-1.0, 1000.0, None, None, None, None).is_err());
-    assert!(Config::new(f64::NAN, 1000.0, None, None, None, None).is_err());
-    assert!(Config::new(5.0, f64::INFINITY, None, None, None, None).is_err());
-    assert!(Config::new(5.0, 0.0, None, None, None, None).is_err());
-    assert!(Config::new(5.0, 1000.0, Some("leaky"), None, None, None).is_err());
-    assert!(Config::new(5.0, 1000.0, None, Some(0.0), None, None).is_err());
-    assert!(Config::new(5.0, 1000.0, None, Some(1.5), None, None).is_err());
-    assert!(Config::new(5.0, 1000.0, None, None, None, Some("maybe")).is_err());
-    let c = Config::new(5.0, 1000.0, None, None, None, None).unwrap();
+    assert!(Config::new(0.0, 1000.0, None, None, None, None, None).is_err());
+    assert!(Config::new(-1.0, 1000.0, None, None, None, None, None).is_err());
+    assert!(Config::new(f64::NAN, 1000.0, None, None, None, None, None).is_err());
+    assert!(Config::new(5.0, f64::INFINITY, None, None, None, None, None).is_err());
+    assert!(Config::new(5.0, 0.0, None, None, None, None, None).is_err());
+    assert!(Config::new(5.0, 1000.0, Some("leaky"), None, None, None, None).is_err());
+    assert!(Config::new(5.0, 1000.0, None, Some(0.0), None, None, None).is_err());
+    assert!(Config::new(5.0, 1000.0, None, Some(1.5), None, None, None).is_err());
+    assert!(Config::new(5.0, 1000.0, None, None, None, None, Some("maybe")).is_err());
+    let c = Config::new(5.0, 1000.0, None, None, None, None, None).unwrap();
     assert_eq!(c.algo, Algo::SlidingWindow);
     assert_eq!(c.on_error, OnError::Local);
     assert_eq!(c.max_keys, 1_000_000);
@@ -910,7 +997,16 @@ mod tests {
     })
     .unwrap();
     let l = Limiter::new(
-      Config::new(37.0, 60_000.0, Some("sliding-window"), None, Some(rc), None).unwrap(),
+      Config::new(
+        37.0,
+        60_000.0,
+        Some("sliding-window"),
+        None,
+        None,
+        Some(rc),
+        None,
+      )
+      .unwrap(),
     )
     .unwrap();
     let (tx, rx) = mpsc::channel();
@@ -952,8 +1048,9 @@ mod tests {
         ..Default::default()
       })
       .unwrap();
-      let l = Limiter::new(Config::new(2.0, 10_000.0, None, None, Some(rc), Some(policy)).unwrap())
-        .unwrap();
+      let l =
+        Limiter::new(Config::new(2.0, 10_000.0, None, None, None, Some(rc), Some(policy)).unwrap())
+          .unwrap();
       let started = std::time::Instant::now();
       let ds: Vec<Decision> = runtime::handle().block_on(async {
         let mut v = Vec::new();

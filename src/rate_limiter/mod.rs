@@ -10,6 +10,7 @@ pub mod local;
 pub mod redis;
 
 use std::cell::UnsafeCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -54,6 +55,10 @@ pub struct RateLimiterOptions {
   /// Most keys kept in process; past it the keys idle longest (fully
   /// restored ones first) are dropped. Default: `1_000_000`.
   pub max_keys: Option<f64>,
+  /// `acquire()` callers waiting at once per key; past it `acquire` rejects
+  /// `ERR_QUEUE_FULL` at once. A positive integer (up to 2^32 - 1) or
+  /// `Infinity`. Default: `Infinity`.
+  pub max_waiters: Option<f64>,
 }
 
 /// `RateLimiter.stats()`.
@@ -76,6 +81,8 @@ static OWNERS: AtomicU64 = AtomicU64::new(1);
 /// The native engine behind `RateLimiter` (see lib/rate_limiter.js).
 #[napi(js_name = "NativeRateLimiter")]
 pub struct NativeRateLimiter {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   inner: Arc<Limiter>,
   h: Arc<Handle>,
   /// This handle's index in its thread's table (for `rateLimiterCheckSync`).
@@ -83,6 +90,8 @@ pub struct NativeRateLimiter {
   name: Option<String>,
   owner: u64,
   port: Option<Arc<Port>>,
+  /// Checks on this thread's own Redis connection (single node).
+  direct: Option<Rc<fast::Direct>>,
 }
 
 impl Drop for NativeRateLimiter {
@@ -104,12 +113,7 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 }
 
 fn check_cost(cost: f64) -> HpResult<f64> {
-  if !cost.is_finite() || cost < 0.0 {
-    return Err(HpError::invalid(format!(
-      "cost must be a finite number >= 0, got {cost}"
-    )));
-  }
-  Ok(cost)
+  crate::validate::number_in("cost", cost, 0.0, crate::validate::MAX_COUNT)
 }
 
 fn check_key(key: &str) -> HpResult<()> {
@@ -123,9 +127,12 @@ impl NativeRateLimiter {
   /// retryAfterMs, resetMs, ...]`.
   #[napi(constructor)]
   pub fn new(
+    env: Env,
     options: RateLimiterOptions,
     on_results: Option<Function<'_, Float64Array, UnknownReturnValue>>,
   ) -> Result<Self, Code> {
+    guarded! { ctor "RateLimiter",
+    runtime::require_external_memory(&env, CLASS)?;
     let o = options;
     let redis = to_js(o.redis.as_ref().map(RedisConfig::from_options).transpose())?;
     let cfg = to_js(Config::new(
@@ -133,11 +140,17 @@ impl NativeRateLimiter {
       o.window_ms,
       o.algorithm.as_deref(),
       o.max_keys,
+      o.max_waiters,
       redis,
       o.on_redis_error.as_deref(),
     ))?;
+    let mut results_fn = None;
     let port = match (cfg.redis.is_some(), on_results) {
-      (true, Some(f)) => Some(Port::new(f).map_err(crate::error::from_napi)?),
+      (true, Some(f)) => {
+        let v = f.value();
+        results_fn = Some((v.env, v.value));
+        Some(Port::new(f).map_err(crate::error::from_napi)?)
+      }
       (true, None) => {
         return Err(HpError::invalid("a RateLimiter with `redis` needs onResults").into())
       }
@@ -154,7 +167,10 @@ impl NativeRateLimiter {
       scratch: UnsafeCell::new([0.0; 4]),
       closed: AtomicBool::new(false),
     });
+    let direct = results_fn.and_then(|(env, f)| fast::Direct::new(&inner, f, env));
     Ok(NativeRateLimiter {
+      direct,
+      poison: crate::guard::Poison::new("RateLimiter"),
       inner,
       index: fast::register(h.clone()),
       h,
@@ -162,6 +178,7 @@ impl NativeRateLimiter {
       owner: OWNERS.fetch_add(1, Ordering::Relaxed),
       port,
     })
+    }
   }
 
   fn open(&self) -> Result<&Arc<Limiter>, Code> {
@@ -173,22 +190,28 @@ impl NativeRateLimiter {
 
   /// This handle's index for `rateLimiterCheckSync` (valid on this thread).
   #[napi(getter)]
-  pub fn handle(&self) -> u32 {
+  pub fn handle(&self) -> Result<u32, Code> {
+    guarded! { ok self,
     self.index
+    }
   }
 
   /// The scratch array (Float64 x 4) this handle writes results into:
   /// `[remaining, retryAfterMs, resetMs, waiterId]`.
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     let h = self.h.clone();
     let ptr = h.scratch.get() as *mut u8;
     unsafe { ArrayBuffer::from_external(&env, ptr, 32, h, |_, h| drop(h)) }
+    }
   }
 
   #[napi]
-  pub fn has_redis(&self) -> bool {
+  pub fn has_redis(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.inner.has_redis()
+    }
   }
 
   /// With Redis: check (and consume when `consume`); the decision comes back
@@ -203,8 +226,13 @@ impl NativeRateLimiter {
     cost: f64,
     consume: bool,
   ) -> Result<(), Code> {
+    guarded! { self,
     let inner = self.open()?;
     to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
+    if let Some(d) = &self.direct {
+      d.check(key, cost, consume, id);
+      return Ok(());
+    }
     let Some(port) = &self.port else {
       return Err(
         HpError::invalid("checkAsync needs `redis`: in process, use rateLimiterCheckSync").into(),
@@ -213,23 +241,28 @@ impl NativeRateLimiter {
     port.expect(&env);
     inner.submit(key, cost, consume, true, Reply::Sink(port.clone(), id));
     Ok(())
+    }
   }
 
   /// In process: forget `key`.
   #[napi]
   pub fn reset_sync(&self, key: String) -> Result<(), Code> {
+    guarded! { self,
     let inner = self.open()?;
     to_js(check_key(&key))?;
     inner.reset_local(&key);
     Ok(())
+    }
   }
 
   /// Forget `key` in process and on Redis.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn reset<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+    guarded! { self,
     let inner = self.open()?.clone();
     to_js(check_key(&key))?;
     runtime::promise(env, async move { inner.reset(&key).await }).map_err(crate::error::from_napi)
+    }
   }
 
   /// Wait (FIFO per key) until `cost` is admitted. Returns `null` when it
@@ -243,10 +276,11 @@ impl NativeRateLimiter {
     cost: f64,
     timeout_ms: Option<f64>,
   ) -> Result<Option<Object<'e>>, Code> {
+    guarded! { self,
     let inner = self.open()?;
     to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
     if let Some(t) = timeout_ms {
-      to_js(crate::error::check_non_negative("timeoutMs", t))?;
+      to_js(crate::validate::duration_ms("timeoutMs", t, crate::validate::Span::Timer))?;
     }
     let mut promise = None;
     let queued = to_js(inner.acquire(&key, cost, timeout_ms, self.owner, || {
@@ -268,20 +302,24 @@ impl NativeRateLimiter {
         Ok(promise)
       }
     }
+    }
   }
 
   /// Reject waiter `id` with ERR_ABORTED (its AbortSignal fired). Returns
   /// whether it was still waiting.
   #[napi]
-  pub fn cancel(&self, id: f64) -> bool {
+  pub fn cancel(&self, id: f64) -> Result<bool, Code> {
+    guarded! { ok self,
     self.inner.cancel(
       id as u64,
       HpError::new(Code::Aborted, "acquire was aborted"),
     )
+    }
   }
 
   #[napi]
-  pub fn stats(&self) -> RateLimiterStats {
+  pub fn stats(&self) -> Result<RateLimiterStats, Code> {
+    guarded! { always ok self,
     let c = &self.inner.c;
     RateLimiterStats {
       allowed: c.allowed.load(Ordering::Relaxed) as f64,
@@ -290,12 +328,14 @@ impl NativeRateLimiter {
       redis_errors: c.redis_errors.load(Ordering::Relaxed) as f64,
       waiting: self.inner.waiting() as f64,
     }
+    }
   }
 
   /// Close this handle: its waiters reject ERR_CLOSED. The shared state
   /// shuts down with its last handle. Idempotent.
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { always self,
     if !self.h.closed.swap(true, Ordering::SeqCst) {
       let last = match &self.name {
         Some(n) => runtime::detach(CLASS, n),
@@ -308,5 +348,6 @@ impl NativeRateLimiter {
       }
     }
     runtime::promise(env, async { Ok(()) }).map_err(crate::error::from_napi)
+    }
   }
 }

@@ -27,8 +27,9 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::error::{check_finite, check_non_negative, check_positive_int, Code, HpError, HpResult};
+use crate::error::{Code, HpError, HpResult};
 use crate::runtime::{self, now_ms};
+use crate::validate;
 use scheduler::{Arm, Core, Done, Event, Limits, Value, Waker};
 
 const CLASS: &str = "WorkerQueue";
@@ -113,7 +114,7 @@ fn count_opt(name: &str, v: Option<f64>, default: f64, allow_inf: bool) -> HpRes
   if allow_inf && v == f64::INFINITY {
     return Ok(v);
   }
-  Ok(check_positive_int(name, v)? as f64)
+  Ok(validate::count(name, v, 1)? as f64)
 }
 
 impl QueueConfig {
@@ -147,32 +148,18 @@ impl QueueConfig {
     let max_queue = match o.max_queue_size {
       None => u64::MAX,
       Some(v) if v == f64::INFINITY => u64::MAX,
-      Some(v) => {
-        let v = check_non_negative("maxQueueSize", v)?;
-        if v.fract() != 0.0 {
-          return Err(HpError::invalid(format!(
-            "maxQueueSize must be an integer, got {v}"
-          )));
-        }
-        v as u64
-      }
+      Some(v) => validate::count_or_inf("maxQueueSize", v, 0)?.unwrap_or(u64::MAX),
     };
     let timeout_ms = match o.timeout_ms {
       None => 0.0,
       Some(v) if v == f64::INFINITY => 0.0,
-      Some(v) => {
-        let v = check_non_negative("timeoutMs", v)?;
-        if v == 0.0 {
-          return Err(HpError::invalid("timeoutMs must be > 0, got 0"));
-        }
-        v
-      }
+      Some(v) => validate::positive_duration_ms("timeoutMs", v, validate::Span::Timer)?,
     };
     let retries = match o.retries {
       None => 0,
       Some(v) => {
-        let v = check_non_negative("retries", v)?;
-        if v.fract() != 0.0 || v > 1_000_000.0 {
+        let v = validate::count("retries", v, 0)?;
+        if v > 1_000_000 {
           return Err(HpError::invalid(format!(
             "retries must be an integer in [0, 1000000], got {v}"
           )));
@@ -180,8 +167,11 @@ impl QueueConfig {
         v as u32
       }
     };
-    let backoff = check_non_negative("retryBackoffMs", o.retry_backoff_ms.unwrap_or(100.0))?;
-    check_finite("retryBackoffMs", backoff)?;
+    let backoff = validate::duration_ms(
+      "retryBackoffMs",
+      o.retry_backoff_ms.unwrap_or(100.0),
+      validate::Span::Timer,
+    )?;
     Ok(QueueConfig {
       limits: Limits {
         concurrency: if conc.is_infinite() {
@@ -325,6 +315,8 @@ fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
 /// JS object; it is a handle on the (possibly shared) queue.
 #[napi(js_name = "NativeWorkerQueue")]
 pub struct NativeWorkerQueue {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   shared: Arc<Shared>,
   h: u32,
   name: Option<String>,
@@ -341,9 +333,12 @@ impl NativeWorkerQueue {
   /// starts granted by another thread of a named queue.
   #[napi(constructor)]
   pub fn new(
+    env: Env,
     options: Option<WorkerQueueOptions>,
     wake: Function<'_, (), ()>,
   ) -> Result<Self, Code> {
+    guarded! { ctor "WorkerQueue",
+    crate::runtime::require_external_memory(&env, "WorkerQueue")?;
     let o = options.unwrap_or_default();
     let cfg = to_js(QueueConfig::from_options(&o))?;
     let shared = match &o.name {
@@ -360,6 +355,7 @@ impl NativeWorkerQueue {
     };
     let h = shared.lock().open_handle(wake.as_ref().map(waker_of));
     Ok(NativeWorkerQueue {
+      poison: crate::guard::Poison::new("WorkerQueue"),
       shared,
       h,
       name: o.name,
@@ -368,38 +364,49 @@ impl NativeWorkerQueue {
       wake,
       closed: AtomicBool::new(false),
     })
+    }
   }
 
   /// The event scratch (Float64Array) this handle's calls write into.
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     area_buffer(&env, &self.scratch)
+    }
   }
 
   /// The byte area drained results and messages are copied into.
   #[napi]
   pub fn bytes(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     area_buffer(&env, &self.bytes)
+    }
   }
 
   /// Id worker threads use to find this queue.
   #[napi]
-  pub fn queue_id(&self) -> f64 {
+  pub fn queue_id(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     self.shared.qid as f64
+    }
   }
 
   /// Worker threads per handle (0: function mode).
   #[napi]
-  pub fn threads(&self) -> u32 {
+  pub fn threads(&self) -> Result<u32, Code> {
+    guarded! { ok self,
     self.shared.cfg.limits.threads
+    }
   }
 
   /// The concurrency (`Infinity` when unbounded).
   #[napi]
-  pub fn concurrency(&self) -> f64 {
+  pub fn concurrency(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     match self.shared.cfg.limits.concurrency {
       u32::MAX => f64::INFINITY,
       c => c as f64,
+    }
     }
   }
 
@@ -530,17 +537,21 @@ impl NativeWorkerQueue {
   /// when the queue is full, 2 when closed. Events (its Start if it may run
   /// now) are in the scratch.
   #[napi]
-  pub fn add(&self, id: u32, priority: f64, timeout_ms: f64, retries: f64) -> u32 {
+  pub fn add(&self, id: u32, priority: f64, timeout_ms: f64, retries: f64) -> Result<u32, Code> {
+    guarded! { ok self,
     self.admit(id, priority, timeout_ms, retries, Value::Undefined)
+    }
   }
 
   fn admit(&self, id: u32, priority: f64, timeout_ms: f64, retries: f64, payload: Value) -> u32 {
-    let timeout = if timeout_ms < 0.0 {
+    // The JS layer checked the task's options; a value that slipped through
+    // is saturated here rather than trusted (NaN: no timeout).
+    let timeout = if timeout_ms < 0.0 || timeout_ms.is_nan() {
       None
     } else if timeout_ms == 0.0 || timeout_ms.is_infinite() {
       Some(0.0)
     } else {
-      Some(timeout_ms)
+      Some(timeout_ms.min(validate::MAX_TIMER_MS))
     };
     let retries = if retries < 0.0 {
       None
@@ -573,17 +584,20 @@ impl NativeWorkerQueue {
     num: f64,
     text: Option<String>,
     bytes: Option<BufferSlice>,
-  ) -> u32 {
+  ) -> Result<u32, Code> {
+    guarded! { ok self,
     let Some(v) = Value::from_parts(kind, num, text, bytes.as_deref()) else {
-      return 3;
+      return Ok(3);
     };
     self.admit(id, priority, timeout_ms, retries, v)
+    }
   }
 
   /// Function mode: the running attempt of `id` ended (`ok`: fulfilled).
   /// Returns 0: settle the promise, 1: a retry is scheduled, 2: stale (ignore).
   #[napi]
-  pub fn done(&self, id: u32, ok: bool) -> u32 {
+  pub fn done(&self, id: u32, ok: bool) -> Result<u32, Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     let d = g.done_fn(self.h, id, ok, now_ms());
     self.finish(g);
@@ -592,30 +606,36 @@ impl NativeWorkerQueue {
       Done::Retry => 1,
       Done::Stale => 2,
     }
+    }
   }
 
   /// Abort task `id` (waiting: it never runs; running: its slot frees, and in
   /// worker-thread mode its worker is terminated). False when unknown.
   #[napi]
-  pub fn abort(&self, id: u32) -> bool {
+  pub fn abort(&self, id: u32) -> Result<bool, Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     let r = g.abort(self.h, id, now_ms());
     self.finish(g);
     r
+    }
   }
 
   /// The JS timer fired: deadlines and back-offs due now.
   #[napi]
-  pub fn tick(&self) {
+  pub fn tick(&self) -> Result<(), Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     g.expire(self.h, now_ms());
     self.finish(g);
+    }
   }
 
   /// Drain every pending event (with values). Returns a Buffer for one value
   /// too large for the byte area (its event says offset -1).
   #[napi]
   pub fn drain(&self, env: Env) -> Result<Option<BufferSlice<'_>>> {
+    guarded! { self,
     let mut g = self.lock();
     g.clear_wake(self.h);
     let big = self.flush(&mut g, true);
@@ -624,45 +644,57 @@ impl NativeWorkerQueue {
       Some(b) => Ok(Some(BufferSlice::copy_from(&env, b)?)),
       None => Ok(None),
     }
+    }
   }
 
   #[napi]
   pub fn pause(&self) -> Result<(), Code> {
+    guarded! { self,
     self.check_open()?;
     let mut g = self.lock();
     g.pause();
     self.finish(g);
     Ok(())
+    }
   }
 
   #[napi]
   pub fn resume(&self) -> Result<(), Code> {
+    guarded! { self,
     self.check_open()?;
     let mut g = self.lock();
     g.resume(now_ms());
     self.finish(g);
     Ok(())
+    }
   }
 
   #[napi]
-  pub fn is_paused(&self) -> bool {
+  pub fn is_paused(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.shared.lock().is_paused()
+    }
   }
 
   /// This handle's waiting tasks.
   #[napi]
-  pub fn size(&self) -> u32 {
+  pub fn size(&self) -> Result<u32, Code> {
+    guarded! { ok self,
     self.shared.lock().counts(self.h).0
+    }
   }
 
   /// This handle's running tasks.
   #[napi]
-  pub fn pending(&self) -> u32 {
+  pub fn pending(&self) -> Result<u32, Code> {
+    guarded! { ok self,
     self.shared.lock().counts(self.h).1
+    }
   }
 
   #[napi]
-  pub fn stats(&self) -> WorkerQueueStats {
+  pub fn stats(&self) -> Result<WorkerQueueStats, Code> {
+    guarded! { always ok self,
     let g = self.shared.lock();
     let s = g.stats;
     WorkerQueueStats {
@@ -678,15 +710,17 @@ impl NativeWorkerQueue {
       threads: g.live_worker_count() as f64,
       worker_restarts: s.worker_restarts as f64,
     }
+    }
   }
 
   /// Keep the event loop alive (`true`) while this handle waits for events
   /// from other threads; `false` when it has nothing outstanding.
   #[napi]
-  pub fn keep_alive(&self, env: Env, on: bool) {
+  pub fn keep_alive(&self, env: Env, on: bool) -> Result<(), Code> {
+    guarded! { ok self,
     if let Some(w) = &self.wake {
       if w.aborted() {
-        return;
+        return Ok(());
       }
       unsafe {
         if on {
@@ -696,70 +730,87 @@ impl NativeWorkerQueue {
         }
       }
     }
+    }
   }
 
   /// A slot for a new worker thread of this handle: `slot * 2^32 + generation`.
   #[napi]
-  pub fn spawn_slot(&self) -> f64 {
+  pub fn spawn_slot(&self) -> Result<f64, Code> {
+    guarded! { ok self,
     let (s, gen) = self.lock().spawn_slot(self.h);
     s as f64 * 4_294_967_296.0 + gen as f64
+    }
   }
 
   /// The worker thread (slot, gen) exited. Its tasks fail with
   /// ERR_TASK_FAILED (`message`) or are retried. Returns whether it had
   /// started (loaded the module).
   #[napi]
-  pub fn worker_lost(&self, slot: u32, gen: u32, message: String) -> bool {
+  pub fn worker_lost(&self, slot: u32, gen: u32, message: String) -> Result<bool, Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     let r = g.worker_lost(slot, gen, &message, now_ms());
     self.finish(g);
     r
+    }
   }
 
   /// The module cannot load: every waiting task of this handle fails.
   #[napi]
-  pub fn fail_waiting(&self, message: String) {
+  pub fn fail_waiting(&self, message: String) -> Result<(), Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     g.fail_waiting(self.h, Code::TaskFailed, &message, now_ms());
     self.finish(g);
+    }
   }
 
   /// Close, step 1: accept no more tasks (a paused queue resumes, so what is
   /// queued can finish).
   #[napi]
-  pub fn close_begin(&self) {
+  pub fn close_begin(&self) -> Result<(), Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     g.close_handle(self.h);
     if g.is_paused() {
       g.resume(now_ms());
     }
     self.finish(g);
+    }
   }
 
   /// Whether other handles (threads) use this queue.
   #[napi]
-  pub fn shared_with_others(&self) -> bool {
+  pub fn shared_with_others(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.shared.lock().handle_count() > 1
+    }
   }
 
   /// Close: the worker threads of this handle take no more tasks and exit
   /// once they hold none.
   #[napi]
-  pub fn retire_workers(&self) {
+  pub fn retire_workers(&self) -> Result<(), Code> {
+    guarded! { ok self,
     let mut g = self.lock();
     g.retire_workers(self.h);
     self.finish(g);
+    }
   }
 
   /// Close, last step: this handle leaves the queue.
   #[napi]
-  pub fn close_end(&self) {
+  pub fn close_end(&self) -> Result<(), Code> {
+    guarded! { ok self,
     self.release();
+    }
   }
 
   #[napi]
-  pub fn is_closed(&self) -> bool {
+  pub fn is_closed(&self) -> Result<bool, Code> {
+    guarded! { always ok self,
     self.closed.load(Ordering::Relaxed)
+    }
   }
 
   fn release(&self) {

@@ -28,6 +28,9 @@ use crate::error::Code;
 /// Wakes a JS thread (a ThreadsafeFunction in the napi layer, a closure in tests).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
+/// How far past the highest task slot a new task id may be.
+const MAX_ID_GAP: usize = 1 << 20;
+
 /// Longest timer the JS side can arm (setTimeout's limit).
 pub const MAX_DELAY_MS: f64 = 2_147_483_647.0;
 
@@ -590,6 +593,11 @@ impl Core {
       return Err(Code::QueueFull);
     }
     let idx = id as usize;
+    // Ids are slots the JS layer reuses, so they stay near the number of
+    // tasks alive; a wild id must not make this allocate gigabytes.
+    if idx > hs.tasks.len() + MAX_ID_GAP {
+      return Err(Code::InvalidArg);
+    }
     if hs.tasks.len() <= idx {
       hs.tasks.resize_with(idx + 1, || None);
     }
@@ -1013,7 +1021,8 @@ impl Core {
             );
           }
         }
-        Phase::Queued => unreachable!("queued tasks have no timer"),
+        // Queued tasks have no timer; a stale entry is skipped, not trusted.
+        Phase::Queued => {}
       }
     }
     self.pump(now);
@@ -1120,7 +1129,9 @@ impl Core {
 
   /// The worker blocks (sync sleep) waiting for a task.
   pub fn sleep_sync(&mut self, s: u32) {
-    let w = &mut self.workers[s as usize];
+    let Some(w) = self.workers.get_mut(s as usize) else {
+      return;
+    };
     if w.state != WState::Dead {
       w.state = WState::SleepSync;
       self.sleepers += 1;
@@ -1129,11 +1140,13 @@ impl Core {
 
   /// The worker's sync sleep ended (notified or timed out).
   pub fn wake_sync(&mut self, s: u32) {
-    let w = &mut self.workers[s as usize];
+    let Some(w) = self.workers.get_mut(s as usize) else {
+      return;
+    };
     match w.state {
       WState::SleepSync => {
         w.state = WState::Active;
-        self.sleepers -= 1;
+        self.sleepers = self.sleepers.saturating_sub(1);
       }
       WState::Woken => w.state = WState::Active,
       _ => {}
@@ -1142,7 +1155,9 @@ impl Core {
 
   /// The worker returns to its event loop and waits for its waker.
   pub fn sleep_async(&mut self, s: u32) {
-    let w = &mut self.workers[s as usize];
+    let Some(w) = self.workers.get_mut(s as usize) else {
+      return;
+    };
     if matches!(w.state, WState::Active | WState::Woken | WState::Starting) {
       w.state = WState::SleepAsync;
       self.sleepers += 1;
@@ -1747,5 +1762,245 @@ mod tests {
     assert_eq!(c.running(), 1);
     assert_eq!(drain(&mut c, b), vec![Event::Start(0)]);
     assert_eq!(c.handle_count(), 1);
+  }
+}
+
+/// Property tests (proptest): random sequences of add / done / abort /
+/// timer ticks (timeouts, retries after back-off) / pause / resume / close
+/// over two handles of one queue, checked against a model of what the JS
+/// layer sees: invariants hold after every step, and every admitted task ends
+/// exactly once (settled, failed by an event, aborted, or dropped at close).
+#[cfg(test)]
+mod model_tests {
+  use super::*;
+  use proptest::prelude::*;
+  use std::collections::{BTreeMap, BTreeSet};
+
+  #[derive(Clone, Debug)]
+  enum Op {
+    Add {
+      h: usize,
+      prio: i8,
+      timeout: u8,
+      retries: u8,
+    },
+    Done {
+      h: usize,
+      pick: usize,
+      ok: bool,
+    },
+    Abort {
+      h: usize,
+      pick: usize,
+    },
+    Tick {
+      dt: u16,
+    },
+    Pause,
+    Resume,
+    Close {
+      h: usize,
+    },
+  }
+
+  fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+      4 => (0..2usize, -2i8..3, 0u8..3, 0u8..3).prop_map(|(h, prio, timeout, retries)| Op::Add { h, prio, timeout, retries }),
+      4 => (0..2usize, 0..8usize, prop::bool::weighted(0.6)).prop_map(|(h, pick, ok)| Op::Done { h, pick, ok }),
+      1 => (0..2usize, 0..8usize).prop_map(|(h, pick)| Op::Abort { h, pick }),
+      3 => (0u16..400).prop_map(|dt| Op::Tick { dt }),
+      1 => Just(Op::Pause),
+      1 => Just(Op::Resume),
+      1 => (0..2usize).prop_map(|h| Op::Close { h }),
+    ]
+  }
+
+  #[derive(Default)]
+  struct Side {
+    /// id -> running (the JS layer was told Start and no Retrying since)
+    live: BTreeMap<u32, bool>,
+    ended: BTreeSet<u32>,
+    next: u32,
+    open: bool,
+  }
+
+  fn end(side: &mut Side, id: u32, how: &str) {
+    assert!(
+      side.live.remove(&id).is_some(),
+      "task {id} ended ({how}) but was not live"
+    );
+    assert!(side.ended.insert(id), "task {id} ended twice ({how})");
+  }
+
+  fn read_events(c: &mut Core, hs: &[u32; 2], sides: &mut [Side; 2]) {
+    for k in 0..2 {
+      if !sides[k].open {
+        continue;
+      }
+      while let Some(e) = c.next_event(hs[k]) {
+        let side = &mut sides[k];
+        match e {
+          Event::Start(id) => {
+            let r = side
+              .live
+              .get_mut(&id)
+              .unwrap_or_else(|| panic!("Start({id}) of a task not live"));
+            assert!(!*r, "Start({id}) while running");
+            *r = true;
+          }
+          Event::Retrying(id) => {
+            let r = side
+              .live
+              .get_mut(&id)
+              .unwrap_or_else(|| panic!("Retrying({id}) of a task not live"));
+            assert!(*r, "Retrying({id}) while not running");
+            *r = false;
+          }
+          Event::Failed { id, code, .. } => {
+            assert_eq!(code, Code::Timeout);
+            end(side, id, "Failed event");
+          }
+          Event::Rearm => {}
+          other => panic!("unexpected event in function mode: {other:?}"),
+        }
+      }
+    }
+  }
+
+  fn check(c: &Core, hs: &[u32; 2], sides: &[Side; 2], concurrency: u32) {
+    let running: usize = sides
+      .iter()
+      .map(|s| s.live.values().filter(|r| **r).count())
+      .sum();
+    assert_eq!(c.running() as usize, running, "running count");
+    assert!(c.running() <= concurrency);
+    for k in 0..2 {
+      if sides[k].open {
+        let (w, r) = c.counts(hs[k]);
+        let live = sides[k].live.len() as u32;
+        assert_eq!(
+          w + r,
+          live,
+          "handle {k}: waiting {w} + running {r} vs {live} live"
+        );
+      }
+    }
+  }
+
+  proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_task_ends_exactly_once(concurrency in 1u32..4, max_queue in 1u64..8, ops in prop::collection::vec(op(), 1..120)) {
+      let mut c = Core::new(Limits { concurrency, max_queue, backoff_ms: 10.0, ..Limits::default() });
+      c.jitter = || 0.5;
+      let hs = [c.open_handle(None), c.open_handle(None)];
+      let mut sides: [Side; 2] = [Side { open: true, ..Side::default() }, Side { open: true, ..Side::default() }];
+      let mut now = 0.0;
+      let mut admitted = [0usize; 2];
+      for op in ops {
+        match op {
+          Op::Add { h, prio, timeout, retries } => {
+            if !sides[h].open {
+              continue;
+            }
+            let id = sides[h].next;
+            sides[h].next += 1;
+            let timeout = match timeout { 0 => Some(0.0), 1 => Some(50.0), _ => Some(300.0) };
+            c.set_caller(Some(hs[h]));
+            match c.admit(hs[h], id, prio as f64, timeout, Some(retries as u32), Value::Undefined, now) {
+              Ok(()) => {
+                sides[h].live.insert(id, false);
+                admitted[h] += 1;
+              }
+              Err(code) => prop_assert_eq!(code, Code::QueueFull),
+            }
+          }
+          Op::Done { h, pick, ok } => {
+            if !sides[h].open || sides[h].live.is_empty() {
+              continue;
+            }
+            let (&id, &running) = sides[h].live.iter().nth(pick % sides[h].live.len()).unwrap();
+            match c.done_fn(hs[h], id, ok, now) {
+              Done::Settle => {
+                prop_assert!(running);
+                end(&mut sides[h], id, "done");
+              }
+              Done::Retry => {
+                prop_assert!(running && !ok);
+                sides[h].live.insert(id, false);
+              }
+              Done::Stale => prop_assert!(!running, "done_fn of running task {} was Stale", id),
+            }
+          }
+          Op::Abort { h, pick } => {
+            if !sides[h].open || sides[h].live.is_empty() {
+              // Aborting an unknown id is a no-op.
+              prop_assert!(!c.abort(hs[h], 1_000_000, now));
+              continue;
+            }
+            let id = *sides[h].live.keys().nth(pick % sides[h].live.len()).unwrap();
+            prop_assert!(c.abort(hs[h], id, now));
+            end(&mut sides[h], id, "abort");
+          }
+          Op::Tick { dt } => {
+            now += dt as f64;
+            for k in 0..2 {
+              if sides[k].open {
+                c.expire(hs[k], now);
+                let _ = c.arm(hs[k], now);
+              }
+            }
+          }
+          Op::Pause => c.pause(),
+          Op::Resume => c.resume(now),
+          Op::Close { h } => {
+            if !sides[h].open {
+              continue;
+            }
+            read_events(&mut c, &hs, &mut sides);
+            c.drop_handle(hs[h], now);
+            let ids: Vec<u32> = sides[h].live.keys().copied().collect();
+            for id in ids {
+              end(&mut sides[h], id, "close");
+            }
+            sides[h].open = false;
+          }
+        }
+        read_events(&mut c, &hs, &mut sides);
+        check(&c, &hs, &sides, concurrency);
+      }
+      // Close everything: every admitted task has ended exactly once.
+      for k in 0..2 {
+        if sides[k].open {
+          c.drop_handle(hs[k], now);
+          let ids: Vec<u32> = sides[k].live.keys().copied().collect();
+          for id in ids {
+            end(&mut sides[k], id, "final close");
+          }
+        }
+        prop_assert_eq!(sides[k].ended.len(), admitted[k]);
+      }
+      prop_assert_eq!(c.running(), 0);
+      prop_assert_eq!(c.waiting(), 0);
+    }
+
+    /// Ids and slots from JS that name nothing are no-ops, never panics.
+    #[test]
+    fn unknown_ids_and_slots_are_harmless(h in 0u32..5, id in prop::num::u32::ANY, s in prop::num::u32::ANY, gen in prop::num::u32::ANY) {
+      let mut c = Core::new(Limits::default());
+      let _h0 = c.open_handle(None);
+      prop_assert_eq!(c.done_fn(h, id, true, 0.0), Done::Stale);
+      prop_assert!(!c.abort(h, id, 0.0));
+      c.expire(h, 0.0);
+      let _ = c.arm(h, 0.0);
+      prop_assert!(c.payload(h, id).is_none());
+      prop_assert_eq!(c.take(s, gen, 0.0), Take::Stop);
+      c.sleep_sync(s);
+      c.wake_sync(s);
+      c.sleep_async(s);
+      prop_assert!(!c.worker_ready(s, gen));
+      c.drop_handle(h + 10, 0.0);
+    }
   }
 }

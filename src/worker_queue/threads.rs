@@ -26,6 +26,8 @@ const WORKER_BYTES: usize = 64 * 1024;
 /// The engine a worker thread uses (see lib/worker_entry.js).
 #[napi(js_name = "NativeQueueWorker")]
 pub struct NativeQueueWorker {
+  /// Set by a panic inside a method: later calls fail with ERR_INTERNAL.
+  poison: crate::guard::Poison,
   shared: Arc<Shared>,
   slot: u32,
   gen: u32,
@@ -41,12 +43,14 @@ impl NativeQueueWorker {
   /// task is startable while this worker sleeps in its event loop.
   #[napi(constructor)]
   pub fn new(queue_id: f64, slot: u32, gen: u32, wake: Function<'_, (), ()>) -> Result<Self, Code> {
+    guarded! { ctor "WorkerQueue",
     let shared = Shared::find(queue_id as u64).ok_or_else(|| HpError::closed("WorkerQueue"))?;
     let wake = make_waker(&wake).map_err(crate::error::from_napi)?;
     if !shared.lock().worker_attach(slot, gen, waker_of(&wake)) {
       return Err(HpError::closed("WorkerQueue worker").into());
     }
     Ok(NativeQueueWorker {
+      poison: crate::guard::Poison::new("WorkerQueue"),
       shared,
       slot,
       gen,
@@ -54,23 +58,30 @@ impl NativeQueueWorker {
       bytes: Area::new(WORKER_BYTES),
       _wake: wake,
     })
+    }
   }
 
   #[napi]
   pub fn scratch(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     area_buffer(&env, &self.scratch)
+    }
   }
 
   #[napi]
   pub fn bytes(&self, env: Env) -> Result<ArrayBuffer<'_>> {
+    guarded! { self,
     area_buffer(&env, &self.bytes)
+    }
   }
 
   /// The module loaded: start taking tasks. False when this worker was
   /// replaced or its queue closed meanwhile.
   #[napi]
-  pub fn ready(&self) -> bool {
+  pub fn ready(&self) -> Result<bool, Code> {
+    guarded! { ok self,
     self.shared.lock().worker_ready(self.slot, self.gen)
+    }
   }
 
   /// The next task, waiting up to `waitMs` for one. The scratch says what
@@ -78,7 +89,8 @@ impl NativeQueueWorker {
   /// payload for kinds 2-4, a Buffer for structured-clone bytes larger than
   /// the byte area, and `undefined` otherwise (bytes are in the byte area).
   #[napi(ts_return_type = "number | string | Buffer | undefined")]
-  pub fn take(&self, wait_ms: f64) -> Option<Either3<f64, String, Buffer>> {
+  pub fn take(&self, wait_ms: f64) -> Result<Option<Either3<f64, String, Buffer>>, Code> {
+    guarded! { ok self,
     let sc = self.scratch.get();
     let deadline = if wait_ms > 0.0 {
       Some(Instant::now() + Duration::from_secs_f64(wait_ms.min(60_000.0) / 1000.0))
@@ -133,6 +145,7 @@ impl NativeQueueWorker {
     };
     self.shared.unlock(g);
     out
+    }
   }
 
   /// Task (h, id) ended: `ok` (returned) or not (threw); the value as in
@@ -150,12 +163,14 @@ impl NativeQueueWorker {
     text: Option<String>,
     bytes: Option<BufferSlice>,
     fatal: bool,
-  ) -> bool {
+  ) -> Result<bool, Code> {
+    guarded! { ok self,
     let value = Value::from_parts(kind, num, text, bytes.as_deref()).unwrap_or(Value::Undefined);
     let mut g = self.shared.lock();
     g.set_caller(None);
     let r = g.done_worker(self.slot, self.gen, h, id, ok, value, fatal, now_ms());
     self.shared.unlock(g);
     r
+    }
   }
 }

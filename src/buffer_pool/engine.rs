@@ -1,87 +1,36 @@
-//! BufferPool: native memory in power-of-two size classes, handed to JS as
-//! external ArrayBuffers (one per allocation, so each can be detached).
+//! The BufferPool engine: size classes, free lists, the record of every
+//! outstanding allocation, zeroing and freeing on the runtime's threads.
+//! Plain Rust (no napi), with its unit tests at the bottom; `mod.rs` is the
+//! napi layer that turns records into Buffers.
 //!
-//! The pool core (size classes, free lists, the record of every outstanding
-//! allocation, zeroing and freeing on the runtime's threads) is plain Rust
-//! with unit tests; [`NativeBufferPool`] is the thin napi layer that turns
-//! records into Buffers (`napi_create_external_buffer`, called through
-//! napi-sys directly: napi-rs' `from_external` refuses, in debug builds, a
-//! data pointer it has seen before, and a pool reuses pointers by design) and
-//! detaches them on release.
-//!
-//! Every allocation has an `Arc<Record>` with an atomic state. The Buffer's
-//! finalizer holds one reference: it runs when V8 collects the ArrayBuffer
-//! (or, after `release` detached it, when its backing store is gone), and the
-//! state tells "released already" (nothing to do) from "never released"
-//! (reclaim the block). Either way the block returns to the pool exactly once.
+//! Every allocation has an `Arc<Record>` with an atomic state. Whoever moves
+//! it away from OUT (a `release`, the Buffer's finalizer, or the binding's
+//! GC sweep when V8 collected the ArrayBuffer) returns the block to the pool,
+//! exactly once.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use napi::bindgen_prelude::{Object, Result, ToNapiValue, Unknown};
-use napi::{sys, Env, JsValue};
-use napi_derive::napi;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::error::{check_finite, Code, HpError, HpResult};
+use super::BufferPoolStats;
+use crate::error::{HpError, HpResult};
 use crate::runtime;
 
 /// The smallest size class (bytes).
 pub const MIN_CLASS: usize = 64;
 /// The largest `allocate` size: 2 GiB - 1.
 pub const MAX_SIZE: usize = (1 << 31) - 1;
-const MAX_CHUNK: usize = 1 << 30;
+pub const MAX_CHUNK: usize = 1 << 30;
 const ALIGN: usize = 16;
-const CLASS: &str = "BufferPool";
 /// How long the zeroing worker waits for more work before it ends.
 const LINGER: Duration = Duration::from_micros(200);
-
-/// Options of `new BufferPool(options)`.
-#[napi(object, object_to_js = false)]
-#[derive(Default, Clone)]
-pub struct BufferPoolOptions {
-  /// Makes the pool process-wide: every `new BufferPool({ name })` with the
-  /// same name, on the main thread or in any worker thread, is the same pool.
-  pub name: Option<String>,
-  /// Size classes are the powers of two from 64 bytes up to `chunkSize`;
-  /// larger requests get whole chunks. A power of two from 64 to 2^30.
-  /// Default: `1_048_576` (1 MiB).
-  pub chunk_size: Option<f64>,
-  /// Most bytes kept for reuse (free, or being zeroed); released memory
-  /// beyond it is freed. Default: `67_108_864` (64 MiB).
-  pub max_pooled_bytes: Option<f64>,
-  /// Released memory is zeroed on the runtime's threads, never the JS thread,
-  /// before it is handed out again, so `allocate` never returns another
-  /// user's bytes. Default: `true`.
-  pub zero_on_release: Option<bool>,
-}
-
-/// `stats()` of a BufferPool. All counters are exact.
-#[napi(object)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct BufferPoolStats {
-  /// Allocations served with memory from the pool.
-  pub hits: f64,
-  /// Allocations that needed fresh memory.
-  pub misses: f64,
-  /// Bytes kept for reuse: free blocks plus released blocks being zeroed.
-  pub pooled_bytes: f64,
-  /// Bytes of the blocks held by Buffers now (a block is its size class: 1000
-  /// bytes asked are 1024 outstanding).
-  pub outstanding_bytes: f64,
-  /// `allocate` calls that returned a Buffer (`hits + misses`).
-  pub allocations: f64,
-  /// `release` calls that returned memory.
-  pub releases: f64,
-  /// Buffers never released whose memory came back when V8 collected them.
-  pub reclaimed: f64,
-}
 
 /// Validated options.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,31 +43,6 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-  pub fn from_options(o: &BufferPoolOptions, plain: bool) -> HpResult<Self> {
-    let chunk = check_finite("chunkSize", o.chunk_size.unwrap_or(1_048_576.0))?;
-    if chunk.fract() != 0.0
-      || chunk < MIN_CLASS as f64
-      || chunk > MAX_CHUNK as f64
-      || !(chunk as usize).is_power_of_two()
-    {
-      return Err(HpError::invalid(format!(
-        "chunkSize must be a power of two from {MIN_CLASS} to {MAX_CHUNK}, got {chunk}"
-      )));
-    }
-    let max = check_finite("maxPooledBytes", o.max_pooled_bytes.unwrap_or(67_108_864.0))?;
-    if max < 0.0 || max.fract() != 0.0 || max > 9_007_199_254_740_991.0 {
-      return Err(HpError::invalid(format!(
-        "maxPooledBytes must be a non-negative integer, got {max}"
-      )));
-    }
-    Ok(PoolConfig {
-      chunk_size: chunk as usize,
-      max_pooled: max as u64,
-      zero: o.zero_on_release.unwrap_or(true),
-      plain,
-    })
-  }
-
   /// The block size serving a request of `size` bytes.
   pub fn cap_for(&self, size: usize) -> usize {
     if size <= MIN_CLASS {
@@ -250,19 +174,19 @@ const NT_MIN: usize = 256 * 1024;
 
 // ------------------------------------------------------------------ records
 
-const OUT: u8 = 0;
+pub(super) const OUT: u8 = 0;
 const RELEASED: u8 = 1;
 const RECLAIMED: u8 = 2;
 
 /// One allocation handed to JS.
 pub struct Record {
   /// Data pointer of the Buffer (the block's, or V8's in plain mode).
-  ptr: usize,
+  pub(super) ptr: usize,
   /// Block size (plain mode: the size).
-  cap: usize,
+  pub(super) cap: usize,
   /// Buffer length.
   len: usize,
-  state: AtomicU8,
+  pub(super) state: AtomicU8,
   /// Served from the free list (for undoing the count).
   hit: bool,
   /// The block, while outstanding (None in plain mode). Taken by whoever
@@ -585,13 +509,12 @@ impl Shared {
         let mut st = self.st.lock();
         self.queued.store(false, Ordering::Release);
         if st.dirty.is_empty() && st.to_free.is_empty() {
-          if st.busy {
-            st.busy = false;
-            drop(st);
-            self.idle.notify_waiters();
-          } else {
-            drop(st);
-          }
+          // Always wake flush() waiters here, not only after a batch of our
+          // own: a trim() or close() may have taken the work this worker was
+          // started for, and a waiter that saw it queued must still wake.
+          st.busy = false;
+          drop(st);
+          self.idle.notify_waiters();
           let since = Instant::now();
           while !self.queued.load(Ordering::Acquire) && since.elapsed() < LINGER {
             for _ in 0..64 {
@@ -650,6 +573,8 @@ impl Shared {
       freed = all;
     }
     drop(freed);
+    // The work a flush() waiter saw queued may be gone now: let it look again.
+    self.idle.notify_waiters();
   }
 
   /// Nothing waiting to be zeroed or freed.
@@ -695,281 +620,11 @@ impl Shared {
   }
 }
 
-// ------------------------------------------------------------------ napi layer
-
-/// Whether this process allows external buffers (V8 sandbox: no), probed once.
-static EXTERNAL_ALLOWED: OnceLock<bool> = OnceLock::new();
-
-unsafe extern "C" fn finalize_probe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-  drop(unsafe { Box::from_raw(data as *mut [u8; 16]) });
-}
-
-fn external_allowed(env: sys::napi_env) -> bool {
-  *EXTERNAL_ALLOWED.get_or_init(|| {
-    let data = Box::into_raw(Box::new([0u8; 16]));
-    let mut out = ptr::null_mut();
-    let status = unsafe {
-      sys::napi_create_external_buffer(
-        env,
-        16,
-        data as *mut c_void,
-        Some(finalize_probe),
-        ptr::null_mut(),
-        &mut out,
-      )
-    };
-    if status == sys::Status::napi_ok {
-      return true;
-    }
-    drop(unsafe { Box::from_raw(data) });
-    status != sys::Status::napi_no_external_buffers_allowed
-  })
-}
-
-/// The finalizer of every pooled Buffer: `hint` is its `Arc<Record>`.
-unsafe extern "C" fn finalize_record(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
-  let rec = unsafe { Arc::from_raw(hint as *const Record) };
-  // A panic must not cross into C.
-  let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rec.collected()));
-}
-
-/// A napi_value made here, returned as is.
-pub struct Raw(sys::napi_value);
-
-impl ToNapiValue for Raw {
-  unsafe fn to_napi_value(_env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
-    Ok(val.0)
-  }
-}
-
-fn status(s: sys::napi_status, what: &str) -> HpResult<()> {
-  if s == sys::Status::napi_ok {
-    Ok(())
-  } else {
-    Err(HpError::invalid(format!("{what} failed (napi status {s})")))
-  }
-}
-
-/// The native engine behind `BufferPool` (see lib/buffer_pool.js).
-#[napi(js_name = "NativeBufferPool")]
-pub struct NativeBufferPool {
-  shared: Arc<Shared>,
-  name: Option<String>,
-  closed: AtomicBool,
-}
-
-fn to_js<T>(r: HpResult<T>) -> Result<T, Code> {
-  r.map_err(Into::into)
-}
-
-#[napi]
-impl NativeBufferPool {
-  /// `forcePlain`: use plain Buffers even where external ones are allowed
-  /// (what Electron's V8 sandbox gets; for tests).
-  #[napi(constructor)]
-  pub fn new(
-    env: Env,
-    options: Option<BufferPoolOptions>,
-    force_plain: Option<bool>,
-  ) -> Result<Self, Code> {
-    let o = options.unwrap_or_default();
-    let plain = force_plain.unwrap_or(false) || !external_allowed(env.raw());
-    let cfg = to_js(PoolConfig::from_options(&o, plain))?;
-    let shared = match &o.name {
-      Some(name) => to_js(runtime::attach(CLASS, name, format!("{cfg:?}"), || {
-        Ok(Shared::new(cfg.clone()))
-      }))?,
-      None => Shared::new(cfg),
-    };
-    Ok(NativeBufferPool {
-      shared,
-      name: o.name,
-      closed: AtomicBool::new(false),
-    })
-  }
-
-  fn open(&self) -> Result<&Arc<Shared>, Code> {
-    if self.closed.load(Ordering::Relaxed) {
-      return Err(HpError::closed(CLASS).into());
-    }
-    Ok(&self.shared)
-  }
-
-  /// The pool's identity (equal for every handle of a named pool).
-  #[napi]
-  pub fn id(&self) -> u32 {
-    self.shared.id
-  }
-
-  /// false when Buffers are plain (external buffers not allowed here).
-  #[napi]
-  pub fn external(&self) -> bool {
-    !self.shared.cfg.plain
-  }
-
-  /// A Buffer of exactly `size` bytes, zero-filled unless zeroOnRelease is
-  /// false and the memory is reused.
-  #[napi(ts_return_type = "Buffer")]
-  pub fn allocate(&self, env: Env, size: f64) -> Result<Raw, Code> {
-    let shared = self.open()?;
-    let size = to_js(check_size(size))?;
-    let env = env.raw();
-    let mut out = ptr::null_mut();
-    if size == 0 || shared.cfg.plain {
-      let mut data = ptr::null_mut();
-      to_js(status(
-        unsafe { sys::napi_create_buffer(env, size, &mut data, &mut out) },
-        "napi_create_buffer",
-      ))?;
-      if size == 0 {
-        shared.count_empty(false);
-        return Ok(Raw(out));
-      }
-      // Node leaves napi_create_buffer's memory uninitialised.
-      unsafe { ptr::write_bytes(data as *mut u8, 0, size) };
-      let rec = shared.take_plain(data as usize, size);
-      let mut ab = ptr::null_mut();
-      let s = unsafe {
-        let mut ty = 0;
-        let (mut len, mut d, mut off) = (0usize, ptr::null_mut(), 0usize);
-        let s =
-          sys::napi_get_typedarray_info(env, out, &mut ty, &mut len, &mut d, &mut ab, &mut off);
-        if s == sys::Status::napi_ok {
-          sys::napi_add_finalizer(
-            env,
-            ab,
-            ptr::null_mut(),
-            Some(finalize_record),
-            Arc::into_raw(rec.clone()) as *mut c_void,
-            ptr::null_mut(),
-          )
-        } else {
-          s
-        }
-      };
-      if s != sys::Status::napi_ok {
-        shared.untake(&rec);
-        return Err(
-          HpError::invalid(format!("could not track a plain Buffer (napi status {s})")).into(),
-        );
-      }
-      return Ok(Raw(out));
-    }
-    let rec = to_js(shared.take(size))?;
-    let hint = Arc::into_raw(rec.clone()) as *mut c_void;
-    let s = unsafe {
-      sys::napi_create_external_buffer(
-        env,
-        size,
-        rec.ptr as *mut c_void,
-        Some(finalize_record),
-        hint,
-        &mut out,
-      )
-    };
-    if s != sys::Status::napi_ok {
-      drop(unsafe { Arc::from_raw(hint as *const Record) });
-      shared.untake(&rec);
-      return Err(
-        HpError::invalid(format!(
-          "could not create an external Buffer of {size} bytes (napi status {s})"
-        ))
-        .into(),
-      );
-    }
-    Ok(Raw(out))
-  }
-
-  /// Return a Buffer's memory and detach it (its length becomes 0). Returns
-  /// false, changing nothing, when the Buffer is not an outstanding
-  /// allocation of this pool (the JS layer then says which error it is).
-  #[napi]
-  pub fn release(&self, buffer: Unknown) -> Result<bool, Code> {
-    let shared = self.open()?;
-    let env = buffer.value().env;
-    let (mut ty, mut len, mut data, mut ab, mut off) =
-      (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
-    let s = unsafe {
-      sys::napi_get_typedarray_info(
-        env,
-        buffer.raw(),
-        &mut ty,
-        &mut len,
-        &mut data,
-        &mut ab,
-        &mut off,
-      )
-    };
-    if s != sys::Status::napi_ok || ty != sys::TypedarrayType::uint8_array || off != 0 || len == 0 {
-      return Ok(false);
-    }
-    let Some(rec) = shared.lookup(data as usize, len) else {
-      return Ok(false);
-    };
-    to_js(status(
-      unsafe { sys::napi_detach_arraybuffer(env, ab) },
-      "release: detaching the Buffer",
-    ))?;
-    shared.released(&rec);
-    Ok(true)
-  }
-
-  /// Count the release of a zero-length Buffer (the JS layer tracks those).
-  #[napi]
-  pub fn release_empty(&self) -> Result<(), Code> {
-    self.open()?.count_empty(true);
-    Ok(())
-  }
-
-  /// Free all pooled memory now.
-  #[napi]
-  pub fn trim(&self) -> Result<(), Code> {
-    self.open()?.trim();
-    Ok(())
-  }
-
-  /// Resolves when every released block has been zeroed and is back in the
-  /// pool (or freed).
-  #[napi(ts_return_type = "Promise<void>")]
-  pub fn flush<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
-    let shared = self.open()?.clone();
-    runtime::promise(env, async move {
-      shared.idle().await;
-      Ok(())
-    })
-    .map_err(crate::error::from_napi)
-  }
-
-  #[napi]
-  pub fn stats(&self) -> BufferPoolStats {
-    self.shared.stats()
-  }
-
-  /// Close this handle; the last handle of a pool frees its pooled memory.
-  /// Outstanding Buffers stay valid; their memory is freed when collected.
-  #[napi(ts_return_type = "Promise<void>")]
-  pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
-    let first = !self.closed.swap(true, Ordering::SeqCst);
-    let last = first
-      && match &self.name {
-        Some(n) => runtime::detach(CLASS, n),
-        None => true,
-      };
-    let shared = self.shared.clone();
-    if last {
-      shared.close();
-    }
-    runtime::promise(env, async move {
-      shared.idle().await;
-      Ok(())
-    })
-    .map_err(crate::error::from_napi)
-  }
-}
-
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::buffer_pool::BufferPoolOptions;
+  use crate::error::Code;
 
   fn pool(max: u64, zero: bool) -> Arc<Shared> {
     Shared::new(PoolConfig {
@@ -982,6 +637,39 @@ mod tests {
 
   fn wait(p: &Arc<Shared>) {
     runtime::handle().block_on(p.idle());
+  }
+
+  /// The flush/trim race, made deterministic: a released block is queued
+  /// (the worker is marked started but has not run), flush() starts
+  /// waiting, then trim() takes the queued work. The waiter must wake: it
+  /// used to wait forever (the worker only notified after a batch of its
+  /// own, and trim never did).
+  #[test]
+  fn flush_settles_when_trim_takes_the_queued_work() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    for trim_first in [true, false] {
+      let p = pool(1 << 30, true);
+      let rec = p.take(4096).unwrap();
+      p.st.lock().working = true; // as if the worker were spawned but not yet running
+      p.released(&rec);
+      assert!(!p.is_idle());
+      let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+      let mut idle = std::pin::pin!(p.idle());
+      assert!(idle.as_mut().poll(&mut cx).is_pending());
+      if trim_first {
+        p.trim();
+      } else {
+        p.close();
+      }
+      // The worker finally runs and finds nothing to do.
+      p.work();
+      assert_eq!(
+        idle.as_mut().poll(&mut cx),
+        Poll::Ready(()),
+        "trim_first={trim_first}"
+      );
+    }
   }
 
   // The block's bytes, as JS would see them through the Buffer.
