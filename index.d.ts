@@ -4,15 +4,38 @@
  * their generics cannot be expressed by #[napi] attributes. The option and
  * stats interfaces after them are generated from the Rust `///` docs. */
 /* eslint-disable */
+/// <reference types="node" />
 
 /** A JSON object a cache value may be. */
 export interface JsonObject { [key: string]: JsonValue }
 /** A JSON array a cache value may be. */
-export interface JsonArray extends Array<JsonValue> {}
+export type JsonArray = JsonValue[]
 /** Any JSON value. */
 export type JsonValue = string | number | boolean | null | JsonObject | JsonArray
 /** What a `CacheManager` stores. A value read back has the type and content it was written with. */
 export type CacheValue = string | number | boolean | null | Buffer | JsonObject | JsonArray
+
+/**
+ * What `V` of `CacheManager<V>` may be: a JSON value or a `Buffer`, or an
+ * object or array type, interfaces included, whose fields are JSON data
+ * (optional fields allowed). Functions, `Date`, `Map`, class instances with
+ * methods and `undefined` are rejected at compile time (and by `set` at run
+ * time, where a field explicitly set to `undefined` or a `bigint` is also
+ * rejected with `ERR_INVALID_ARG`).
+ */
+export type Storable<V> = string | number | boolean | null | Buffer | { readonly [K in keyof V]: CacheField<V[K]> }
+/** A field of a stored object or array: JSON data (a `Buffer` only at the top level). */
+type CacheField<V> = V extends undefined ? undefined : CacheData<V>
+/** `V` if it is JSON data, else `never` (element by element, field by field). */
+type CacheData<V> = V extends string | number | boolean | null
+  ? V
+  : V extends (...args: never[]) => unknown
+    ? never
+    : V extends readonly (infer E)[]
+      ? ReadonlyArray<CacheField<E>>
+      : V extends object
+        ? { [K in keyof V]: CacheField<V[K]> }
+        : never
 
 /** Every `code` a hotpath error carries. */
 export type HotpathErrorCode =
@@ -86,7 +109,7 @@ export interface CacheSetOptions {
   /** TTL of this entry in ms (L1 and L2). Default: the cache's `ttlMs`. */
   ttlMs?: number
   /** Tags: `deleteTag(tag)` deletes every entry set with it, on every level. */
-  tags?: string[]
+  tags?: readonly string[]
 }
 
 /** Options of `getOrSet`: those of `set`, and how long and how widely callers wait for one factory run. */
@@ -106,7 +129,7 @@ export interface GetOrSetOptions extends CacheSetOptions {
  * is validated against shared version counters, so they never return a value
  * another thread or instance has replaced.
  */
-export declare class CacheManager<V extends CacheValue = CacheValue, M extends CacheReadMode = 'frozen'> {
+export declare class CacheManager<V extends Storable<V> = CacheValue, M extends CacheReadMode = 'frozen'> {
   constructor(options?: CacheOptions & { readMode?: M })
   /**
    * L1, then L2 (an L2 hit fills L1). Resolves `undefined` on a miss; never rejects because L2 is down.
@@ -119,13 +142,13 @@ export declare class CacheManager<V extends CacheValue = CacheValue, M extends C
    */
   getSync(key: string): CacheRead<V, M> | undefined
   /** L1 for each key, then one L2 round trip (MGET) for all L1 misses. */
-  getMany(keys: string[]): Promise<(CacheRead<V, M> | undefined)[]>
+  getMany(keys: readonly string[]): Promise<(CacheRead<V, M> | undefined)[]>
   /** L1 and L2 (write-through). */
   set(key: string, value: V, options?: CacheSetOptions): Promise<void>
   /** L1 now, L2 in the background (write-behind; flushed by `close()`). */
   setSync(key: string, value: V, options?: CacheSetOptions): void
   /** Many entries; one L2 pipeline. */
-  setMany(entries: [string, V][], options?: CacheSetOptions): Promise<void>
+  setMany(entries: ReadonlyArray<readonly [string, V]>, options?: CacheSetOptions): Promise<void>
   /** L1 only. */
   has(key: string): boolean
   /**
@@ -136,7 +159,7 @@ export declare class CacheManager<V extends CacheValue = CacheValue, M extends C
   getOrSet(key: string, factory: () => V | Promise<V>, options?: GetOrSetOptions): Promise<CacheRead<V, M>>
   /** Every level, and other instances' L1. Resolves whether the key existed. */
   delete(key: string): Promise<boolean>
-  deleteMany(keys: string[]): Promise<number>
+  deleteMany(keys: readonly string[]): Promise<number>
   /** Glob (`'user:*'`) on every level; Redis via SCAN, never KEYS. */
   deletePattern(glob: string): Promise<number>
   /** Every entry set with that tag. */
@@ -210,6 +233,12 @@ export declare class RateLimiter {
   wrap<A extends unknown[], R>(fn: (...args: A) => R | Promise<R>, options?: LimitWrapOptions<NoInferArgs<A>>): (...args: A) => Promise<R>
 }
 
+/** Options of `new BatchProcessor(handler, options)`. */
+export interface BatchOptions<T = unknown> extends Omit<NativeBatchOptions, 'keyFn'> {
+  /** The key of an item, for `dedupe`: equal keys share one slot and one result. */
+  keyFn?: (item: T) => string
+}
+
 /**
  * Batches `add` calls into calls of `handler` with many items: a batch is
  * dispatched when it reaches `maxBatchSize`, `maxWaitMs` after its first
@@ -225,11 +254,11 @@ export declare class BatchProcessor<T, R> {
    * throw or rejection is retried `retries` times with exponential backoff and
    * jitter, then rejects every item of the batch with that error.
    */
-  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions)
+  constructor(handler: (items: T[]) => Promise<(R | Error)[]> | (R | Error)[], options?: BatchOptions<T>)
   /** A promise for this item's result. Rejects `ERR_CLOSED` after `close()`. */
   add(item: T): Promise<R>
   /** `add` for each item; resolves to their results in order, or rejects with the first error. */
-  addMany(items: T[]): Promise<R[]>
+  addMany(items: readonly T[]): Promise<R[]>
   /** Dispatch the open batch now and wait for every batch sealed so far (queued ones included). */
   flush(): Promise<void>
   stats(): BatchStats
@@ -299,7 +328,7 @@ export declare class WorkerQueue {
   /** Worker-thread mode: `filename`'s default export runs on (a structured clone of) `payload` in a worker thread. */
   run<T = unknown>(payload: unknown, options?: TaskOptions): Promise<T>
   /** `add` for each task; resolves with their results in order. */
-  addAll<T>(tasks: Array<(ctx: TaskContext) => T | Promise<T>>, options?: TaskOptions): Promise<T[]>
+  addAll<T>(tasks: ReadonlyArray<(ctx: TaskContext) => T | Promise<T>>, options?: TaskOptions): Promise<T[]>
   /** Start no more tasks until `resume()` (running ones continue). Shared by every handle of a named queue. */
   pause(): void
   resume(): void
@@ -389,7 +418,7 @@ export interface LimitWrapOptions<A extends unknown[]> {
  * `experimentalDecorators`. The method must return `Promise<R>` with `R` a cache value
  * (the cache's `V`), or it is a type error.
  */
-export interface CachedDecorator<V extends CacheValue, A extends unknown[]> {
+export interface CachedDecorator<V extends Storable<V>, A extends unknown[]> {
   <This, Args extends A, R extends V>(
     method: (this: This, ...args: Args) => Promise<R>,
     context: ClassMethodDecoratorContext<This, (this: This, ...args: Args) => Promise<R>>,
@@ -418,7 +447,7 @@ export interface RateLimitedDecorator<A extends unknown[]> {
  * Memoize a method through `cache.getOrSet` (see `CacheManager.wrap`). `cache` may be a function
  * returning the cache (called at each call, with the instance as `this`). Default key prefix: `Class.method`.
  */
-export declare function cached<V extends CacheValue = CacheValue, A extends unknown[] = unknown[]>(
+export declare function cached<V extends Storable<V> = CacheValue, A extends unknown[] = unknown[]>(
   cache: CacheManager<V> | (() => CacheManager<V>),
   options?: WrapOptions<A>,
 ): CachedDecorator<V, A>
@@ -442,7 +471,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** The native engine behind `BatchProcessor` (see lib/batch.js). */
 export declare class NativeBatch {
-  constructor(options?: BatchOptions | undefined | null)
+  constructor(options?: NativeBatchOptions | undefined | null)
   /** The validated `[maxBatchSize, maxWaitMs, maxPending]` (Infinity for unbounded). */
   limits(): Array<number>
   /**
@@ -767,46 +796,6 @@ export declare class NativeWorkerQueue {
   isClosed(): boolean
 }
 
-/** Options of `new BatchProcessor(handler, options)`. */
-export interface BatchOptions {
-  /**
-   * Most items (slots, after dedupe) in one batch; a batch that reaches it is
-   * dispatched at once. A positive integer or `Infinity`. Default: `100`.
-   */
-  maxBatchSize?: number
-  /**
-   * A partial batch is dispatched this many ms after its first item (`0`:
-   * on the next turn of the event loop, after everything added in this one).
-   * Default: `10`.
-   */
-  maxWaitMs?: number
-  /**
-   * Batches in the handler at once; further sealed batches wait their turn
-   * in order. A positive integer or `Infinity`. Default: `4`.
-   */
-  concurrency?: number
-  /** Whole-batch retries after the handler throws or rejects. Default: `0`. */
-  retries?: number
-  /**
-   * Backoff before retry n (0-based) is `retryBackoffMs * 2^n`, scaled by a
-   * random factor in [0.5, 1] (jitter). Default: `100`.
-   */
-  retryBackoffMs?: number
-  /**
-   * Equal items (by `keyFn`) pending together share one slot in the batch and
-   * one result. Needs `keyFn`. Default: `true` when `keyFn` is given, else `false`.
-   */
-  dedupe?: boolean
-  /** The key of an item for `dedupe`. */
-  keyFn?: (item: unknown) => string
-  /**
-   * Items accepted but not yet settled (after dedupe: one per slot); past
-   * it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
-   * 2^32 - 1) or `Infinity`. Default: `Infinity`.
-   */
-  maxPending?: number
-}
-
 /** `stats()` of a BatchProcessor. */
 export interface BatchStats {
   /** Items accepted by `add`/`addMany` (deduplicated ones included). */
@@ -961,16 +950,30 @@ export interface CacheOptions {
   leaseMs?: number
 }
 
+/**
+ * `CacheManager#stats()`. For a named cache: every handle of it. Counters
+ * only grow; `l1Entries`, `l1Bytes` and `pendingWrites` are levels now.
+ */
 export interface CacheStats {
+  /** Reads answered by L1 (front-cache hits included). */
   l1Hits: number
+  /** Reads that missed L1 and were answered by Redis (L2). */
   l2Hits: number
+  /** Reads answered by neither level (also when L2 failed). */
   misses: number
+  /** Entries written by `set`, `setSync` and `setMany` (one per entry). */
   sets: number
+  /** Keys that `delete`, `deleteMany` or `deleteLater` found and deleted. */
   deletes: number
+  /** Entries L1 dropped to stay within `maxEntries` / `maxBytes`. */
   evictions: number
+  /** Entries in L1 now (moka's count: it may lag a write by a moment). */
   l1Entries: number
+  /** Weighed size of L1 now (key bytes + value bytes), in bytes. */
   l1Bytes: number
+  /** Redis (L2) operations that failed or timed out; none of them threw. */
   l2Errors: number
+  /** `(l1Hits + l2Hits) / (l1Hits + l2Hits + misses)`; `0` before any read. */
   hitRatio: number
   /** Writes (and deletes) queued for Redis, not yet landed or dropped. */
   pendingWrites: number
@@ -979,6 +982,50 @@ export interface CacheStats {
    * Redis kept failing for `writeRetryMs`. L1 kept them.
    */
   droppedWrites: number
+}
+
+/**
+ * Options of `new BatchProcessor(handler, options)`, as the native engine
+ * takes them. The public `BatchOptions<T>` (types/header.d.ts) is this with
+ * `keyFn` typed by the item type.
+ */
+export interface NativeBatchOptions {
+  /**
+   * Most items (slots, after dedupe) in one batch; a batch that reaches it is
+   * dispatched at once. A positive integer or `Infinity`. Default: `100`.
+   */
+  maxBatchSize?: number
+  /**
+   * A partial batch is dispatched this many ms after its first item (`0`:
+   * on the next turn of the event loop, after everything added in this one).
+   * Default: `10`.
+   */
+  maxWaitMs?: number
+  /**
+   * Batches in the handler at once; further sealed batches wait their turn
+   * in order. A positive integer or `Infinity`. Default: `4`.
+   */
+  concurrency?: number
+  /** Whole-batch retries after the handler throws or rejects. Default: `0`. */
+  retries?: number
+  /**
+   * Backoff before retry n (0-based) is `retryBackoffMs * 2^n`, scaled by a
+   * random factor in [0.5, 1] (jitter). Default: `100`.
+   */
+  retryBackoffMs?: number
+  /**
+   * Equal items (by `keyFn`) pending together share one slot in the batch and
+   * one result. Needs `keyFn`. Default: `true` when `keyFn` is given, else `false`.
+   */
+  dedupe?: boolean
+  /** The key of an item for `dedupe`. */
+  keyFn?: (item: unknown) => string
+  /**
+   * Items accepted but not yet settled (after dedupe: one per slot); past
+   * it `add()` rejects `ERR_QUEUE_FULL` at once. A positive integer (up to
+   * 2^32 - 1) or `Infinity`. Default: `Infinity`.
+   */
+  maxPending?: number
 }
 
 /** The raw function behind `RateLimiter.checkSync` (see the module docs). */

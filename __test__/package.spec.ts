@@ -41,9 +41,10 @@ function declaredValues(file: string): { values: string[]; types: string[] } {
   return { values: values.sort(), types: types.sort() }
 }
 
-function typesEntry(spec: '.' | './testing') {
+/** The typings of an entry for `require` (default) or `import` (each condition has its own: .d.ts / .d.mts). */
+function typesEntry(spec: '.' | './testing', condition: 'require' | 'import' = 'require') {
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
-  return join(root, pkg.exports[spec].types)
+  return join(root, pkg.exports[spec][condition].types)
 }
 
 test('require and import of hotpath export the same names, exactly the values its typings declare', () => {
@@ -93,4 +94,57 @@ test('the generated index.d.ts declares what the loader exports (the public typi
     declared.filter((n) => !fromHeader.includes(n)),
     loader.filter((n) => !hook(n)),
   )
+})
+
+test('the ES module typings (.d.mts) declare the same values and types as the CommonJS ones', () => {
+  for (const spec of ['.', './testing'] as const) {
+    const cjs = declaredValues(typesEntry(spec, 'require'))
+    const esm = declaredValues(typesEntry(spec, 'import'))
+    assert.match(typesEntry(spec, 'import'), /\.d\.mts$/)
+    assert.deepEqual(esm.values.filter((n) => n !== 'default'), cjs.values, spec)
+    assert.deepEqual(esm.types, cjs.types, spec)
+  }
+})
+
+test('without the platform package, loading names the package to install and how', async () => {
+  // The published layout (package.json, index.js, lib/) with no binary beside
+  // it and no hotpath-<platform> package to resolve.
+  const { cpSync, mkdtempSync, rmSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const dir = mkdtempSync(join(tmpdir(), 'hotpath-nobinary-'))
+  try {
+    const pkgDir = join(dir, 'node_modules', 'hotpath')
+    for (const f of ['package.json', 'index.js', 'lib']) cpSync(join(root, f), join(pkgDir, f), { recursive: true })
+    const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+    const env = { ...process.env }
+    delete env.NAPI_RS_NATIVE_LIBRARY_PATH
+    const script = `try { require('hotpath'); console.log('loaded') } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, pkg: e.expectedPackage })) }`
+    const out = execFileSync(process.execPath, ['-e', script], { cwd: dir, env, encoding: 'utf8' })
+    const r = JSON.parse(out) as { code: string; message: string; pkg: string }
+    const { currentPlatform } = require('../lib/platforms.js') as { currentPlatform(): string }
+    const expected = `hotpath-${currentPlatform()}`
+    assert.equal(r.code, 'ERR_HOTPATH_NATIVE_MISSING')
+    assert.equal(r.pkg, expected)
+    assert.match(r.message, new RegExp(`npm install ${expected}@${version.replace(/\./g, '\\.')}`))
+    assert.doesNotMatch(r.message, /npm has a bug/)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test('every field of every options and stats interface in index.d.ts has a doc comment (hover docs)', () => {
+  const lines = readFileSync(join(root, 'index.d.ts'), 'utf8').split('\n')
+  const undocumented: string[] = []
+  let current: string | null = null
+  for (let i = 0; i < lines.length; i++) {
+    const open = /^export interface (\w*(?:Options|Stats))\b.*\{\s*$/.exec(lines[i])
+    if (open) {
+      current = open[1]
+      continue
+    }
+    if (current && lines[i] === '}') current = null
+    const field = current && /^ {2}(?:readonly )?(\w+)\??:/.exec(lines[i])
+    if (field && !lines[i - 1].trim().endsWith('*/')) undocumented.push(`${current}.${field[1]}`)
+  }
+  assert.deepEqual(undocumented, [])
 })

@@ -9,7 +9,7 @@
 // keeps the counters. One JS timer at most is armed at a time for the open
 // batch; a batch's results are delivered in one pass.
 
-const { NativeBatch } = require('../index.js')
+const { NativeBatch } = require('./native.js')
 const { CODES, hpError, invalidArg, closedError, checkOptions, optNumber, optDuration, optBoolean, fromNative, show } = require('./errors')
 const { now } = require('./clock')
 

@@ -9,7 +9,7 @@
 // to be zeroed. Only released ArrayBuffers are remembered here (a WeakMap), to
 // tell a second release (ERR_BUFFER_RELEASED) from a foreign Buffer.
 
-const { NativeBufferPool } = require('../index.js')
+const { NativeBufferPool } = require('./native.js')
 const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkOptions, optNumber, optName, optBoolean, fromNative, settled, show, MAX_BYTES } = require('./errors')
 
 /** The largest size allocate() accepts: 2 GiB - 1. */

@@ -10,7 +10,7 @@
 // what it read when the entry was filled. So a hot read is a Map lookup plus
 // one typed-array compare.
 
-const { NativeCache } = require('../index.js')
+const { NativeCache } = require('./native.js')
 const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT, MAX_BYTES } = require('./errors')
 const { FrontCache, deepFreeze } = require('./front_cache')
 const { cacheWrap, cacheWarm } = require('./wrap')

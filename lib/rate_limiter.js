@@ -9,7 +9,7 @@
 // come back in batches through one callback (no Promise or threadsafe
 // function per check on the native side).
 
-const { NativeRateLimiter, rateLimiterCheckSync } = require('../index.js')
+const { NativeRateLimiter, rateLimiterCheckSync } = require('./native.js')
 const { limiterWrap } = require('./wrap')
 const { CODES, hpError, invalidArg, rangeError, misuse, closedError, checkKey, checkOptions, checkNumber, optNumber, optDuration, optTtl, optName, oneOf, optSignal, checkRedisOptions, fromNative, settled, show, MAX_COUNT } = require('./errors')
 

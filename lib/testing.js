@@ -2,7 +2,7 @@
 // `hotpath/testing`: hooks for hotpath's own tests (deterministic races,
 // the clock), not part of the public API: they reach into every instance in
 // the process.
-const native = require('../index.js')
+const native = require('./native.js')
 const { advance } = require('./clock')
 
 module.exports = {

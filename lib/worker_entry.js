@@ -5,7 +5,7 @@
 // src/worker_queue/threads.rs for how it waits for work.
 const { workerData, parentPort } = require('node:worker_threads')
 const { pathToFileURL } = require('node:url')
-const { NativeQueueWorker } = require('../index.js')
+const { NativeQueueWorker } = require('./native.js')
 const { enc, encode, decode, encodeThrown } = require('./wq_codec')
 
 const { queueId, slot, gen, filename, cap, spinMs } = workerData

@@ -18,7 +18,7 @@ const path = require('node:path')
 const fs = require('node:fs')
 const { fileURLToPath } = require('node:url')
 const { Worker } = require('node:worker_threads')
-const { NativeWorkerQueue } = require('../index.js')
+const { NativeWorkerQueue } = require('./native.js')
 const { CODES, CODE_BY_INDEX, hpError, invalidArg, rangeError, misuse, checkOptions, checkNumber, optName, isSignal, fromNative, settled, detached, show, MAX_DURATION_MS } = require('./errors')
 const { enc, encode, decode } = require('./wq_codec')
 

@@ -16,8 +16,10 @@ use napi_derive::napi;
 use crate::error::{Code, HpError, HpResult};
 use crate::validate;
 
-/// Options of `new BatchProcessor(handler, options)`.
-#[napi(object, object_to_js = false)]
+/// Options of `new BatchProcessor(handler, options)`, as the native engine
+/// takes them. The public `BatchOptions<T>` (types/header.d.ts) is this with
+/// `keyFn` typed by the item type.
+#[napi(object, object_to_js = false, js_name = "NativeBatchOptions")]
 #[derive(Default, Clone)]
 pub struct BatchOptions {
   /// Most items (slots, after dedupe) in one batch; a batch that reaches it is

@@ -16,6 +16,7 @@ export type {
   CacheStats,
   CacheValue,
   GetOrSetOptions,
+  Storable,
   CachedDecorator,
   DeepReadonly,
   HotpathErrorCode,

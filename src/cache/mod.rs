@@ -304,17 +304,29 @@ struct Scratch(std::cell::UnsafeCell<[f64; 8]>);
 unsafe impl Sync for Scratch {}
 unsafe impl Send for Scratch {}
 
+/// `CacheManager#stats()`. For a named cache: every handle of it. Counters
+/// only grow; `l1Entries`, `l1Bytes` and `pendingWrites` are levels now.
 #[napi(object)]
 pub struct CacheStats {
+  /// Reads answered by L1 (front-cache hits included).
   pub l1_hits: f64,
+  /// Reads that missed L1 and were answered by Redis (L2).
   pub l2_hits: f64,
+  /// Reads answered by neither level (also when L2 failed).
   pub misses: f64,
+  /// Entries written by `set`, `setSync` and `setMany` (one per entry).
   pub sets: f64,
+  /// Keys that `delete`, `deleteMany` or `deleteLater` found and deleted.
   pub deletes: f64,
+  /// Entries L1 dropped to stay within `maxEntries` / `maxBytes`.
   pub evictions: f64,
+  /// Entries in L1 now (moka's count: it may lag a write by a moment).
   pub l1_entries: f64,
+  /// Weighed size of L1 now (key bytes + value bytes), in bytes.
   pub l1_bytes: f64,
+  /// Redis (L2) operations that failed or timed out; none of them threw.
   pub l2_errors: f64,
+  /// `(l1Hits + l2Hits) / (l1Hits + l2Hits + misses)`; `0` before any read.
   pub hit_ratio: f64,
   /// Writes (and deletes) queued for Redis, not yet landed or dropped.
   pub pending_writes: f64,
