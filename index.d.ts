@@ -992,9 +992,15 @@ export interface RateLimiterStats {
 
 /** Where shared state lives. Without it every class works in-process. */
 export interface RedisOptions {
-  /** `redis://[user:pass@]host:port/db`, or `rediss://` for TLS. */
-  url: string
-  /** Seed node URLs: use Redis Cluster instead of `url`. */
+  /**
+   * `redis://[user:pass@]host:port/db`, or `rediss://` for TLS. Required
+   * unless `cluster` is given.
+   */
+  url?: string
+  /**
+   * Seed node URLs: use Redis Cluster instead of `url`. The first seed's
+   * credentials, database and TLS settings are used for every node.
+   */
   cluster?: Array<string>
   /** Every key this library writes starts with it. Default: `'hotpath:'`. */
   keyPrefix?: string

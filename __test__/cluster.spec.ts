@@ -1,13 +1,15 @@
-// Redis Cluster: a real 3-primary cluster started by the test.
+// Redis Cluster: real 3-primary clusters started by the test.
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { CacheManager } from 'hotpath'
+import { CacheManager, RateLimiter } from 'hotpath'
 import { redisUrl, eventually, OwnCluster } from './helpers.ts'
+
+const wantCluster = () => !!process.env.REDIS_URL || process.env.CI === 'true'
 
 describe('CacheManager on Redis Cluster', () => {
   let cluster: OwnCluster | null = null
   before(async () => {
-    if (!process.env.REDIS_URL && process.env.CI !== 'true') return
+    if (!wantCluster()) return
     cluster = new OwnCluster()
     await cluster.start()
   })
@@ -18,8 +20,9 @@ describe('CacheManager on Redis Cluster', () => {
   test('read-through, getMany across slots, pattern/tag deletes on every node, invalidation, clear', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = `hp-cluster-${process.pid}:`
-    // Generous timeouts: a loaded 2-core CI machine, and a cluster seconds old.
-    const opts = { redis: { url: '', cluster: cluster!.urls, keyPrefix, commandTimeoutMs: 5000 } }
+    // `cluster` alone, no `url`. Generous timeouts: a loaded 2-core CI
+    // machine, and a cluster seconds old.
+    const opts = { redis: { cluster: cluster!.urls, keyPrefix, commandTimeoutMs: 5000 } }
     const a = new CacheManager(opts)
     const b = new CacheManager(opts)
     const keys = Array.from({ length: 200 }, (_, i) => `k${i}`) // spread over all slots/nodes
@@ -48,6 +51,102 @@ describe('CacheManager on Redis Cluster', () => {
     await a.clear()
     await eventually(async () => (await b.get('x')) === undefined, 10_000, 'clear invalidation')
     assert.equal(a.stats().l2Errors, 0)
+    await a.close()
+    await b.close()
+  })
+
+  test('limiter keys with { and } never split across slots (no CROSSSLOT)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = `hp-cluster-braces-${process.pid}:`
+    const keys = ['}', '}x', '{', '{}', 'a{b}c', '}{', 'x}y{z', '\\', '{user:1}']
+    for (const algorithm of ['sliding-window', 'fixed-window', 'gcra'] as const) {
+      const l = new RateLimiter({ limit: 2, windowMs: 60_000, algorithm, onRedisError: 'deny', redis: { cluster: cluster!.urls, keyPrefix, commandTimeoutMs: 5000 } })
+      for (const k of keys) {
+        const rs = [await l.check(k), await l.check(k), await l.check(k)]
+        assert.deepEqual(rs.map((r) => r.allowed), [true, true, false], `${algorithm} ${JSON.stringify(k)}`)
+      }
+      assert.equal(l.stats().redisErrors, 0, algorithm)
+      // Two keys that differ only by braces are two limits.
+      assert.equal((await l.check('p{q')).allowed, true)
+      assert.equal((await l.check('p}q')).allowed, true)
+      for (const k of [...keys, 'p{q', 'p}q']) await l.reset(k)
+      await l.close()
+    }
+  })
+})
+
+describe('Authenticated Redis Cluster (requirepass / masterauth)', () => {
+  const password = `pw-${process.pid}-s3cret`
+  let cluster: OwnCluster | null = null
+  before(async () => {
+    if (!wantCluster()) return
+    // Losing a node leaves the other nodes' slots served.
+    cluster = new OwnCluster({ password, extraArgs: ['--cluster-require-full-coverage', 'no'] })
+    await cluster.start()
+  })
+  after(async () => {
+    await cluster?.dispose()
+  })
+
+  test('deletePattern and clear reach every node with the seed credentials', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = `hp-auth-${process.pid}:`
+    const opts = { redis: { cluster: cluster!.urls, keyPrefix, commandTimeoutMs: 5000 } }
+    const a = new CacheManager(opts)
+    const keys = Array.from({ length: 60 }, (_, i) => `u${i}`)
+    await a.setMany(keys.map((k) => [k, k] as [string, string]))
+    assert.equal(a.stats().l2Errors, 0)
+    // Before the fix: NOAUTH (node connections were made without the password).
+    assert.equal(await a.deletePattern('u1*'), 11) // u1, u10-u19
+    await a.set('y', 1)
+    await a.clear()
+    const b = new CacheManager({ ...opts, invalidation: 'none' as const })
+    assert.deepEqual(await b.getMany(['u2', 'u33', 'y']), [undefined, undefined, undefined])
+    assert.equal(a.stats().l2Errors, 0)
+    assert.equal(b.stats().l2Errors, 0)
+    const l = new RateLimiter({ limit: 1, windowMs: 60_000, onRedisError: 'deny', redis: opts.redis })
+    assert.equal((await l.check('}k')).allowed, true)
+    assert.equal((await l.check('}k')).allowed, false)
+    assert.equal(l.stats().redisErrors, 0)
+    await l.reset('}k')
+    await l.close()
+    await a.close()
+    await b.close()
+  })
+
+  test('losing the first seed: invalidation is still delivered', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = `hp-seedloss-${process.pid}:`
+    const opts = { redis: { cluster: cluster!.urls, keyPrefix, commandTimeoutMs: 3000, connectTimeoutMs: 1000 } }
+    const a = new CacheManager(opts)
+    const b = new CacheManager(opts)
+    // Both subscriptions live: a write from a evicts b's copy.
+    await eventually(async () => {
+      await a.set('probe', Math.random())
+      await b.get('probe')
+      await a.set('probe', Math.random())
+      await new Promise((r) => setTimeout(r, 50))
+      return !b.has('probe')
+    }, 15_000, 'subscriptions')
+    await cluster!.nodes[0].stop() // the first seed is gone for good
+    // Keys on the surviving nodes keep working, and b hears a's writes.
+    const keys = Array.from({ length: 30 }, (_, i) => `s${i}`)
+    await eventually(async () => {
+      for (const k of keys) {
+        const before = a.stats().l2Errors
+        await a.set(k, 'v1')
+        if (a.stats().l2Errors !== before) continue // its slot was on the lost node
+        if ((await b.get(k)) !== 'v1') continue
+        await a.set(k, 'v2')
+        if (a.stats().l2Errors !== before) continue
+        const deadline = Date.now() + 2000
+        while (Date.now() < deadline) {
+          if (!b.has(k)) return (await b.get(k)) === 'v2'
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+      return false
+    }, 30_000, 'invalidation after the first seed died')
     await a.close()
     await b.close()
   })

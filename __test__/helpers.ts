@@ -42,7 +42,7 @@ function ping(port: number): Promise<boolean> {
     c.on('connect', () => c.write('PING\r\n'))
     c.on('data', (d) => {
       c.destroy()
-      resolve(d.toString().startsWith('+PONG'))
+      resolve(d.toString().startsWith('+PONG') || d.toString().startsWith('-NOAUTH'))
     })
     c.on('error', () => resolve(false))
   })
@@ -76,25 +76,40 @@ export class OwnRedis {
     p.kill('SIGKILL')
     await exited
   }
+  /** SIGSTOP: the server keeps its sockets (the kernel still accepts
+   *  connections) but answers nothing: a blackhole. */
+  pause() {
+    this.proc?.kill('SIGSTOP')
+  }
+  resume() {
+    this.proc?.kill('SIGCONT')
+  }
   async dispose() {
+    this.resume()
     await this.stop()
     rmSync(this.dir, { recursive: true, force: true })
   }
 }
 
-/** A 3-primary Redis Cluster of the test's own, on free loopback ports. */
+/** A 3-primary Redis Cluster of the test's own, on free loopback ports
+ *  (with `password`: requirepass and masterauth on every node). */
 export class OwnCluster {
   nodes: OwnRedis[] = []
+  constructor(public opts: { password?: string; extraArgs?: string[] } = {}) {}
+  private auth(): string[] {
+    return this.opts.password ? ['-a', this.opts.password, '--no-auth-warning'] : []
+  }
   async start() {
     const { spawnSync } = await import('node:child_process')
     for (let i = 0; i < 3; i++) {
       const n = new OwnRedis(await freePort())
-      n.extraArgs = ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${n.port}.conf`, '--cluster-node-timeout', '2000']
+      n.extraArgs = ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${n.port}.conf`, '--cluster-node-timeout', '2000', ...(this.opts.extraArgs ?? [])]
+      if (this.opts.password) n.extraArgs.push('--requirepass', this.opts.password, '--masterauth', this.opts.password)
       await n.start()
       this.nodes.push(n)
     }
     const cli = process.env.HOTPATH_TEST_REDIS_CLI || 'redis-cli'
-    const r = spawnSync(cli, ['--cluster', 'create', ...this.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+    const r = spawnSync(cli, [...this.auth(), '--cluster', 'create', ...this.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
       encoding: 'utf8',
     })
     if (r.status !== 0) throw new Error(`redis-cli --cluster create failed: ${r.stderr || r.stdout}`)
@@ -102,13 +117,14 @@ export class OwnCluster {
     // storms and CLUSTERDOWN until the configuration has spread).
     await eventually(() => {
       return this.nodes.every((n) => {
-        const s = spawnSync(cli, ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' })
+        const s = spawnSync(cli, [...this.auth(), '-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' })
         return /cluster_state:ok/.test(s.stdout) && /cluster_known_nodes:3/.test(s.stdout)
       })
     }, 15_000, 'cluster_state:ok on every node')
   }
   get urls() {
-    return this.nodes.map((n) => n.url)
+    const auth = this.opts.password ? `:${encodeURIComponent(this.opts.password)}@` : ''
+    return this.nodes.map((n) => `redis://${auth}127.0.0.1:${n.port}`)
   }
   async dispose() {
     for (const n of this.nodes) await n.dispose()

@@ -4,8 +4,10 @@ import { LRUCache } from 'lru-cache'
 import { createCache } from 'cache-manager'
 import { BentoCache, bentostore } from 'bentocache'
 import { memoryDriver } from 'bentocache/drivers/memory'
+import { Redis as IORedis } from 'ioredis'
 import { CacheManager } from 'hotpath'
 import { compare, record, throughput, type Row } from './harness.mts'
+import { OwnRedis, freePort } from '../__test__/helpers.ts'
 
 const N = 10_000
 const keys = Array.from({ length: N }, (_, i) => `key:${String(i).padStart(12, '0')}`) // 16 bytes
@@ -216,11 +218,123 @@ async function redisGetMany() {
   await reader.close()
 }
 
+/** REDIS_URL, or a throwaway redis-server of the benchmark's own. */
+async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } | null> {
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {} }
+  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) return null
+  const own = new OwnRedis(await freePort())
+  await own.start()
+  return { url: own.url, stop: () => own.dispose() }
+}
+
+/**
+ * Tasks take turns (`rounds` rounds of ~`ms` each, after a warm-up), so a
+ * shared machine's load falls on all alike; each task's median round is
+ * reported. Each fn performs `per` operations.
+ */
+async function interleavedRounds(title: string, fns: Record<string, () => Promise<unknown>>, per: number, note: string) {
+  const ms = Number(process.env.BENCH_TIME ?? 300)
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 7)
+  const rates = new Map<string, number[]>()
+  for (const f of Object.values(fns)) {
+    const end = performance.now() + 150
+    while (performance.now() < end) await f()
+  }
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, f] of Object.entries(fns)) {
+      let calls = 0
+      const t0 = performance.now()
+      while (performance.now() - t0 < ms) {
+        await f()
+        calls++
+      }
+      rates.set(name, [...(rates.get(name) ?? []), (calls * per * 1000) / (performance.now() - t0)])
+    }
+  }
+  const rows: Row[] = [...rates].map(([name, rs]) => {
+    const median = rs.sort((a, b) => a - b)[rs.length >> 1]
+    return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
+  })
+  record({ title, note: `${note} Median of ${rounds} interleaved rounds.`, rows })
+}
+
+/** `total` operations, `n` in flight at a time. */
+async function inFlight(total: number, n: number, op: (i: number) => Promise<unknown>) {
+  let next = 0
+  const lane = async () => {
+    while (next < total) await op(next++)
+  }
+  await Promise.all(Array.from({ length: n }, lane))
+}
+
+// L2 reads that miss L1, against ioredis GET + JSON.parse on the same
+// redis-server: one at a time, and 64 in flight.
+async function redisL2() {
+  const server = await startRedis()
+  if (!server) {
+    console.log('\n(skipping Redis L2: no REDIS_URL and no redis-server)')
+    return
+  }
+  const keyPrefix = `hp-bench-l2-${process.pid}:`
+  const K = 10_000
+  const shapes = {
+    '~100 B object': (i: number) => ({ id: i, name: `user-${i}`, email: `user${i}@example.com`, roles: ['reader', 'writer'], active: true }),
+    '~1 KB object': (i: number) => ({ id: i, items: Array.from({ length: 12 }, (_, j) => ({ sku: `sku-${i}-${j}`, qty: j, price: 9.99 + j, note: 'lorem ipsum dolor' })) }),
+  }
+  const writer = new CacheManager({ redis: { url: server.url, keyPrefix }, invalidation: 'none' })
+  // L1 of 10 entries and no front cache: reads of 10,000 keys round-robin miss L1.
+  const reader = new CacheManager({ redis: { url: server.url, keyPrefix }, maxEntries: 10, invalidation: 'none', frontCacheEntries: 0 })
+  const io = new IORedis(server.url)
+  const ioAuto = new IORedis(server.url, { enableAutoPipelining: true })
+  for (const [shape, make] of Object.entries(shapes)) {
+    const tag = shape.startsWith('~1 KB') ? 'b' : 's'
+    await writer.setMany(Array.from({ length: K }, (_, i) => [`${tag}${i}`, make(i)] as [string, ReturnType<typeof make>]))
+    console.log(`\n${shape}: ${JSON.stringify(make(1)).length} bytes of JSON`)
+    let i = 0
+    const B = 50
+    await interleavedRounds(
+      `Redis L2 get (L1 miss), one at a time, ${shape}`,
+      {
+        'hotpath get (L1 miss, L2 hit)': async () => {
+          for (let j = 0; j < B; j++) await reader.get(`${tag}${i++ % K}`)
+        },
+        'ioredis GET + JSON.parse': async () => {
+          for (let j = 0; j < B; j++) JSON.parse((await io.get(`${keyPrefix}c:${tag}${i++ % K}`))!)
+        },
+      },
+      B,
+      `10,000 keys round-robin, L1 of 10 entries (every read goes to Redis), one local redis-server. Goal: hotpath latency <= 1.1x ioredis (ratio >= 0.91).`,
+    )
+    const N = 1024
+    await interleavedRounds(
+      `Redis L2 get (L1 miss), 64 in flight, ${shape}`,
+      {
+        'hotpath get (L1 miss, L2 hit)': () => inFlight(N, 64, () => reader.get(`${tag}${i++ % K}`)),
+        'ioredis GET + JSON.parse': () => inFlight(N, 64, async () => JSON.parse((await io.get(`${keyPrefix}c:${tag}${i++ % K}`))!)),
+        'ioredis GET + JSON.parse (auto-pipelining)': () => inFlight(N, 64, async () => JSON.parse((await ioAuto.get(`${keyPrefix}c:${tag}${i++ % K}`))!)),
+      },
+      N,
+      `${N} reads per round, 64 outstanding at a time. Goal: >= 1.5x ioredis.`,
+    )
+  }
+  const st = reader.stats()
+  console.log(`reader: l2Hits ${st.l2Hits}, l1Hits ${st.l1Hits}, l2Errors ${st.l2Errors}`)
+  await writer.clear()
+  await writer.close()
+  await reader.close()
+  io.disconnect()
+  ioAuto.disconnect()
+  await server.stop()
+}
+
 export default async function () {
-  await hotReads()
-  await asyncReads()
-  hitRatio()
-  memory()
-  await redisGetMany()
+  if (process.env.BENCH_ONLY !== 'redis') {
+    await hotReads()
+    await asyncReads()
+    hitRatio()
+    memory()
+    await redisGetMany()
+  }
+  await redisL2()
   void throughput
 }

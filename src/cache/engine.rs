@@ -596,6 +596,52 @@ impl Engine {
     true
   }
 
+  /// This thread's own Redis connection for an L2 read, when the read may
+  /// take it: no write or delete of this instance is queued (they go on the
+  /// Tokio side, and a read must not overtake them), the subscription is
+  /// live (else fills wait for it, on the Tokio side), no test pause is set.
+  pub fn fast_l2(&self, env: napi::sys::napi_env) -> Option<(&L2, crate::redis::Fast)> {
+    let l2 = self.l2.as_ref()?;
+    if self.c.pending_writes.load(Ordering::SeqCst) != 0
+      || (self.cfg.pubsub && !*self.subscribed.borrow())
+      || self.fill_pause.on.load(Ordering::Relaxed)
+    {
+      return None;
+    }
+    Some((l2, l2.redis.fast(env)?))
+  }
+
+  /// The L1 slot version to read before an L2 request (for [`Engine::got_l2`]).
+  pub fn version_of(&self, key: &str) -> u32 {
+    self.l1.versions().get(self.l1.slot(key))
+  }
+
+  /// An L2 read's result (from [`Engine::fast_l2`]'s connection): counted,
+  /// and filled into L1 unless the key's slot moved since `ver`.
+  pub fn got_l2(
+    &self,
+    key: &str,
+    ver: u32,
+    r: HpResult<Option<(Val, Option<u64>)>>,
+  ) -> Option<Val> {
+    match r {
+      Ok(Some((v, pttl))) => {
+        self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
+        self.fill(key, ver, v.clone(), pttl);
+        Some(v)
+      }
+      Ok(None) => {
+        self.c.misses.fetch_add(1, Ordering::Relaxed);
+        None
+      }
+      Err(_) => {
+        self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+        self.c.misses.fetch_add(1, Ordering::Relaxed);
+        None
+      }
+    }
+  }
+
   pub async fn get_l2(&self, key: &str) -> Option<Val> {
     let l2 = self.l2.as_ref()?;
     let ready = self.ready_to_fill().await;

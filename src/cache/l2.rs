@@ -14,6 +14,7 @@ use redis::{FromRedisValue, Value};
 use super::codec::Val;
 use super::l1::glob_escape;
 use crate::error::HpResult;
+use crate::redis::resp::Reply;
 use crate::redis::Redis;
 
 pub struct L2 {
@@ -202,6 +203,34 @@ impl L2 {
 
   pub fn del_cmd(&self, key: &str) -> redis::Cmd {
     redis::cmd("DEL").arg(self.value_key(key)).to_owned()
+  }
+
+  /// GET and PTTL of `key` for this thread's connection (one send, two
+  /// replies); [`L2::got`] reads the replies.
+  pub fn encode_get(&self, key: &str, buf: &mut Vec<u8>) {
+    let k = self.value_key(key);
+    crate::redis::resp::encode(buf, &[b"GET", k.as_bytes()]);
+    crate::redis::resp::encode(buf, &[b"PTTL", k.as_bytes()]);
+  }
+
+  /// The value and remaining TTL from the replies of [`L2::encode_get`].
+  pub fn got(replies: HpResult<Vec<Reply>>) -> HpResult<Option<(Val, Option<u64>)>> {
+    let mut v = crate::redis::uv::values(replies)?.into_iter();
+    let (raw, pttl) = (v.next(), v.next());
+    let pttl = match pttl {
+      Some(Value::Int(n)) => n,
+      _ => -1,
+    };
+    match raw {
+      Some(Value::BulkString(b)) => Ok(Some((
+        Val::decode(&b)?,
+        if pttl > 0 { Some(pttl as u64) } else { None },
+      ))),
+      Some(Value::Nil) | None => Ok(None),
+      Some(other) => Err(crate::error::HpError::redis(format!(
+        "redis: GET returned {other:?}"
+      ))),
+    }
   }
 
   pub async fn get(&self, key: &str) -> HpResult<Option<(Val, Option<u64>)>> {

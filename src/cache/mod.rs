@@ -543,6 +543,37 @@ impl NativeCache {
     guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
+    if let Some((l2, fast)) = inner.fast_l2(env.raw()) {
+      // This thread's connection: written this tick, answered on this
+      // thread (no thread hop either way).
+      let raw = env.raw();
+      let mut deferred = std::ptr::null_mut();
+      let mut promise = std::ptr::null_mut();
+      check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
+        .map_err(crate::error::from_napi)?;
+      let ver = inner.version_of(&key);
+      let k2 = key.clone();
+      let encode = move |b: &mut Vec<u8>| l2.encode_get(&k2, b);
+      let inner2 = inner.clone();
+      fast.send(
+        &encode,
+        2,
+        Box::new(move |r| {
+          let v = inner2.got_l2(&key, ver, l2::L2::got(r));
+          unsafe {
+            match Out::to_napi_value(raw, Out::Vals(vec![v])) {
+              Ok(val) => sys::napi_resolve_deferred(raw, deferred, val),
+              Err(e) => sys::napi_reject_deferred(
+                raw,
+                deferred,
+                crate::redis::uv::js_error(raw, HpError::redis(e.reason.clone())),
+              ),
+            };
+          }
+        }),
+      );
+      return unsafe { Object::from_napi_value(raw, promise) }.map_err(crate::error::from_napi);
+    }
     runtime::promise(
       env,
       async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },

@@ -10,9 +10,10 @@
 //!   batches, through one threadsafe function per handle (not one Promise
 //!   and one threadsafe function per check).
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::{c_char, CString};
 use std::ptr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -23,8 +24,9 @@ use napi::threadsafe_function::{
 };
 use parking_lot::Mutex;
 
-use super::limiter::{Limiter, Sink};
+use super::limiter::{Job, Limiter, Reply, Sink};
 use super::local::Decision;
+use super::redis::MAX_BATCH;
 
 /// One JS handle's state: the shared limiter, this handle's scratch
 /// `[remaining, retryAfterMs, resetMs, waiterId]`, and whether it is closed.
@@ -320,6 +322,169 @@ impl Sink for Port {
     ]);
     if !self.q.scheduled.swap(true, Ordering::SeqCst) {
       self.tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ direct
+
+/// Decisions of one batch, gathered before they go to JS in one call.
+#[derive(Default)]
+pub struct Collect {
+  items: Mutex<Vec<f64>>,
+}
+
+impl Sink for Collect {
+  fn deliver(&self, id: f64, d: &Decision) {
+    self.items.lock().extend_from_slice(&[
+      id,
+      d.allowed as u8 as f64,
+      d.remaining,
+      d.retry_after,
+      d.reset,
+    ]);
+  }
+}
+
+/// A handle's checks on its own JS thread's Redis connection: the checks of
+/// one tick go in one script call (per [`MAX_BATCH`]) written in that tick,
+/// and the decisions reach `onResults` from the same thread when the reply
+/// is read — no thread hop, no threadsafe function.
+pub struct Direct {
+  limiter: Arc<Limiter>,
+  fast: crate::redis::Fast,
+  env: sys::napi_env,
+  on_results: sys::napi_ref,
+  batch: RefCell<Vec<Job>>,
+  scheduled: Cell<bool>,
+  sink: Arc<Collect>,
+}
+
+impl Drop for Direct {
+  fn drop(&mut self) {
+    unsafe { sys::napi_delete_reference(self.env, self.on_results) };
+  }
+}
+
+impl Direct {
+  /// For a limiter on a single Redis node, on a thread with a Node loop.
+  /// `env` and `on_results` come from the constructor call on this thread.
+  #[allow(clippy::not_unsafe_ptr_arg_deref)]
+  pub fn new(
+    limiter: &Arc<Limiter>,
+    on_results: sys::napi_value,
+    env: sys::napi_env,
+  ) -> Option<Rc<Direct>> {
+    let fast = limiter.remote()?.redis.fast(env)?;
+    let mut r = ptr::null_mut();
+    if unsafe { sys::napi_create_reference(env, on_results, 1, &mut r) } != sys::Status::napi_ok {
+      return None;
+    }
+    Some(Rc::new(Direct {
+      limiter: limiter.clone(),
+      fast,
+      env,
+      on_results: r,
+      batch: RefCell::new(Vec::new()),
+      scheduled: Cell::new(false),
+      sink: Arc::new(Collect::default()),
+    }))
+  }
+
+  /// Queue a check for this tick's script call.
+  pub fn check(self: &Rc<Self>, key: String, cost: f64, consume: bool, id: f64) {
+    let job = self
+      .limiter
+      .job(key, cost, consume, Reply::Sink(self.sink.clone(), id));
+    self.batch.borrow_mut().push(job);
+    if !self.scheduled.replace(true) {
+      let me = self.clone();
+      self.fast.core.defer(Box::new(move || me.flush()));
+    }
+  }
+
+  fn flush(self: &Rc<Self>) {
+    self.scheduled.set(false);
+    let mut jobs = std::mem::take(&mut *self.batch.borrow_mut());
+    if !self.limiter.redis_up() {
+      // The endpoint's breaker is open: `onRedisError` decides at once.
+      self
+        .limiter
+        .settle(jobs, Err(crate::error::HpError::redis("redis is down")));
+      let me = self.clone();
+      return self.fast.core.run_js(Box::new(move || me.deliver()));
+    }
+    while !jobs.is_empty() {
+      let rest = jobs.split_off(jobs.len().min(MAX_BATCH));
+      let (keys, args) = {
+        let remote = self.limiter.remote().expect("remote");
+        remote.call_args(&Limiter::checks(&jobs))
+      };
+      self.call(jobs, Rc::new((keys, args)), false);
+      jobs = rest;
+    }
+  }
+
+  fn call(self: &Rc<Self>, jobs: Vec<Job>, ka: Rc<(Vec<String>, Vec<String>)>, full: bool) {
+    let me = self.clone();
+    let ka2 = ka.clone();
+    let encode = move |b: &mut Vec<u8>| {
+      me.limiter
+        .remote()
+        .expect("remote")
+        .encode_call(&ka2.0, &ka2.1, full, b)
+    };
+    let me = self.clone();
+    self.fast.send(
+      &encode,
+      1,
+      Box::new(move |r| {
+        let remote = me.limiter.remote().expect("remote");
+        let n = jobs.len();
+        let d = match crate::redis::conn::first(r) {
+          Err(e) if !full && e.message.contains("NOSCRIPT") => {
+            // Not loaded on this server yet: send it whole, once.
+            return me.call(jobs, ka, true);
+          }
+          Err(e) => Err(e),
+          Ok(redis::Value::Array(v)) => remote.decisions(v, n),
+          Ok(other) => Err(crate::error::HpError::redis(format!(
+            "redis: rate limiter script returned {other:?}"
+          ))),
+        };
+        me.limiter.settle(jobs, d);
+        me.deliver();
+      }),
+    );
+  }
+
+  /// Hand the gathered decisions to `onResults`, in one call.
+  fn deliver(&self) {
+    let items = std::mem::take(&mut *self.sink.items.lock());
+    if items.is_empty() {
+      return;
+    }
+    let env = self.env;
+    unsafe {
+      let mut f = ptr::null_mut();
+      sys::napi_get_reference_value(env, self.on_results, &mut f);
+      let mut data = ptr::null_mut();
+      let mut ab = ptr::null_mut();
+      sys::napi_create_arraybuffer(env, items.len() * 8, &mut data, &mut ab);
+      ptr::copy_nonoverlapping(items.as_ptr(), data as *mut f64, items.len());
+      let mut ta = ptr::null_mut();
+      sys::napi_create_typedarray(
+        env,
+        sys::TypedarrayType::float64_array,
+        items.len(),
+        ab,
+        0,
+        &mut ta,
+      );
+      let mut undef = ptr::null_mut();
+      sys::napi_get_undefined(env, &mut undef);
+      let mut ret = ptr::null_mut();
+      sys::napi_call_function(env, undef, f, 1, &ta, &mut ret);
     }
   }
 }

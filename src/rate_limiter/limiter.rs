@@ -171,9 +171,6 @@ pub struct Counters {
   pub redis_errors: AtomicU64,
 }
 
-/// How long checks skip a failed Redis before trying it again (ms).
-const REDIS_RETRY_MS: f64 = 100.0;
-
 /// Checks waiting for the Redis batcher, at most; past it a check is answered
 /// by the `onRedisError` policy at once (as when Redis fails).
 pub const JOB_CAPACITY: usize = 65_536;
@@ -216,8 +213,6 @@ pub struct Limiter {
   jobs: Option<mpsc::Sender<Job>>,
   command_timeout: Duration,
   pub c: Counters,
-  /// Limiter clock (ms) before which Redis is not tried (it just failed).
-  redis_down_until: AtomicU64,
   queues: Mutex<Queues>,
   next_id: AtomicU64,
   closed: AtomicBool,
@@ -261,7 +256,6 @@ impl Limiter {
         .map(|r| r.command_timeout)
         .unwrap_or_default(),
       c: Counters::default(),
-      redis_down_until: AtomicU64::new(0f64.to_bits()),
       queues: Mutex::new(Queues::default()),
       next_id: AtomicU64::new(1),
       closed: AtomicBool::new(false),
@@ -395,6 +389,57 @@ impl Limiter {
     }
   }
 
+  /// A check for [`Limiter::settle`] (the JS-thread path batches them itself).
+  pub fn job(&self, key: String, cost: f64, consume: bool, reply: Reply) -> Job {
+    Job {
+      key,
+      cost,
+      consume,
+      count_denied: true,
+      deadline: Instant::now() + self.command_timeout,
+      reply,
+    }
+  }
+
+  pub fn remote(&self) -> Option<&Remote> {
+    self.remote.as_ref()
+  }
+
+  /// May checks go to Redis now (the endpoint's breaker is closed)?
+  pub fn redis_up(&self) -> bool {
+    !self.redis_down()
+  }
+
+  /// The script call's checks for `jobs`.
+  pub fn checks(jobs: &[Job]) -> Vec<Check<'_>> {
+    jobs
+      .iter()
+      .map(|j| Check {
+        key: &j.key,
+        cost: j.cost,
+        consume: j.consume,
+      })
+      .collect()
+  }
+
+  /// Decide `jobs` from a script call's result, or by `onRedisError` when
+  /// Redis could not answer.
+  pub fn settle(&self, jobs: Vec<Job>, r: HpResult<Vec<Decision>>) {
+    match r {
+      Ok(ds) => {
+        for (j, d) in jobs.into_iter().zip(ds) {
+          self.finish(j, d);
+        }
+      }
+      Err(_) => {
+        for j in jobs {
+          let d = self.fallback(&j.key, j.cost, j.consume);
+          self.finish(j, d);
+        }
+      }
+    }
+  }
+
   fn finish(&self, job: Job, d: Decision) {
     if job.consume && (d.allowed || job.count_denied) {
       self.count(&d);
@@ -407,14 +452,21 @@ impl Limiter {
     }
   }
 
+  /// Redis is known down: the endpoint's breaker (shared with every other
+  /// component on that endpoint) is open. Asking may start its probe.
   fn redis_down(&self) -> bool {
-    now_ms() < f64::from_bits(self.redis_down_until.load(Ordering::Relaxed))
+    self.remote.as_ref().is_some_and(|r| !r.redis.admit())
   }
 
+  /// A check went unanswered past its deadline: that is a connection-level
+  /// failure for the endpoint's breaker.
   fn trip(&self) {
-    self
-      .redis_down_until
-      .store((now_ms() + REDIS_RETRY_MS).to_bits(), Ordering::Relaxed);
+    if let Some(r) = &self.remote {
+      r.redis.breaker().failure(
+        crate::redis::real_ms(),
+        "rate limiter script call timed out",
+      );
+    }
   }
 
   /// One script call for `jobs` (one slot), bounded by the earliest deadline.
@@ -939,7 +991,7 @@ mod tests {
       return;
     };
     let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-      url,
+      url: Some(url),
       key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
       ..Default::default()
     })
@@ -991,7 +1043,7 @@ mod tests {
       ("local", None),
     ] {
       let rc = RedisConfig::from_options(&crate::redis::RedisOptions {
-        url: "redis://127.0.0.1:1".into(),
+        url: Some("redis://127.0.0.1:1".into()),
         command_timeout_ms: Some(300.0),
         ..Default::default()
       })

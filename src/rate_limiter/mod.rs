@@ -10,6 +10,7 @@ pub mod local;
 pub mod redis;
 
 use std::cell::UnsafeCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -89,6 +90,8 @@ pub struct NativeRateLimiter {
   name: Option<String>,
   owner: u64,
   port: Option<Arc<Port>>,
+  /// Checks on this thread's own Redis connection (single node).
+  direct: Option<Rc<fast::Direct>>,
 }
 
 impl Drop for NativeRateLimiter {
@@ -141,8 +144,13 @@ impl NativeRateLimiter {
       redis,
       o.on_redis_error.as_deref(),
     ))?;
+    let mut results_fn = None;
     let port = match (cfg.redis.is_some(), on_results) {
-      (true, Some(f)) => Some(Port::new(f).map_err(crate::error::from_napi)?),
+      (true, Some(f)) => {
+        let v = f.value();
+        results_fn = Some((v.env, v.value));
+        Some(Port::new(f).map_err(crate::error::from_napi)?)
+      }
       (true, None) => {
         return Err(HpError::invalid("a RateLimiter with `redis` needs onResults").into())
       }
@@ -159,7 +167,9 @@ impl NativeRateLimiter {
       scratch: UnsafeCell::new([0.0; 4]),
       closed: AtomicBool::new(false),
     });
+    let direct = results_fn.and_then(|(env, f)| fast::Direct::new(&inner, f, env));
     Ok(NativeRateLimiter {
+      direct,
       poison: crate::guard::Poison::new("RateLimiter"),
       inner,
       index: fast::register(h.clone()),
@@ -219,6 +229,10 @@ impl NativeRateLimiter {
     guarded! { self,
     let inner = self.open()?;
     to_js(check_key(&key).and_then(|_| check_cost(cost)))?;
+    if let Some(d) = &self.direct {
+      d.check(key, cost, consume, id);
+      return Ok(());
+    }
     let Some(port) = &self.port else {
       return Err(
         HpError::invalid("checkAsync needs `redis`: in process, use rateLimiterCheckSync").into(),

@@ -43,29 +43,7 @@ fn source(algo: Algo) -> &'static str {
   }
 }
 
-/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16384).
-pub fn slot(key: &[u8]) -> u16 {
-  let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-    let rest = &key[open + 1..];
-    rest
-      .iter()
-      .position(|&b| b == b'}')
-      .filter(|&close| close > 0)
-      .map(|close| &rest[..close])
-  });
-  let mut crc: u16 = 0;
-  for &b in tagged.unwrap_or(key) {
-    crc ^= (b as u16) << 8;
-    for _ in 0..8 {
-      crc = if crc & 0x8000 != 0 {
-        (crc << 1) ^ 0x1021
-      } else {
-        crc << 1
-      };
-    }
-  }
-  crc % 16384
-}
+pub use crate::redis::cluster::slot;
 
 /// A number of a script's reply: an integer, or text (`inf`, fractions).
 fn number(v: &Value) -> HpResult<f64> {
@@ -93,6 +71,7 @@ pub struct Remote {
   pub redis: Arc<Redis>,
   algo: Algo,
   script: Script,
+  source: &'static str,
   /// `<keyPrefix>rl:<algorithm>:<limit>:<windowMs>:`
   base: String,
   limit: String,
@@ -106,6 +85,7 @@ impl Remote {
       redis,
       algo,
       script: Script::new(source(algo)),
+      source: source(algo),
       base,
       limit: p.limit.to_string(),
       window: p.window.to_string(),
@@ -120,9 +100,9 @@ impl Remote {
   pub fn keys_into(&self, key: &str, out: &mut Vec<String>) {
     let mut k = String::with_capacity(self.base.len() + key.len() + 2);
     k.push_str(&self.base);
-    k.push('{');
-    k.push_str(key);
-    k.push('}');
+    // The user key is the hash tag, escaped so that `{`/`}` in it can
+    // never split its keys across slots.
+    crate::redis::cluster::push_tag(&mut k, key);
     if self.algo == Algo::SlidingWindow {
       let log = format!("{k}:log");
       out.push(k);
@@ -143,8 +123,8 @@ impl Remote {
     slot(self.keys(key)[0].as_bytes())
   }
 
-  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
-  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+  /// The keys and arguments of one script call for `checks`, in order.
+  pub fn call_args(&self, checks: &[Check<'_>]) -> (Vec<String>, Vec<String>) {
     let per = if self.algo == Algo::SlidingWindow {
       2
     } else {
@@ -160,12 +140,34 @@ impl Remote {
       args.push(c.cost.to_string());
       args.push(if c.consume { "1" } else { "0" }.to_string());
     }
-    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
-    if out.len() != 4 * checks.len() {
+    (keys, args)
+  }
+
+  /// One script call, RESP-encoded for the JS-thread connection: EVALSHA,
+  /// or EVAL with the source (`full`, after NOSCRIPT).
+  pub fn encode_call(&self, keys: &[String], args: &[String], full: bool, buf: &mut Vec<u8>) {
+    let n = keys.len().to_string();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+    if full {
+      parts.push(b"EVAL");
+      parts.push(self.source.as_bytes());
+    } else {
+      parts.push(b"EVALSHA");
+      parts.push(self.script.get_hash().as_bytes());
+    }
+    parts.push(n.as_bytes());
+    parts.extend(keys.iter().map(|k| k.as_bytes()));
+    parts.extend(args.iter().map(|a| a.as_bytes()));
+    crate::redis::resp::encode(buf, &parts);
+  }
+
+  /// The decisions in a script's reply for `n` checks.
+  pub fn decisions(&self, out: Vec<Value>, n: usize) -> HpResult<Vec<Decision>> {
+    if out.len() != 4 * n {
       return Err(HpError::redis(format!(
         "redis: rate limiter script returned {} values for {} checks",
         out.len(),
-        checks.len()
+        n
       )));
     }
     out
@@ -179,6 +181,13 @@ impl Remote {
         ))
       })
       .collect()
+  }
+
+  /// Run `checks` (all in one slot on a Cluster) in one script call, in order.
+  pub async fn check_many(&self, checks: &[Check<'_>]) -> HpResult<Vec<Decision>> {
+    let (keys, args) = self.call_args(checks);
+    let out: Vec<Value> = self.redis.eval(&self.script, &keys, &args).await?;
+    self.decisions(out, checks.len())
   }
 
   #[cfg(test)]
@@ -204,7 +213,7 @@ mod tests {
 
   fn remote(url: &str, algo: Algo, limit: f64, window: f64) -> Remote {
     let cfg = RedisConfig::from_options(&RedisOptions {
-      url: url.to_string(),
+      url: Some(url.to_string()),
       key_prefix: Some(format!("hotpath-test-{}:", rand::random::<u32>())),
       ..Default::default()
     })
@@ -214,14 +223,8 @@ mod tests {
 
   #[test]
   fn cluster_slots_follow_the_hash_tag() {
-    // `CLUSTER KEYSLOT foo`, and the CRC16/XMODEM check value.
-    assert_eq!(slot(b"foo"), 12182);
-    assert_eq!(slot(b"123456789"), 0x31C3);
-    assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
-    // An empty tag is no tag: the whole name is hashed.
-    assert_ne!(slot(b"{}user1000"), slot(b"user1000"));
     let r = remote("redis://127.0.0.1:1", Algo::SlidingWindow, 10.0, 1000.0);
-    for k in ["user:1", "a}b", "x{y}z"] {
+    for k in ["user:1", "a}b", "x{y}z", "}x", "{", "}{"] {
       let ks = r.keys(k);
       assert_eq!(
         r.slot_of(k),

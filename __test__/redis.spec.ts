@@ -1,0 +1,207 @@
+// The Redis I/O core as users see it: one connection per endpoint shared by
+// every instance, the breaker under a blackholed server, secrets kept out of
+// errors and logs, TLS. Each test starts a redis-server of its own.
+import { test, describe } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawnSync, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Redis as IORedis } from 'ioredis'
+import { CacheManager, RateLimiter } from 'hotpath'
+import { redisUrl, eventually, OwnRedis, freePort } from './helpers.ts'
+
+/** Client connections other than `self` (CLIENT LIST). */
+async function clients(io: IORedis): Promise<string[]> {
+  const list = (await io.client('LIST')) as string
+  const me = await io.client('ID')
+  return list
+    .split('\n')
+    .filter((l) => l.trim() && !l.startsWith(`id=${me} `))
+}
+
+describe('Redis connection model', () => {
+  test('100 CacheManagers and 100 RateLimiters on one URL in one thread: at most 3 connections, pub/sub included', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnRedis(await freePort())
+    await own.start()
+    const io = new IORedis(own.url)
+    try {
+      const redis = { url: own.url, keyPrefix: `share-${process.pid}:` }
+      const caches = Array.from({ length: 100 }, () => new CacheManager({ redis }))
+      const limiters = Array.from({ length: 100 }, (_, i) => new RateLimiter({ limit: 10, windowMs: 60_000, algorithm: i % 2 ? 'gcra' : 'sliding-window', redis }))
+      await Promise.all(caches.map((c, i) => c.set(`k${i}`, { i })))
+      const got = await Promise.all(caches.map((c, i) => c.get(`k${(i + 1) % 100}`)))
+      assert.equal(got.filter((v) => v !== undefined).length, 100)
+      const rs = await Promise.all(limiters.map((l, i) => l.check(`u${i % 7}`)))
+      assert.equal(rs.filter((r) => r.allowed).length, 100)
+      await caches[0].deletePattern('k1*')
+      const conns = await clients(io)
+      assert.ok(conns.length <= 3, `expected at most 3 connections, got ${conns.length}:\n${conns.join('\n')}`)
+      assert.ok(conns.some((c) => / sub=1 /.test(c)), 'one of them is the pub/sub connection')
+      assert.equal(caches.reduce((n, c) => n + c.stats().l2Errors, 0), 0)
+      for (const c of caches) await c.close()
+      for (const l of limiters) await l.close()
+    } finally {
+      io.disconnect()
+      await own.dispose()
+    }
+  })
+
+  test('a blackholed Redis (SIGSTOP, 50 calls in flight): after the first timeout calls fail fast; healed soon after SIGCONT', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnRedis(await freePort())
+    await own.start()
+    const timeout = 400
+    const redis = { url: own.url, keyPrefix: `bh-${process.pid}:`, commandTimeoutMs: timeout, connectTimeoutMs: timeout }
+    const cache = new CacheManager({ redis, maxEntries: 10, invalidation: 'none' })
+    const limiter = new RateLimiter({ limit: 1e9, windowMs: 60_000, algorithm: 'fixed-window', onRedisError: 'deny', redis })
+    try {
+      await cache.set('warm', 1)
+      const keys = Array.from({ length: 50 }, (_, i) => `miss${i}`) // never in L1
+      assert.equal((await limiter.check('a')).allowed, true)
+      own.pause()
+      const stoppedAt = performance.now()
+      // The first wave waits for the timeout (nothing answers).
+      const first = await Promise.all([...keys.slice(0, 25).map((k) => cache.get(k)), ...keys.slice(25).map((k) => limiter.check(k))])
+      const firstMs = performance.now() - stoppedAt
+      assert.ok(first.slice(0, 25).every((v) => v === undefined))
+      assert.ok(first.slice(25).every((r) => (r as { allowed: boolean }).allowed === false), "onRedisError 'deny'")
+      // Then, until Redis returns, every call settles without waiting for
+      // a timeout: waves of 50 in flight for ~3 s.
+      const lat: number[] = []
+      while (performance.now() - stoppedAt < 3000) {
+        await Promise.all(
+          keys.map((k, i) => {
+            const t0 = performance.now()
+            const p = i % 2 ? limiter.check(k) : cache.get(k)
+            return p.then(() => lat.push(performance.now() - t0))
+          }),
+        )
+        await new Promise((r) => setTimeout(r, 10))
+      }
+      lat.sort((a, b) => a - b)
+      const p50 = lat[lat.length >> 1]
+      const max = lat[lat.length - 1]
+      t.diagnostic(`first wave ${firstMs.toFixed(0)} ms; then ${lat.length} calls: p50 ${p50.toFixed(2)} ms, p99 ${lat[Math.floor(lat.length * 0.99)].toFixed(2)} ms, max ${max.toFixed(2)} ms`)
+      // Not one waited a whole timeout (they would each take >= 400 ms).
+      assert.ok(max < timeout, `a call waited ${max} ms while the breaker was open`)
+      own.resume()
+      const resumedAt = performance.now()
+      await cache.set('after', 2) // may fail fast: the breaker is still open
+      await eventually(async () => {
+        const r = await limiter.check('b')
+        return r.allowed && (await new CacheManager({ redis, invalidation: 'none' }).get('warm')) === 1
+      }, 5000, 'heal after SIGCONT')
+      t.diagnostic(`healed ${(performance.now() - resumedAt).toFixed(0)} ms after SIGCONT`)
+    } finally {
+      own.resume()
+      await cache.close()
+      await limiter.close()
+      await own.dispose()
+    }
+  })
+})
+
+describe('Secrets', () => {
+  test('no password in any error message or debug log', async (t) => {
+    if (!redisUrl(t)) return
+    const secret = `s3cret-${process.pid}-pw`
+    const own = new OwnRedis(await freePort())
+    own.extraArgs = ['--requirepass', 'the-right-one']
+    await own.start()
+    try {
+      const wrong = `redis://:${secret}@127.0.0.1:${own.port}`
+      const messages: string[] = []
+      const grab = (e: unknown) => messages.push(`${(e as Error).message} ${JSON.stringify(e)} ${(e as Error).stack}`)
+      // A named instance with other options.
+      const name = `secret-${process.pid}`
+      const c1 = new CacheManager({ name, redis: { url: wrong } })
+      try {
+        new CacheManager({ name, redis: { url: wrong, commandTimeoutMs: 5 } })
+        assert.fail('should throw')
+      } catch (e) {
+        assert.equal((e as { code: string }).code, 'ERR_INVALID_ARG')
+        grab(e)
+      }
+      // Malformed URLs.
+      for (const url of [`http://:${secret}@127.0.0.1:1`, `redis://:${secret}@127.0.0.1:notaport`]) {
+        try {
+          new RateLimiter({ limit: 1, windowMs: 1000, redis: { url } })
+          assert.fail('should throw')
+        } catch (e) {
+          grab(e)
+        }
+      }
+      // The server refuses the password: errors that reach the caller.
+      const l = new RateLimiter({ limit: 1, windowMs: 1000, redis: { url: wrong } })
+      await l.reset('k').then(() => assert.fail('should reject'), grab)
+      await c1.deletePattern('x*').then(() => assert.fail('should reject'), grab)
+      await c1.clear().then(() => assert.fail('should reject'), grab)
+      assert.ok(messages.length >= 6)
+      for (const m of messages) assert.ok(!m.includes(secret), `leaked: ${m}`)
+      await l.close()
+      await c1.close()
+      // Debug output (HOTPATH_DEBUG=1) in a child process.
+      const script = `
+        const { CacheManager, RateLimiter } = require(${JSON.stringify(join(process.cwd(), 'lib/hotpath.js'))})
+        const redis = { url: ${JSON.stringify(wrong)}, commandTimeoutMs: 300 }
+        const c = new CacheManager({ redis })
+        const l = new RateLimiter({ limit: 1, windowMs: 1000, redis })
+        ;(async () => {
+          await c.set('k', 1); await c.get('nope'); await l.check('k'); await l.reset('k').catch(() => {})
+          await new Promise((r) => setTimeout(r, 300)); await c.get('nope2'); await l.check('k')
+          await c.close(); await l.close(); process.exit(0)
+        })()`
+      const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, HOTPATH_DEBUG: '1' }, encoding: 'utf8', timeout: 20_000 })
+      assert.equal(r.status, 0, r.stderr)
+      assert.ok(r.stderr.includes('hotpath:'), `expected debug output, got: ${r.stderr}`)
+      assert.ok(!r.stderr.includes(secret) && !r.stdout.includes(secret), `leaked in debug output: ${r.stderr}`)
+    } finally {
+      await own.dispose()
+    }
+  })
+})
+
+describe('TLS', () => {
+  test('rediss:// against a redis-server with a throwaway certificate', async (t) => {
+    if (!redisUrl(t)) return
+    const dir = mkdtempSync(join(tmpdir(), 'hotpath-tls-'))
+    const gen = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' })
+    assert.equal(gen.status, 0, `openssl: ${gen.stderr}`)
+    const port = await freePort()
+    const bin = OwnRedis.bin()
+    const proc = spawn(bin, ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--tls-cert-file', join(dir, 'cert.pem'), '--tls-key-file', join(dir, 'key.pem'), '--tls-ca-cert-file', join(dir, 'cert.pem'), '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
+    try {
+      // `#insecure`: the certificate is self-signed (not in the webpki roots).
+      const url = `rediss://127.0.0.1:${port}/#insecure`
+      const io = new IORedis({ host: '127.0.0.1', port, tls: { rejectUnauthorized: false }, lazyConnect: true, retryStrategy: () => null })
+      await eventually(async () => {
+        try {
+          await io.connect()
+          return (await io.ping()) === 'PONG'
+        } catch {
+          io.disconnect()
+          return false
+        }
+      }, 10_000, 'TLS redis-server up')
+      const redis = { url, keyPrefix: `tls-${process.pid}:`, commandTimeoutMs: 3000 }
+      const a = new CacheManager({ redis })
+      const b = new CacheManager({ redis, invalidation: 'none' })
+      await a.set('k', { over: 'tls' })
+      assert.deepEqual(await b.get('k'), { over: 'tls' })
+      assert.equal(await io.get(`tls-${process.pid}:c:k`), '{"over":"tls"}')
+      const l = new RateLimiter({ limit: 2, windowMs: 60_000, onRedisError: 'deny', redis })
+      assert.deepEqual([(await l.check('u')).allowed, (await l.check('u')).allowed, (await l.check('u')).allowed], [true, true, false])
+      assert.equal(l.stats().redisErrors, 0)
+      assert.equal(a.stats().l2Errors + b.stats().l2Errors, 0)
+      await a.close()
+      await b.close()
+      await l.close()
+      io.disconnect()
+    } finally {
+      proc.kill('SIGKILL')
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
