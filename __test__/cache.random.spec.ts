@@ -86,7 +86,7 @@ for (const seed of seeds) {
       for (const p of procs) p.send('restarted')
       const done = (await Promise.all(procs.map((p) => p.both((m) => m.phase === 'done', 'done')))).flat()
       const deleted = done.flatMap((m) => m.deleted!)
-      for (const m of done) assert.equal((m as any).stats.droppedWrites, 0, 'no write was dropped: ' + JSON.stringify(done.map((d: any) => d.stats)))
+      for (const m of done) assert.equal((m as any).stats.droppedWrites, 0, 'no write was dropped: ' + JSON.stringify(done.map((d: any) => [d.stats, d.phases])))
       const raw = new Redis(own.url)
       const keys: string[] = allKeys(2, 2)
       // Invalidations are delivered within a bounded wait: poll snapshots.

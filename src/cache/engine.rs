@@ -234,20 +234,38 @@ impl Engine {
     let weak = Arc::downgrade(self);
     runtime::spawn(async move {
       let mut failing_since: Option<f64> = None;
-      while let Some(op) = rx.recv().await {
+      // Ops taken off the channel while a batch was being retried (their
+      // callers were told of the failure), in order.
+      let mut backlog: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
+      loop {
+        let op = match backlog.pop_front() {
+          Some(op) => op,
+          None => match rx.recv().await {
+            Some(op) => op,
+            None => break,
+          },
+        };
         let mut batch = vec![op];
         let mut n = batch[0].writes();
         while n < 512 {
-          match rx.try_recv() {
-            Ok(op) => {
+          let next = match backlog.pop_front() {
+            Some(op) => Some(op),
+            None => rx.try_recv().ok(),
+          };
+          match next {
+            Some(op) => {
               n += op.writes();
               batch.push(op);
             }
-            Err(_) => break,
+            None => break,
           }
         }
         match weak.upgrade() {
-          Some(inner) => inner.send_batch(batch, &mut failing_since).await,
+          Some(inner) => {
+            inner
+              .send_batch(batch, &mut failing_since, &mut rx, &mut backlog)
+              .await
+          }
           None => {
             for op in batch {
               if let Some(a) = op.ack {
@@ -260,7 +278,13 @@ impl Engine {
     });
   }
 
-  async fn send_batch(&self, batch: Vec<Op>, failing_since: &mut Option<f64>) {
+  async fn send_batch(
+    &self,
+    batch: Vec<Op>,
+    failing_since: &mut Option<f64>,
+    rx: &mut mpsc::Receiver<Op>,
+    backlog: &mut std::collections::VecDeque<Op>,
+  ) {
     let l2 = self.l2.as_ref().expect("l2");
     let mut cmds: Vec<redis::Cmd> = Vec::new();
     // Index of each DEL in `cmds`, per op.
@@ -333,6 +357,16 @@ impl Engine {
               let _ = a.send(None);
             }
           }
+          // So do the callers queued behind this batch (except flushes):
+          // they must not wait out its retries.
+          while let Ok(mut op) = rx.try_recv() {
+            if !matches!(op.kind, OpKind::Flush) {
+              if let Some(a) = op.ack.take() {
+                let _ = a.send(None);
+              }
+            }
+            backlog.push_back(op);
+          }
           self.writer_failing.store(true, Ordering::Relaxed);
           let now = now_ms();
           let since = *failing_since.get_or_insert(now);
@@ -362,8 +396,14 @@ impl Engine {
     }
     let op = Op { kind, ack };
     let n = op.writes();
-    self.c.pending_writes.fetch_add(n, Ordering::Relaxed);
-    match tx.try_send(op) {
+    let before = self.c.pending_writes.fetch_add(n, Ordering::Relaxed);
+    // The bound counts writes, wherever they wait (channel or backlog).
+    let sent = if n > 0 && before + n > self.cfg.max_pending {
+      Err(mpsc::error::TrySendError::Full(op))
+    } else {
+      tx.try_send(op)
+    };
+    match sent {
       Ok(()) => true,
       Err(e) => {
         let op = match e {
