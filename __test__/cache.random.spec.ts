@@ -75,6 +75,7 @@ for (const seed of seeds) {
     await own.start()
     const keyPrefix = `hp-rand-${process.pid}-${seed}:`
     const procs = [0, 1].map((p) => new Proc([own.url, keyPrefix, String(seed), String(OPS), String(p)]))
+    let raw: Redis | undefined
     try {
       await Promise.all(procs.map((p) => p.both((m) => !!m.ready, 'ready')))
       for (const p of procs) p.send('go')
@@ -87,7 +88,7 @@ for (const seed of seeds) {
       const done = (await Promise.all(procs.map((p) => p.both((m) => m.phase === 'done', 'done')))).flat()
       const deleted = done.flatMap((m) => m.deleted!)
       for (const m of done) assert.equal((m as any).stats.droppedWrites, 0, 'no write was dropped: ' + JSON.stringify(done.map((d: any) => [d.stats, d.phases])))
-      const raw = new Redis(own.url)
+      raw = new Redis(own.url)
       const keys: string[] = allKeys(2, 2)
       // Invalidations are delivered within a bounded wait: poll snapshots.
       const deadline = Date.now() + 20_000
@@ -114,7 +115,10 @@ for (const seed of seeds) {
       for (const p of procs) p.send('close')
       await Promise.all(procs.map((p) => p.both((m) => !!m.closed, 'closed')))
       await raw.quit()
+      raw = undefined
     } finally {
+      // A failed assertion must not leave a reconnecting client keeping this file's process alive.
+      raw?.disconnect()
       for (const p of procs) p.child.kill('SIGKILL')
       await own.dispose()
     }

@@ -1023,9 +1023,12 @@ impl Engine {
       local.into_iter().collect()
     };
     if let Some(l2) = &self.l2 {
-      match l2.del_tag(&tag).await {
-        Ok((members, deleted)) => {
-          self.publish(Message::keys(&self.id, members)).await;
+      let publish_as = self.cfg.pubsub.then_some(self.id.as_str());
+      match l2.del_tag(&tag, publish_as).await {
+        Ok((members, deleted, published)) => {
+          if !published {
+            self.publish(Message::keys(&self.id, members)).await;
+          }
           all.extend(deleted);
         }
         Err(e) => {

@@ -59,8 +59,12 @@ end
 return 1
 "#;
 
-/// KEYS: the tag set. ARGV: the value-key prefix. Returns the members and
-/// the members whose value existed (and was deleted).
+/// KEYS: the tag set. ARGV: the value-key prefix, the invalidation channel
+/// ('' for none) and the sender's id. Returns the members and the members
+/// whose value existed (and was deleted). The invalidation of the members is
+/// published by the script itself, so it reaches the other instances exactly
+/// when the delete happened: it cannot be lost to a failed PUBLISH after a
+/// delete that landed.
 const DEL_TAG: &str = r#"
 local members = redis.call('SMEMBERS', KEYS[1])
 local deleted = {}
@@ -68,6 +72,9 @@ for _, m in ipairs(members) do
   if redis.call('DEL', ARGV[1] .. m) == 1 then deleted[#deleted + 1] = m end
 end
 redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' and #members > 0 then
+  redis.call('PUBLISH', ARGV[2], cjson.encode({s = ARGV[3], k = members}))
+end
 return {members, deleted}
 "#;
 
@@ -355,10 +362,21 @@ impl L2 {
   }
 
   /// Every key written with `tag`, deleted with the tag's set.
-  pub async fn del_tag(&self, tag: &str) -> HpResult<(Vec<String>, Vec<String>)> {
+  /// Deletes every member of `tag`. Returns the members, the members whose
+  /// value existed, and whether the invalidation of the members was already
+  /// published (by the script, on a single node) for `publish_as`.
+  pub async fn del_tag(
+    &self,
+    tag: &str,
+    publish_as: Option<&str>,
+  ) -> HpResult<(Vec<String>, Vec<String>, bool)> {
     if !self.redis.is_cluster() {
       // One script: no tagged write can land between reading the members and
-      // deleting the set.
+      // deleting the set, and the invalidation goes out with the delete.
+      let (channel, sender) = match publish_as {
+        Some(id) => (self.channel(), id),
+        None => (String::new(), ""),
+      };
       let (members, deleted): (Vec<String>, Vec<String>) = self
         .redis
         .query(
@@ -366,10 +384,12 @@ impl L2 {
             .arg(DEL_TAG)
             .arg(1)
             .arg(self.tag_key(tag))
-            .arg(&self.vprefix),
+            .arg(&self.vprefix)
+            .arg(channel)
+            .arg(sender),
         )
         .await?;
-      return Ok((members, deleted));
+      return Ok((members, deleted, true));
     }
     let members: Vec<String> = self
       .redis
@@ -387,7 +407,7 @@ impl L2 {
       .redis
       .query(redis::cmd("DEL").arg(self.tag_key(tag)))
       .await?;
-    Ok((members, deleted))
+    Ok((members, deleted, false))
   }
 
   /// Delete this cache's keys and tag sets (SCAN + DEL; never FLUSHDB).
