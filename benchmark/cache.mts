@@ -6,7 +6,7 @@ import { BentoCache, bentostore } from 'bentocache'
 import { memoryDriver } from 'bentocache/drivers/memory'
 import { Redis as IORedis } from 'ioredis'
 import { CacheManager } from 'hotpath'
-import { compare, gc, record, throughput, type Row } from './harness.mts'
+import { compare, gc, interleavedRounds, record, throughput, type Row } from './harness.mts'
 import { OwnRedis, freePort } from '../__test__/helpers.ts'
 
 // Interleaved rounds: every task runs `rounds` times for `msPerRound`, in
@@ -410,36 +410,6 @@ async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } 
   return { url: own.url, stop: () => own.dispose() }
 }
 
-/**
- * Tasks take turns (`rounds` rounds of ~`ms` each, after a warm-up), so a
- * shared machine's load falls on all alike; each task's median round is
- * reported. Each fn performs `per` operations.
- */
-async function interleavedRounds(title: string, fns: Record<string, () => Promise<unknown>>, per: number, note: string) {
-  const ms = Number(process.env.BENCH_TIME ?? 300)
-  const rounds = Number(process.env.BENCH_ROUNDS ?? 7)
-  const rates = new Map<string, number[]>()
-  for (const f of Object.values(fns)) {
-    const end = performance.now() + 150
-    while (performance.now() < end) await f()
-  }
-  for (let r = 0; r < rounds; r++) {
-    for (const [name, f] of Object.entries(fns)) {
-      let calls = 0
-      const t0 = performance.now()
-      while (performance.now() - t0 < ms) {
-        await f()
-        calls++
-      }
-      rates.set(name, [...(rates.get(name) ?? []), (calls * per * 1000) / (performance.now() - t0)])
-    }
-  }
-  const rows: Row[] = [...rates].map(([name, rs]) => {
-    const median = rs.sort((a, b) => a - b)[rs.length >> 1]
-    return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
-  })
-  record({ title, note: `${note} Median of ${rounds} interleaved rounds.`, rows })
-}
 
 /** `total` operations, `n` in flight at a time. */
 async function inFlight(total: number, n: number, op: (i: number) => Promise<unknown>) {

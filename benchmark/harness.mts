@@ -123,3 +123,35 @@ export function gc() {
   const g = (globalThis as any).gc as undefined | (() => void)
   if (g) g()
 }
+
+/**
+ * Runs `fns` in turns: `BENCH_ROUNDS` rounds (default 7) of ~`BENCH_TIME` ms
+ * (default 300) each, after a `warmupMs` warm-up of each, so a shared
+ * machine's load falls on all alike. Each fn performs `per` operations; each
+ * task's median round is recorded.
+ */
+export async function interleavedRounds(title: string, fns: Record<string, () => unknown>, per: number, note: string, warmupMs = 150): Promise<void> {
+  const ms = Number(process.env.BENCH_TIME ?? 300)
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 7)
+  const rates = new Map<string, number[]>()
+  for (const f of Object.values(fns)) {
+    const end = performance.now() + warmupMs
+    while (performance.now() < end) await f()
+  }
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, f] of Object.entries(fns)) {
+      let calls = 0
+      const t0 = performance.now()
+      while (performance.now() - t0 < ms) {
+        await f()
+        calls++
+      }
+      rates.set(name, [...(rates.get(name) ?? []), (calls * per * 1000) / (performance.now() - t0)])
+    }
+  }
+  const rows: Row[] = [...rates].map(([name, rs]) => {
+    const median = rs.sort((a, b) => a - b)[rs.length >> 1]
+    return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
+  })
+  record({ title, note: `${note} Median of ${rounds} interleaved rounds.`, rows })
+}

@@ -5,44 +5,14 @@ import { spawnSync } from 'node:child_process'
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible'
 import { Redis as IORedis } from 'ioredis'
 import { RateLimiter } from 'hotpath'
-import { record, type Row } from './harness.mts'
+import { interleavedRounds, record, type Row } from './harness.mts'
 import { OwnRedis, freePort } from '../__test__/helpers.ts'
 
 const HUGE = 1e12 // never limited: every op is a full admission
 const B = 1000
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 7)
-
-/**
- * Each fn does `B` operations. The tasks take turns (`ROUNDS` rounds of
- * ~`BENCH_TIME` ms each), so a shared machine's load falls on all of them
- * alike; the median round of each is reported.
- */
-async function interleaved(title: string, fns: Record<string, () => unknown>, note: string) {
-  const ms = Number(process.env.BENCH_TIME ?? 300)
-  const rates = new Map<string, number[]>()
-  for (const f of Object.values(fns)) {
-    const end = performance.now() + 100
-    while (performance.now() < end) await f()
-  }
-  for (let r = 0; r < ROUNDS; r++) {
-    for (const [name, f] of Object.entries(fns)) {
-      let calls = 0
-      const t0 = performance.now()
-      while (performance.now() - t0 < ms) {
-        await f()
-        calls++
-      }
-      const rate = (calls * B * 1000) / (performance.now() - t0)
-      rates.set(name, [...(rates.get(name) ?? []), rate])
-    }
-  }
-  const rows: Row[] = [...rates].map(([name, rs]) => {
-    const sorted = rs.sort((a, b) => a - b)
-    const median = sorted[sorted.length >> 1]
-    return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
-  })
-  record({ title, note: `${note} Median of ${ROUNDS} interleaved rounds.`, rows })
-}
+/** Interleaved rounds (harness) of fns that each do `B` operations. */
+const interleaved = (title: string, fns: Record<string, () => unknown>, note: string) => interleavedRounds(title, fns, B, note, 100)
 
 async function hotKey() {
   const fixed = new RateLimiter({ limit: HUGE, windowMs: 60_000, algorithm: 'fixed-window' })
@@ -190,7 +160,7 @@ async function redis() {
       for (let j = 0; j < 50; j++) await op()
     }
   }
-  await interleavedPer(
+  await interleavedRounds(
     'check on Redis, one at a time',
     seq,
     50,
@@ -200,7 +170,7 @@ async function redis() {
   const par: Record<string, () => Promise<unknown>> = {}
   for (const [name, op] of Object.entries(ops)) par[name] = () => inFlight(N, 64, op)
   par['rate-limiter-flexible RateLimiterRedis.consume (ioredis, auto-pipelining)'] = () => inFlight(N, 64, () => rlfAuto.consume(keys[i++ % KEYS]))
-  await interleavedPer(
+  await interleavedRounds(
     'check on Redis, 64 in flight',
     par,
     N,
@@ -212,31 +182,6 @@ async function redis() {
   await server.stop()
 }
 
-/** Like `interleaved`, for fns doing `per` operations each. */
-async function interleavedPer(title: string, fns: Record<string, () => Promise<unknown>>, per: number, note: string) {
-  const ms = Number(process.env.BENCH_TIME ?? 300)
-  const rates = new Map<string, number[]>()
-  for (const f of Object.values(fns)) {
-    const end = performance.now() + 150
-    while (performance.now() < end) await f()
-  }
-  for (let r = 0; r < ROUNDS; r++) {
-    for (const [name, f] of Object.entries(fns)) {
-      let calls = 0
-      const t0 = performance.now()
-      while (performance.now() - t0 < ms) {
-        await f()
-        calls++
-      }
-      rates.set(name, [...(rates.get(name) ?? []), (calls * per * 1000) / (performance.now() - t0)])
-    }
-  }
-  const rows: Row[] = [...rates].map(([name, rs]) => {
-    const median = rs.sort((a, b) => a - b)[rs.length >> 1]
-    return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
-  })
-  record({ title, note: `${note} Median of ${ROUNDS} interleaved rounds.`, rows })
-}
 
 // ------------------------------------------------------------------ memory
 
