@@ -2,9 +2,18 @@
 import { test, describe, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { CacheManager, RateLimiter } from 'hotpath'
-import { redisUrl, eventually, OwnCluster } from './helpers.ts'
+import { redisUrl, eventually, OwnCluster, freeClusterPort } from './helpers.ts'
 
 const wantCluster = () => !!process.env.REDIS_URL || process.env.CI === 'true'
+
+// CI failed once when a node got an ephemeral port above 55535: its cluster
+// bus (port + 10000) can't exist, the node exits at start-up.
+test('test helper: a cluster node port leaves room for its bus port', async () => {
+  for (let i = 0; i < 50; i++) {
+    const p = await freeClusterPort()
+    assert.ok(p > 0 && p <= 55535, `port ${p}`)
+  }
+})
 
 describe('CacheManager on Redis Cluster', () => {
   let cluster: OwnCluster | null = null

@@ -36,6 +36,26 @@ export function freePort(): Promise<number> {
   })
 }
 
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer()
+    s.on('error', () => resolve(false))
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
+  })
+}
+
+/** A free port for a cluster node: a node also listens on port + 10000 (its
+ *  cluster bus), so the port must be at most 55535 and port + 10000 free too.
+ *  The kernel's ephemeral range here reaches 60999: a plain freePort() gives
+ *  a port a cluster node refuses about one time in five. */
+export async function freeClusterPort(): Promise<number> {
+  for (let i = 0; i < 1000; i++) {
+    const p = await freePort()
+    if (p <= 55535 && (await canListen(p + 10000))) return p
+  }
+  throw new Error('no free port pair (port, port + 10000) for a cluster node')
+}
+
 function ping(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const c = connect(port, '127.0.0.1')
@@ -60,11 +80,29 @@ export class OwnRedis {
   static bin() {
     return process.env.HOTPATH_TEST_REDIS_BIN || 'redis-server'
   }
+  /** The tail of the server's log (it logs to stdout), for errors. */
+  log = ''
   async start() {
-    this.proc = spawn(OwnRedis.bin(), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...this.extraArgs], { stdio: 'ignore' })
+    this.log = ''
+    const p = spawn(OwnRedis.bin(), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...this.extraArgs], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    this.proc = p
+    const keep = (d: Buffer) => {
+      this.log = (this.log + d.toString()).slice(-4096)
+    }
+    p.stdout!.on('data', keep)
+    p.stderr!.on('data', keep)
+    let exited: string | null = null
+    p.once('exit', (code, sig) => {
+      exited = `exited (${code ?? sig})`
+    })
     const deadline = Date.now() + 10_000
     while (!(await ping(this.port))) {
-      if (Date.now() > deadline) throw new Error('own redis-server did not start')
+      // A server that exits at start-up (port taken, bad option) fails now,
+      // with its own words, not after the deadline.
+      if (exited) throw new Error(`own redis-server on port ${this.port} ${exited}: ${this.log.trim()}`)
+      if (Date.now() > deadline) throw new Error(`own redis-server on port ${this.port} did not start: ${this.log.trim()}`)
       await new Promise((r) => setTimeout(r, 20))
     }
   }
@@ -72,6 +110,7 @@ export class OwnRedis {
     const p = this.proc
     if (!p) return
     this.proc = null
+    if (p.exitCode !== null || p.signalCode !== null) return // already gone
     const exited = new Promise((r) => p.once('exit', r))
     p.kill('SIGKILL')
     await exited
@@ -99,14 +138,29 @@ export class OwnCluster {
   private auth(): string[] {
     return this.opts.password ? ['-a', this.opts.password, '--no-auth-warning'] : []
   }
+  /** Start the cluster; a start that fails (a port another process took
+   *  meanwhile) is retried on new ports, twice. */
   async start() {
+    let last: unknown
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        return await this.startOnce()
+      } catch (e) {
+        last = e
+        await this.dispose()
+        this.nodes = []
+      }
+    }
+    throw last
+  }
+  private async startOnce() {
     const { spawnSync } = await import('node:child_process')
     for (let i = 0; i < 3; i++) {
-      const n = new OwnRedis(await freePort())
+      const n = new OwnRedis(await freeClusterPort())
       n.extraArgs = ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${n.port}.conf`, '--cluster-node-timeout', '2000', ...(this.opts.extraArgs ?? [])]
       if (this.opts.password) n.extraArgs.push('--requirepass', this.opts.password, '--masterauth', this.opts.password)
+      this.nodes.push(n) // before start: dispose() cleans up a node that failed
       await n.start()
-      this.nodes.push(n)
     }
     const cli = process.env.HOTPATH_TEST_REDIS_CLI || 'redis-cli'
     const r = spawnSync(cli, [...this.auth(), '--cluster', 'create', ...this.nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
