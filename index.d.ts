@@ -625,6 +625,15 @@ export declare class NativeCache {
   testPauseFills(on: boolean): void
   /** Resolves when a fill reached the pause. */
   testFillReached(): Promise<void>
+  /**
+   * Pause (`true`) or stop pausing the write path before it sends each
+   * batch of this instance's L2 writes and deletes.
+   */
+  testPauseWrites(on: boolean): void
+  /** Resolves when the write path reached its pause with a batch. */
+  testWriteReached(): Promise<void>
+  /** Let the paused write path send one batch. */
+  testReleaseWrite(): void
   /** Make the subscription drop every message until it is resubscribed. */
   testDeafen(): void
   /** Let one paused fill go on. */

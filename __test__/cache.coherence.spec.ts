@@ -372,6 +372,38 @@ describe('CacheManager coherence on Redis', () => {
     await b.close()
   })
 
+  // Found by the randomized test under load: an L2 read that overtakes this
+  // instance's own queued DEL (the write path is its own task) read the old
+  // value and filled L1 with it, under a version taken after the delete's own
+  // bump: L1 then served the deleted value forever (an instance ignores its
+  // own invalidation messages). The hook holds the DEL before it is sent.
+  for (const how of ['get', 'getMany'] as const) {
+    test(`#2/#3 ${how} right after delete never reads (or fills L1 with) the value the queued DEL removes`, async (t) => {
+      if (!redisUrl(t)) return
+      const keyPrefix = prefix()
+      const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+      const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+      await b.set('k', 'old')
+      await a.get('probe') // a subscribed
+      hooks.pauseWrites(a)
+      const reached = hooks.writeReached(a)
+      const del = a.delete('k') // queued; the write path holds it
+      await reached
+      const read = how === 'get' ? a.get('k') : a.getMany(['k']).then((r) => r[0])
+      // The read must not overtake the DEL: give it every chance to.
+      await new Promise((r) => setTimeout(r, 50))
+      hooks.pauseWrites(a, false)
+      hooks.releaseWrite(a)
+      assert.equal(await del, true)
+      assert.equal(await read, undefined, 'a read after delete returned the deleted value')
+      assert.equal(await raw.get(`${keyPrefix}c:k`), null)
+      assert.equal(a.getSync('k'), undefined, 'L1 holds the deleted value')
+      assert.equal(await a.get('k'), undefined)
+      await a.close()
+      await b.close()
+    })
+  }
+
   test('#2 a fill that raced a local set does not overwrite it (get and getMany)', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = prefix()

@@ -21,7 +21,7 @@ const OPS = Number(process.env.HOTPATH_RANDOM_OPS ?? 400)
 const extra = Number(process.env.HOTPATH_RANDOM_SEEDS ?? 0)
 const seeds = [FIXED_SEED, ...Array.from({ length: extra }, () => Math.floor(Math.random() * 2 ** 31))]
 
-type Msg = { tid: number; ready?: boolean; phase?: string; deleted?: string[]; snapshot?: Record<string, unknown>; closed?: boolean; error?: string }
+type Msg = { tid: number; ready?: boolean; phase?: string; deleted?: string[]; snapshot?: Record<string, unknown>; from?: Record<string, string>; closed?: boolean; error?: string }
 
 class Proc {
   child: ChildProcess
@@ -102,7 +102,7 @@ for (const seed of seeds) {
         for (const s of snaps) {
           for (const k of keys) {
             if (JSON.stringify(s.snapshot![k]) !== JSON.stringify(redisView[k])) {
-              diff.push(`thread ${s.tid}: ${k} reads ${JSON.stringify(s.snapshot![k])}, Redis holds ${JSON.stringify(redisView[k])}`)
+              diff.push(`process ${Math.floor(snaps.indexOf(s) / 2)} thread ${s.tid}: ${k} reads ${JSON.stringify(s.snapshot![k])} (from ${s.from?.[k]}), Redis holds ${JSON.stringify(redisView[k])}`)
             }
           }
         }

@@ -22,6 +22,18 @@ module.exports = {
   releaseFill(cache) {
     cache._n.testReleaseFill()
   },
+  /** Pause `cache`'s write path before it sends each batch of L2 writes and deletes. */
+  pauseWrites(cache, on = true) {
+    cache._n.testPauseWrites(on)
+  },
+  /** Resolves when `cache`'s write path reached the pause with a batch. */
+  writeReached(cache) {
+    return cache._n.testWriteReached()
+  },
+  /** Let `cache`'s paused write path send one batch. */
+  releaseWrite(cache) {
+    cache._n.testReleaseWrite()
+  },
   /** Make `cache`'s invalidation subscription drop every message (as a
    *  half-open connection would) until it is resubscribed. */
   deafen(cache) {

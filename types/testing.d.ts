@@ -11,6 +11,12 @@ export declare function pauseFills(cache: CacheManager<any>, on?: boolean): void
 export declare function fillReached(cache: CacheManager<any>): Promise<void>
 /** Let one paused fill of `cache` go on. */
 export declare function releaseFill(cache: CacheManager<any>): void
+/** Pause `cache`'s write path before it sends each batch of L2 writes and deletes. */
+export declare function pauseWrites(cache: CacheManager<any>, on?: boolean): void
+/** Resolves when `cache`'s write path reached the pause with a batch. */
+export declare function writeReached(cache: CacheManager<any>): Promise<void>
+/** Let `cache`'s paused write path send one batch. */
+export declare function releaseWrite(cache: CacheManager<any>): void
 /** Make `cache`'s invalidation subscription drop every message (as a half-open connection would) until it is resubscribed. */
 export declare function deafen(cache: CacheManager<any>): void
 /** Open handles of the named cache (0 when it does not exist). */

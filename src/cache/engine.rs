@@ -158,10 +158,13 @@ pub struct Engine {
   closed: AtomicBool,
   /// Test hook: pause every L1 fill between its L2 read and the fill.
   pub fill_pause: FillPause,
+  /// Test hook: pause the write path before it sends each batch.
+  pub write_pause: FillPause,
 }
 
-/// A test-only pause between an L2 read and its L1 fill (reached through
-/// `lib/testing.js`, never the public exports): deterministic races.
+/// A test-only pause between two steps (an L2 read and its L1 fill, or the
+/// write path taking a batch and sending it), reached through
+/// `lib/testing.js`, never the public exports: deterministic races.
 #[derive(Default)]
 pub struct FillPause {
   pub on: AtomicBool,
@@ -207,6 +210,7 @@ impl Engine {
       key_waiters: Mutex::new(HashMap::new()),
       closed: AtomicBool::new(false),
       fill_pause: FillPause::default(),
+      write_pause: FillPause::default(),
       cfg,
     });
     if inner.l2.is_some() {
@@ -262,6 +266,7 @@ impl Engine {
         }
         match weak.upgrade() {
           Some(inner) => {
+            inner.write_pause.point().await;
             inner
               .send_batch(batch, &mut failing_since, &mut rx, &mut backlog)
               .await
@@ -654,19 +659,66 @@ impl Engine {
   /// take it: no write or delete of this instance is queued (they go on the
   /// Tokio side, and a read must not overtake them), the subscription is
   /// live (else fills wait for it, on the Tokio side), no test pause is set.
-  pub fn fast_l2(&self, env: napi::sys::napi_env) -> Option<(&L2, crate::redis::Fast)> {
+  ///
+  /// Returns the connection and the slot version of `key` to fill under
+  /// (taken with the check, so no write can slip in between).
+  pub fn fast_l2(
+    &self,
+    env: napi::sys::napi_env,
+    key: &str,
+  ) -> Option<(&L2, crate::redis::Fast, u32)> {
     let l2 = self.l2.as_ref()?;
-    if self.c.pending_writes.load(Ordering::SeqCst) != 0
-      || (self.cfg.pubsub && !*self.subscribed.borrow())
-      || self.fill_pause.on.load(Ordering::Relaxed)
+    if (self.cfg.pubsub && !*self.subscribed.borrow()) || self.fill_pause.on.load(Ordering::Relaxed)
     {
       return None;
     }
-    Some((l2, l2.redis.fast(env)?))
+    let ver = self.read_start(key)?;
+    Some((l2, l2.redis.fast(env)?, ver))
   }
 
-  /// The L1 slot version to read before an L2 request (for [`Engine::got_l2`]).
-  pub fn version_of(&self, key: &str) -> u32 {
+  /// Where an L2 read of `key` starts: the slot version to fill L1 under,
+  /// or None while writes or deletes of this instance are queued. Such a
+  /// read could overtake them (the write path is its own task) and read a
+  /// value one of them replaces or deletes; filling L1 with it under a
+  /// version taken after their own bump would keep it there for good (an
+  /// instance ignores its own invalidation messages). Taken under `order`:
+  /// every write bumps the slot and enters the queue under it, so a write
+  /// queued later moves the version, and one queued earlier is seen here.
+  fn read_start(&self, key: &str) -> Option<u32> {
+    let _g = self.order.lock();
+    (self.c.pending_writes.load(Ordering::SeqCst) == 0).then(|| self.version_of(key))
+  }
+
+  /// [`Engine::read_start`] for several keys at once.
+  fn read_starts(&self, keys: &[&str]) -> Option<Vec<u32>> {
+    let _g = self.order.lock();
+    (self.c.pending_writes.load(Ordering::SeqCst) == 0)
+      .then(|| keys.iter().map(|k| self.version_of(k)).collect())
+  }
+
+  /// [`Engine::read_start`], after waiting (bounded) for this instance's
+  /// queued writes to land when there are any: Err when they did not land
+  /// in time (Redis failing); Ok(None) when new writes were queued meanwhile
+  /// (read, but do not fill).
+  async fn read_start_ordered(&self, key: &str) -> HpResult<Option<u32>> {
+    if let Some(v) = self.read_start(key) {
+      return Ok(Some(v));
+    }
+    self.earlier_writes_landed().await?;
+    Ok(self.read_start(key))
+  }
+
+  /// [`Engine::read_start_ordered`] for several keys at once.
+  async fn read_starts_ordered(&self, keys: &[&str]) -> HpResult<Option<Vec<u32>>> {
+    if let Some(v) = self.read_starts(keys) {
+      return Ok(Some(v));
+    }
+    self.earlier_writes_landed().await?;
+    Ok(self.read_starts(keys))
+  }
+
+  /// The L1 slot version of `key` now.
+  fn version_of(&self, key: &str) -> u32 {
     self.l1.versions().get(self.l1.slot(key))
   }
 
@@ -699,12 +751,16 @@ impl Engine {
   pub async fn get_l2(&self, key: &str) -> Option<Val> {
     let l2 = self.l2.as_ref()?;
     let ready = self.ready_to_fill().await;
-    let ver = self.l1.versions().get(self.l1.slot(key));
+    let Ok(ver) = self.read_start_ordered(key).await else {
+      self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+      self.c.misses.fetch_add(1, Ordering::Relaxed);
+      return None;
+    };
     match l2.get(key).await {
       Ok(Some((v, pttl))) => {
         self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
         self.fill_pause.point().await;
-        if ready {
+        if let (true, Some(ver)) = (ready, ver) {
           self.fill(key, ver, v.clone(), pttl);
         }
         Some(v)
@@ -942,10 +998,20 @@ impl Engine {
         return out;
       };
       let ready = inner.ready_to_fill().await;
-      let vers: Vec<u32> = missing
-        .iter()
-        .map(|(_, k)| inner.l1.versions().get(inner.l1.slot(k)))
-        .collect();
+      // As in get_l2: never overtake this instance's queued writes.
+      let keys: Vec<&str> = missing.iter().map(|(_, k)| k.as_str()).collect();
+      let Ok(vers) = inner.read_starts_ordered(&keys).await else {
+        inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
+        inner
+          .c
+          .misses
+          .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        return out;
+      };
+      let vers: Vec<Option<u32>> = match vers {
+        Some(v) => v.into_iter().map(Some).collect(),
+        None => vec![None; missing.len()],
+      };
       let keys: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
       match l2.get_many(&keys).await {
         Ok(vals) => {
@@ -954,7 +1020,7 @@ impl Engine {
             match v {
               Some((v, pttl)) => {
                 inner.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-                if ready {
+                if let (true, Some(ver)) = (ready, ver) {
                   inner.fill(&k, ver, v.clone(), pttl);
                 }
                 out[i] = Some(v);

@@ -628,7 +628,7 @@ impl NativeCache {
     guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
-    if let Some((l2, fast)) = inner.fast_l2(env.raw()) {
+    if let Some((l2, fast, ver)) = inner.fast_l2(env.raw(), &key) {
       // This thread's connection: written this tick, answered on this
       // thread (no thread hop either way).
       let raw = env.raw();
@@ -636,7 +636,6 @@ impl NativeCache {
       let mut promise = std::ptr::null_mut();
       check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
         .map_err(crate::error::from_napi)?;
-      let ver = inner.version_of(&key);
       let k2 = key.clone();
       let encode = move |b: &mut Vec<u8>| l2.encode_get(&k2, b);
       let inner2 = inner.clone();
@@ -943,6 +942,36 @@ impl NativeCache {
       Ok(())
     })
     .map_err(crate::error::from_napi)
+    }
+  }
+
+  /// Pause (`true`) or stop pausing the write path before it sends each
+  /// batch of this instance's L2 writes and deletes.
+  #[napi]
+  pub fn test_pause_writes(&self, on: bool) -> Result<(), Code> {
+    guarded! { ok self,
+    self.inner.write_pause.on.store(on, Ordering::Relaxed);
+    }
+  }
+
+  /// Resolves when the write path reached its pause with a batch.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn test_write_reached<'e>(&self, env: &'e Env) -> Result<Object<'e>, Code> {
+    guarded! { self,
+    let inner = self.inner.clone();
+    runtime::promise(env, async move {
+      inner.write_pause.reached.notified().await;
+      Ok(())
+    })
+    .map_err(crate::error::from_napi)
+    }
+  }
+
+  /// Let the paused write path send one batch.
+  #[napi]
+  pub fn test_release_write(&self) -> Result<(), Code> {
+    guarded! { ok self,
+    self.inner.write_pause.release.notify_one();
     }
   }
 
