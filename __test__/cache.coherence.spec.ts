@@ -467,6 +467,29 @@ describe('CacheManager coherence on Redis', () => {
     await c.close()
   })
 
+  // Found by the randomized test: a key another instance wrote with a tag,
+  // read here from L2 (the fill carries no tags), survived this instance's
+  // own deleteTag in L1 for good: the local pass only knew local tags, and
+  // an instance ignores its own invalidation messages.
+  test('#8 deleteTag removes from L1 the members Redis deleted, tagged by another instance (get and getMany fills)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await b.set('x', { n: 1 }, { tags: ['t'] })
+    await b.set('y', 2, { tags: ['t'] })
+    assert.deepEqual(await a.get('x'), { n: 1 }) // filled into a's L1 (and its front cache)
+    assert.deepEqual(await a.getMany(['y']), [2])
+    assert.equal(a.getSync('y'), 2)
+    assert.equal(await a.deleteTag('t'), 2)
+    assert.equal(await raw.get(`${keyPrefix}c:x`), null)
+    assert.equal(a.getSync('x'), undefined, "a's L1 still serves a key its own deleteTag deleted")
+    assert.equal(a.getSync('y'), undefined)
+    assert.equal(await a.get('x'), undefined)
+    await a.close()
+    await b.close()
+  })
+
   test('#8 deleteTag is atomic against concurrent tagged sets: no key escapes a later deleteTag', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = prefix()

@@ -1092,6 +1092,16 @@ impl Engine {
       let publish_as = self.cfg.pubsub.then_some(self.id.as_str());
       match l2.del_tag(&tag, publish_as).await {
         Ok((members, deleted, published)) => {
+          // Members tagged by other instances' writes may be in this L1
+          // too, without the tag (an L2 fill carries none): they go now,
+          // as the other instances drop them on the message (this instance
+          // ignores its own messages).
+          {
+            let _g = self.order.lock();
+            for k in &members {
+              self.l1.remove(k);
+            }
+          }
           if !published {
             self.publish(Message::keys(&self.id, members)).await;
           }
