@@ -715,6 +715,9 @@ impl Redis {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+
+#[cfg(test)]
 mod tests {
   use super::*;
 
