@@ -592,6 +592,14 @@ mod tests {
     }
   }
 
+  /// Send one command now (one reply); returns what failed at once, in the
+  /// call (the breaker failing fast).
+  fn send_now(c: &mut Conn, args: &[&[u8]], done: Done) -> Out {
+    let mut out = Vec::new();
+    c.send(real_ms(), &|b| resp::encode(b, args), 1, done, &mut out);
+    out
+  }
+
   type Log = Rc<RefCell<Vec<(usize, Result<Vec<Reply>, HpError>)>>>;
 
   fn recorder(log: &Log, i: usize) -> Done {
@@ -625,13 +633,8 @@ mod tests {
         };
         c.send(now, &enc, 2, recorder(&log, i), &mut out);
       } else {
-        c.send(
-          now,
-          &|b| resp::encode(b, &[b"INCR", key.as_bytes()]),
-          1,
-          recorder(&log, i),
-          &mut out,
-        );
+        let enc = |b: &mut Vec<u8>| resp::encode(b, &[b"INCR", key.as_bytes()]);
+        c.send(now, &enc, 1, recorder(&log, i), &mut out);
       }
     }
     assert!(out.is_empty());
@@ -654,14 +657,7 @@ mod tests {
         );
       }
     }
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"DEL", key.as_bytes()]),
-      1,
-      Box::new(|_| {}),
-      &mut out,
-    );
+    let _ = send_now(&mut c, &[b"DEL", key.as_bytes()], Box::new(|_| {}));
     drive(&mut c, 1000.0, &|| false);
   }
 
@@ -678,27 +674,13 @@ mod tests {
     let t = target(addr, 300.0);
     let mut c = Conn::new(t.clone());
     let log: Log = Rc::default();
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 0),
-      &mut out,
-    );
+    assert!(send_now(&mut c, &[b"PING"], recorder(&log, 0)).is_empty());
     let l2 = log.clone();
     drive(&mut c, 2000.0, &|| !l2.borrow().is_empty());
     assert!(log.borrow()[0].1.is_err());
     assert!(matches!(t.breaker.phase(), Phase::Open { .. }));
     // Open: fails at once, in the call, without a socket.
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 1),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"PING"], recorder(&log, 1));
     assert_eq!(out.len(), 1);
     assert!(c.fd().is_none());
     let msg = match &out[0].1 {
@@ -710,25 +692,11 @@ mod tests {
     std::thread::sleep(std::time::Duration::from_millis(
       crate::redis::breaker::BASE_BACKOFF_MS as u64 + 5,
     ));
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 2),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"PING"], recorder(&log, 2));
     assert_eq!(out.len(), 1);
     assert!(c.is_probing());
     assert_eq!(t.breaker.phase(), Phase::HalfOpen);
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 3),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"PING"], recorder(&log, 3));
     assert_eq!(out.len(), 1, "one probe at a time: the others fail fast");
     drive(&mut c, 2000.0, &|| c_probing_done(&t));
     match t.breaker.phase() {
@@ -755,16 +723,9 @@ mod tests {
     let t = target(l.local_addr().unwrap(), 150.0);
     let mut c = Conn::new(t.clone());
     let log: Log = Rc::default();
-    let mut out = Vec::new();
     let started = real_ms();
     for i in 0..50 {
-      c.send(
-        real_ms(),
-        &|b| resp::encode(b, &[b"GET", b"k"]),
-        1,
-        recorder(&log, i),
-        &mut out,
-      );
+      assert!(send_now(&mut c, &[b"GET", b"k"], recorder(&log, i)).is_empty());
     }
     let l2 = log.clone();
     drive(&mut c, 3000.0, &|| l2.borrow().len() == 50);
@@ -778,14 +739,7 @@ mod tests {
       _ => unreachable!(),
     };
     assert!(msg.contains("no reply"), "{msg}");
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"GET", b"k"]),
-      1,
-      recorder(&log, 99),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"GET", b"k"], recorder(&log, 99));
     assert_eq!(out.len(), 1, "fails fast while open");
     drop(l.accept());
   }
@@ -798,27 +752,13 @@ mod tests {
     t.breaker.failure(real_ms() - 1000.0, "test");
     let mut c = Conn::new(t.clone());
     let log: Log = Rc::default();
-    let mut out = Vec::new();
     // Backoff already over (opened 1 s "ago"): this call probes.
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 0),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"PING"], recorder(&log, 0));
     assert_eq!(out.len(), 1);
     assert!(c.is_probing());
     drive(&mut c, 3000.0, &|| t.breaker.is_closed());
     assert_eq!(t.breaker.phase(), Phase::Closed);
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 1),
-      &mut out,
-    );
+    let out = send_now(&mut c, &[b"PING"], recorder(&log, 1));
     assert!(out.is_empty());
     let l2 = log.clone();
     drive(&mut c, 3000.0, &|| l2.borrow().len() == 1);
@@ -837,14 +777,7 @@ mod tests {
     Arc::get_mut(&mut t).unwrap().password = Some("wrong-s3cret-pw".into());
     let mut c = Conn::new(t.clone());
     let log: Log = Rc::default();
-    let mut out = Vec::new();
-    c.send(
-      real_ms(),
-      &|b| resp::encode(b, &[b"PING"]),
-      1,
-      recorder(&log, 0),
-      &mut out,
-    );
+    assert!(send_now(&mut c, &[b"PING"], recorder(&log, 0)).is_empty());
     let l2 = log.clone();
     drive(&mut c, 3000.0, &|| !l2.borrow().is_empty());
     let e = log.borrow()[0].1.clone().unwrap_err();
