@@ -351,4 +351,38 @@ mod tests {
       r.reset("k").await.unwrap();
     });
   }
+
+  /// With fractional costs the log holds at most ceil(limit) entries: past
+  /// it the newest entry absorbs the check (RPUSH's reply is the length).
+  #[test]
+  fn sliding_window_log_stays_bounded_with_fractional_costs() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let r = remote(&url, Algo::SlidingWindow, 2.0, 60_000.0);
+      r.reset("f").await.unwrap();
+      let mut admitted = 0.0;
+      for _ in 0..6 {
+        let d = r.check("f", 0.25, true).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        admitted += 0.25;
+        assert_eq!(d.remaining, (2.0f64 - admitted).floor());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+      }
+      let log = r.keys("f")[1].clone();
+      let entries: Vec<String> = r
+        .redis
+        .query(redis::cmd("LRANGE").arg(&log).arg(0).arg(-1))
+        .await
+        .unwrap();
+      assert_eq!(entries.len(), 2, "{entries:?}");
+      let sum: f64 = entries
+        .iter()
+        .map(|e| e.split(' ').nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+      assert_eq!(sum, 1.5);
+      assert!(r.check("f", 0.5, true).await.unwrap().allowed);
+      assert!(!r.check("f", 0.25, true).await.unwrap().allowed);
+      r.reset("f").await.unwrap();
+    });
+  }
 }

@@ -23,15 +23,15 @@ local function check(k1, k2, cost, consume)
     return 0
   end
   if cost > limit then
-    return {0, out(limit - est()), 'inf', out(reset())}
+    return {0, units(limit - est()), 'inf', ms(reset())}
   end
   if est() + cost <= limit + EPS then
     if consume and cost > 0 then
       curr = curr + cost
       redis.call('HSET', k1, 'i', num(k), 'p', num(prev), 'c', num(curr))
-      redis.call('PEXPIRE', k1, math.ceil(2 * window - e) + 1)
+      redis.call('PEXPIRE', k1, num(math.ceil(2 * window - e) + 1))
     end
-    return {1, out(limit - est()), 0, out(reset())}
+    return {1, units(limit - est()), 0, ms(reset())}
   end
   local retry
   if curr + cost <= limit and prev > 0 then
@@ -39,5 +39,5 @@ local function check(k1, k2, cost, consume)
   else
     retry = (window - e) + math.max(0, window * (1 - (limit - cost) / curr))
   end
-  return {0, out(limit - est()), out(retry), out(reset())}
+  return {0, units(limit - est()), ms(retry), ms(reset())}
 end
