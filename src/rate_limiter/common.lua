@@ -5,7 +5,8 @@
 -- Returns per check: allowed (1/0), remaining, retryAfterMs ('inf' =
 -- never), resetMs, already rounded as the client rounds them (remaining
 -- down, times up, with the same slack), so they are integers: no float
--- formatting on the server for the reply. Integers past 1e15 go as text.
+-- formatting on the server for the reply (past 1e15 they go as text).
+-- Each algorithm's check returns the four unrounded (math.huge = never).
 -- Time is the Redis server's (TIME), so clients with skewed clocks agree.
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -19,23 +20,6 @@ local function num(x)
     return string.format('%d', x)
   end
   return string.format('%.17g', x)
-end
-local function whole(x)
-  if x > -1e15 and x < 1e15 then return x end
-  return string.format('%.17g', x)
-end
--- Remaining units for the reply: whole units, rounded down.
-local function units(x)
-  x = math.floor(x + EPS)
-  if x < 0 then x = 0 end
-  return whole(x)
-end
--- A time for the reply: whole ms, rounded up ('inf' for never).
-local function ms(x)
-  if x == math.huge then return 'inf' end
-  x = math.ceil(x - TEPS)
-  if x < 0 then x = 0 end
-  return whole(x)
 end
 local now_ms
 local function clock()

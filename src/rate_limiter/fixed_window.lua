@@ -13,7 +13,7 @@ local function check(k1, k2, cost, consume)
     end
   end
   if cost > limit then
-    return {0, units(limit - count), 'inf', ms(reset)}
+    return 0, limit - count, math.huge, reset
   end
   if count + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -25,7 +25,7 @@ local function check(k1, k2, cost, consume)
         redis.call('SET', k1, num(count), 'KEEPTTL')
       end
     end
-    return {1, units(limit - count), 0, ms(reset)}
+    return 1, limit - count, 0, reset
   end
-  return {0, units(limit - count), ms(reset), ms(reset)}
+  return 0, limit - count, reset, reset
 end

@@ -8,7 +8,7 @@ local function check(k1, k2, cost, consume)
   if tat < now then tat = now end
   local function rem(x) return (window - (x - now)) / t end
   if cost > limit then
-    return {0, units(rem(tat)), 'inf', ms(tat - now)}
+    return 0, rem(tat), math.huge, tat - now
   end
   local new_tat = tat + cost * t
   local allow_at = new_tat - window
@@ -20,7 +20,7 @@ local function check(k1, k2, cost, consume)
     end
     local r = rem(after)
     if r > limit then r = limit end
-    return {1, units(r), 0, ms(after - now)}
+    return 1, r, 0, after - now
   end
-  return {0, units(rem(tat)), ms(allow_at - now), ms(tat - now)}
+  return 0, rem(tat), allow_at - now, tat - now
 end

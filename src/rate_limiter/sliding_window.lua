@@ -59,7 +59,7 @@ local function check(k1, k2, cost, consume)
   end
   if cost > limit then
     save()
-    return {0, units(limit - sum), 'inf', ms(reset())}
+    return 0, limit - sum, math.huge, reset()
   end
   if sum + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -87,7 +87,7 @@ local function check(k1, k2, cost, consume)
       changed = true
     end
     save()
-    return {1, units(limit - sum), 0, ms(reset())}
+    return 1, limit - sum, 0, reset()
   end
   -- Denied: the cost fits once enough of the oldest units have left.
   local need = sum + cost - limit
@@ -108,5 +108,5 @@ local function check(k1, k2, cost, consume)
     i = i + #chunk
   end
   save()
-  return {0, units(limit - sum), ms(retry), ms(reset())}
+  return 0, limit - sum, retry, reset()
 end

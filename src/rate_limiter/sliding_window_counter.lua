@@ -23,7 +23,7 @@ local function check(k1, k2, cost, consume)
     return 0
   end
   if cost > limit then
-    return {0, units(limit - est()), 'inf', ms(reset())}
+    return 0, limit - est(), math.huge, reset()
   end
   if est() + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -31,7 +31,7 @@ local function check(k1, k2, cost, consume)
       redis.call('HSET', k1, 'i', num(k), 'p', num(prev), 'c', num(curr))
       redis.call('PEXPIRE', k1, num(math.ceil(2 * window - e) + 1))
     end
-    return {1, units(limit - est()), 0, ms(reset())}
+    return 1, limit - est(), 0, reset()
   end
   local retry
   if curr + cost <= limit and prev > 0 then
@@ -39,5 +39,5 @@ local function check(k1, k2, cost, consume)
   else
     retry = (window - e) + math.max(0, window * (1 - (limit - cost) / curr))
   end
-  return {0, units(limit - est()), ms(retry), ms(reset())}
+  return 0, limit - est(), retry, reset()
 end

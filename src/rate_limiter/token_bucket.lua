@@ -13,7 +13,7 @@ local function check(k1, k2, cost, consume)
     if tokens > limit then tokens = limit end
   end
   if cost > limit then
-    return {0, units(tokens), 'inf', ms((limit - tokens) / rate)}
+    return 0, tokens, math.huge, (limit - tokens) / rate
   end
   if tokens + EPS >= cost then
     local left = tokens
@@ -22,7 +22,7 @@ local function check(k1, k2, cost, consume)
       redis.call('HSET', k1, 't', num(left), 'l', num(math.max(now, last)))
       redis.call('PEXPIRE', k1, num(math.ceil((limit - left) / rate) + 1))
     end
-    return {1, units(left), 0, ms((limit - left) / rate)}
+    return 1, left, 0, (limit - left) / rate
   end
-  return {0, units(tokens), ms((cost - tokens) / rate), ms((limit - tokens) / rate)}
+  return 0, tokens, (cost - tokens) / rate, (limit - tokens) / rate
 end
