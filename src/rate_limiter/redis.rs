@@ -385,4 +385,44 @@ mod tests {
       r.reset("f").await.unwrap();
     });
   }
+
+  /// The counter's hash expires past the end of the window after its last
+  /// write: set by a window's first write, not moved by later ones.
+  #[test]
+  fn sliding_window_counter_sets_its_expiry_once_per_window() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let window = 60_000.0;
+      let r = remote(&url, Algo::SlidingWindowCounter, 100.0, window);
+      r.reset("e").await.unwrap();
+      let k = r.keys("e")[0].clone();
+      let pttl = || async {
+        let t: i64 = r.redis.query(redis::cmd("PTTL").arg(&k)).await.unwrap();
+        t
+      };
+      let idx = || async {
+        let i: String = r
+          .redis
+          .query(redis::cmd("HGET").arg(&k).arg("i"))
+          .await
+          .unwrap();
+        i
+      };
+      assert!(r.check("e", 1.0, true).await.unwrap().allowed);
+      let first = pttl().await;
+      let w1 = idx().await;
+      // Past the end of the next window (at most 2 windows away), and more
+      // than one window away only if less than a window has passed.
+      assert!(first > 0 && first <= 2 * window as i64 + 1, "{first}");
+      tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+      assert!(r.check("e", 1.0, true).await.unwrap().allowed);
+      let second = pttl().await;
+      assert!(second > 0, "{second}");
+      if idx().await == w1 {
+        // Same window (a new one would rightly move it on).
+        assert!(second < first, "{first} then {second}");
+      }
+      r.reset("e").await.unwrap();
+    });
+  }
 }

@@ -1,6 +1,7 @@
 -- sliding-window-counter. KEYS[1]: a hash {i = window index, p = previous
 -- window's count, c = current window's count}; windows are multiples of
--- windowMs on the Redis server's clock.
+-- windowMs on the Redis server's clock. It expires once the window after
+-- its last write has ended (set by the first write of each window).
 local KEYS_PER = 1
 local function check(k1, k2, cost, consume)
   local now = clock()
@@ -29,7 +30,12 @@ local function check(k1, k2, cost, consume)
     if consume and cost > 0 then
       curr = curr + cost
       redis.call('HSET', k1, 'i', num(k), 'p', num(prev), 'c', num(curr))
-      redis.call('PEXPIRE', k1, num(math.ceil(2 * window - e) + 1))
+      -- The state matters until window k + 1 ends: the first write of a
+      -- window sets the expiry just past that; a later one in the same
+      -- window would move it by under 1 ms, so it is not sent again.
+      if not (v[1] and tonumber(v[1]) == k) then
+        redis.call('PEXPIRE', k1, num(math.ceil(2 * window - e) + 1))
+      end
     end
     return 1, limit - est(), 0, reset()
   end
