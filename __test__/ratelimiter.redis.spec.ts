@@ -72,8 +72,8 @@ describe('RateLimiter on Redis', () => {
     const url = redisUrl(t)
     if (!url) return
     for (const algorithm of ALGORITHMS) {
-      const l = new RateLimiter({ limit: 37, windowMs: 60_000, algorithm, redis: { url, keyPrefix: prefix() } })
-      const rs = await Promise.all(Array.from({ length: 100 }, () => l.check('k')))
+      const l: RateLimiter = new RateLimiter({ limit: 37, windowMs: 60_000, algorithm, redis: { url, keyPrefix: prefix() } })
+      const rs: RateLimitResult[] = await Promise.all(Array.from({ length: 100 }, () => l.check('k')))
       assert.deepEqual(
         rs.map((r) => r.allowed),
         Array.from({ length: 100 }, (_, i) => i < 37),
