@@ -113,6 +113,35 @@ describe('CacheManager on Redis', () => {
     await b.close()
   })
 
+  test('gets issued in one tick go out as one MGET; a write in that tick still wins over their fills', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const keys = Array.from({ length: 50 }, (_, i) => `g${i}`)
+    await a.setMany(keys.map((k, i) => [k, { i }] as [string, { i: number }]))
+    const before = await commandCalls(raw, ['mget', 'get'])
+    const reads = keys.map((k) => b.get(k))
+    reads.push(b.get('absent'))
+    // After the reads were asked, before they went out: a local write.
+    b.setSync('g7', { i: -7 })
+    const got = await Promise.all(reads)
+    const afterCalls = await commandCalls(raw, ['mget', 'get'])
+    assert.equal(afterCalls.mget - before.mget, 1)
+    assert.equal(afterCalls.get - before.get, 0)
+    assert.deepEqual(got.slice(0, 50).filter((_, i) => i !== 7), keys.map((_, i) => ({ i })).filter((_, i) => i !== 7))
+    assert.equal(got[50], undefined)
+    // The read of g7 may answer the value Redis had when it was asked, but it
+    // must not fill L1 over the newer write.
+    assert.deepEqual(b.getSync('g7'), { i: -7 })
+    assert.deepEqual(b.getSync('g3'), { i: 3 }) // the others were filled
+    const st = b.stats()
+    assert.equal(st.l2Hits, 50)
+    await b.close()
+    await a.clear()
+    await a.close()
+  })
+
   test('deletePattern uses SCAN, never KEYS, and clear touches only this cache', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = prefix()

@@ -68,6 +68,27 @@ describe('RateLimiter on Redis', () => {
     })
   }
 
+  test('100 checks issued in one tick (sent in several script calls) are decided in call order', async (t) => {
+    const url = redisUrl(t)
+    if (!url) return
+    for (const algorithm of ALGORITHMS) {
+      const l: RateLimiter = new RateLimiter({ limit: 37, windowMs: 60_000, algorithm, redis: { url, keyPrefix: prefix() } })
+      const rs: RateLimitResult[] = await Promise.all(Array.from({ length: 100 }, () => l.check('k')))
+      assert.deepEqual(
+        rs.map((r) => r.allowed),
+        Array.from({ length: 100 }, (_, i) => i < 37),
+        algorithm,
+      )
+      assert.deepEqual(
+        rs.slice(0, 37).map((r) => r.remaining),
+        Array.from({ length: 37 }, (_, i) => 36 - i),
+        algorithm,
+      )
+      await l.reset('k')
+      await l.close()
+    }
+  })
+
   test('many processes sharing a Redis share one exact limit', async (t) => {
     const url = redisUrl(t)
     if (!url) return

@@ -212,32 +212,40 @@ impl L2 {
     redis::cmd("DEL").arg(self.value_key(key)).to_owned()
   }
 
-  /// GET and PTTL of `key` for this thread's connection (one send, two
-  /// replies); [`L2::got`] reads the replies.
-  pub fn encode_get(&self, key: &str, buf: &mut Vec<u8>) {
-    let k = self.value_key(key);
-    crate::redis::resp::encode(buf, &[b"GET", k.as_bytes()]);
-    crate::redis::resp::encode(buf, &[b"PTTL", k.as_bytes()]);
-  }
-
-  /// The value and remaining TTL from the replies of [`L2::encode_get`].
-  pub fn got(replies: HpResult<Vec<Reply>>) -> HpResult<Option<(Val, Option<u64>)>> {
+  /// Each value and its remaining TTL from the replies of one MGET of `n`
+  /// keys followed by a PTTL per key (see `flush_gets` in the binding).
+  #[allow(clippy::type_complexity)]
+  pub fn got_many(
+    replies: HpResult<Vec<Reply>>,
+    n: usize,
+  ) -> HpResult<Vec<HpResult<Option<(Val, Option<u64>)>>>> {
     let mut v = crate::redis::uv::values(replies)?.into_iter();
-    let (raw, pttl) = (v.next(), v.next());
-    let pttl = match pttl {
-      Some(Value::Int(n)) => n,
-      _ => -1,
+    let raws = match v.next() {
+      Some(Value::Array(a)) if a.len() == n => a,
+      other => {
+        return Err(crate::error::HpError::redis(format!(
+          "redis: MGET returned {other:?}"
+        )))
+      }
     };
-    match raw {
-      Some(Value::BulkString(b)) => Ok(Some((
-        Val::decode(&b)?,
-        if pttl > 0 { Some(pttl as u64) } else { None },
-      ))),
-      Some(Value::Nil) | None => Ok(None),
-      Some(other) => Err(crate::error::HpError::redis(format!(
-        "redis: GET returned {other:?}"
-      ))),
-    }
+    Ok(
+      raws
+        .into_iter()
+        .map(|raw| {
+          let pttl = match v.next() {
+            Some(Value::Int(t)) if t > 0 => Some(t as u64),
+            _ => None,
+          };
+          match raw {
+            Value::BulkString(b) => Val::decode(&b).map(|x| Some((x, pttl))),
+            Value::Nil => Ok(None),
+            other => Err(crate::error::HpError::redis(format!(
+              "redis: MGET returned {other:?}"
+            ))),
+          }
+        })
+        .collect(),
+    )
   }
 
   pub async fn get(&self, key: &str) -> HpResult<Option<(Val, Option<u64>)>> {

@@ -347,6 +347,88 @@ pub struct NativeCache {
   name: Option<String>,
   closed: AtomicBool,
   scratch: Arc<Scratch>,
+  /// L2 reads of this tick, waiting for its end (this handle's JS thread).
+  gets: Gets,
+}
+
+/// One L2 read waiting for the end of its tick.
+struct Pending {
+  key: String,
+  /// The key's L1 slot version when the read was asked.
+  ver: u32,
+  deferred: sys::napi_deferred,
+}
+
+#[derive(Default)]
+struct GetBatch {
+  items: Vec<Pending>,
+  scheduled: bool,
+}
+
+/// Only touched on the handle's own JS thread (like `Scratch`).
+struct Gets(std::rc::Rc<std::cell::RefCell<GetBatch>>);
+unsafe impl Sync for Gets {}
+unsafe impl Send for Gets {}
+
+/// Most keys in one MGET.
+const MGET_MAX: usize = 512;
+
+/// Send the L2 reads gathered in this tick: per [`MGET_MAX`] keys one MGET
+/// and a PTTL per key, in one send (one reply set); each read's Promise
+/// settles when it comes back, its fill guarded by the version read when it
+/// was asked.
+fn flush_gets(
+  env: sys::napi_env,
+  inner: &Arc<Engine>,
+  gets: &std::cell::RefCell<GetBatch>,
+  fast: &crate::redis::Fast,
+) {
+  let mut items = {
+    let mut b = gets.borrow_mut();
+    b.scheduled = false;
+    std::mem::take(&mut b.items)
+  };
+  let Some(l2) = inner.l2.as_ref() else { return };
+  while !items.is_empty() {
+    let rest = items.split_off(items.len().min(MGET_MAX));
+    let n = items.len();
+    let keys: Vec<String> = items.iter().map(|p| l2.value_key(&p.key)).collect();
+    let encode = |b: &mut Vec<u8>| {
+      let mut args: Vec<&[u8]> = Vec::with_capacity(n + 1);
+      args.push(b"MGET");
+      args.extend(keys.iter().map(|k| k.as_bytes()));
+      crate::redis::resp::encode(b, &args);
+      for k in &keys {
+        crate::redis::resp::encode(b, &[b"PTTL", k.as_bytes()]);
+      }
+    };
+    let inner2 = inner.clone();
+    let batch = items;
+    fast.send(
+      &encode,
+      n + 1,
+      Box::new(move |r| {
+        let got: Vec<HpResult<_>> = match l2::L2::got_many(r, n) {
+          Ok(v) => v,
+          Err(e) => vec![Err(e); n],
+        };
+        for (p, r) in batch.into_iter().zip(got) {
+          let v = inner2.got_l2(&p.key, p.ver, r);
+          unsafe {
+            match Out::to_napi_value(env, Out::Vals(vec![v])) {
+              Ok(val) => sys::napi_resolve_deferred(env, p.deferred, val),
+              Err(e) => sys::napi_reject_deferred(
+                env,
+                p.deferred,
+                crate::redis::uv::js_error(env, HpError::redis(e.reason.clone())),
+              ),
+            };
+          }
+        }
+      }),
+    );
+    items = rest;
+  }
 }
 
 const CLASS: &str = "CacheManager";
@@ -376,6 +458,7 @@ impl NativeCache {
       name: o.name,
       closed: AtomicBool::new(false),
       scratch: Arc::new(Scratch(std::cell::UnsafeCell::new([0.0; 8]))),
+      gets: Gets(Default::default()),
     })
     }
   }
@@ -628,34 +711,25 @@ impl NativeCache {
     guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
-    if let Some((l2, fast, ver)) = inner.fast_l2(env.raw(), &key) {
-      // This thread's connection: written this tick, answered on this
+    if let Some((_, fast, ver)) = inner.fast_l2(env.raw(), &key) {
+      // This thread's connection: the L2 reads of one tick go out together
+      // at its end, as one MGET (see `GetBatch`), and are answered on this
       // thread (no thread hop either way).
       let raw = env.raw();
       let mut deferred = std::ptr::null_mut();
       let mut promise = std::ptr::null_mut();
       check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
         .map_err(crate::error::from_napi)?;
-      let k2 = key.clone();
-      let encode = move |b: &mut Vec<u8>| l2.encode_get(&k2, b);
-      let inner2 = inner.clone();
-      fast.send(
-        &encode,
-        2,
-        Box::new(move |r| {
-          let v = inner2.got_l2(&key, ver, l2::L2::got(r));
-          unsafe {
-            match Out::to_napi_value(raw, Out::Vals(vec![v])) {
-              Ok(val) => sys::napi_resolve_deferred(raw, deferred, val),
-              Err(e) => sys::napi_reject_deferred(
-                raw,
-                deferred,
-                crate::redis::uv::js_error(raw, HpError::redis(e.reason.clone())),
-              ),
-            };
-          }
-        }),
-      );
+      // `ver`: the slot version before the request, taken with the check
+      // for queued writes; a fill is dropped if it moved.
+      let mut b = self.gets.0.borrow_mut();
+      b.items.push(Pending { key, ver, deferred });
+      if !b.scheduled {
+        b.scheduled = true;
+        let gets = self.gets.0.clone();
+        let core = fast.core.clone();
+        core.defer(Box::new(move || flush_gets(raw, &inner, &gets, &fast)));
+      }
       return unsafe { Object::from_napi_value(raw, promise) }.map_err(crate::error::from_napi);
     }
     runtime::promise(

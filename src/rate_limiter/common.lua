@@ -3,20 +3,22 @@
 -- ARGV: limit, windowMs, n, then per check: cost, consume ('1' takes the
 -- cost when allowed). KEYS: per check, the algorithm's KEYS_PER keys.
 -- Returns per check: allowed (1/0), remaining, retryAfterMs ('inf' =
--- never), resetMs: integers when whole, else text (so fractions survive);
--- the client rounds them.
+-- never), resetMs, already rounded as the client rounds them (remaining
+-- down, times up, with the same slack), so they are integers: no float
+-- formatting on the server for the reply (past 1e15 they go as text).
+-- Each algorithm's check returns the four unrounded (math.huge = never).
 -- Time is the Redis server's (TIME), so clients with skewed clocks agree.
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local EPS = 1e-6
--- A number as text, for storing (Lua's own tostring keeps 14 digits).
+local TEPS = 1e-9
+-- A number as text, for storing or as a command's argument: exact (17
+-- digits; Lua's own tostring keeps 14), and a whole number as an integer
+-- (the same text, without printf's slow float path).
 local function num(x)
-  return string.format('%.17g', x)
-end
--- A number for the reply: an integer when whole, else text.
-local function out(x)
-  if x == math.huge then return 'inf' end
-  if x == math.floor(x) and x > -1e15 and x < 1e15 then return x end
+  if x == math.floor(x) and x > -1e15 and x < 1e15 then
+    return string.format('%d', x)
+  end
   return string.format('%.17g', x)
 end
 local now_ms

@@ -346,6 +346,10 @@ impl Sink for Collect {
   }
 }
 
+/// Checks queued in one tick that leave at once as one script call, without
+/// waiting for the end of the tick (the rest still go together at its end).
+const EAGER_BATCH: usize = 16;
+
 /// A handle's checks on its own JS thread's Redis connection: the checks of
 /// one tick go in one script call (per [`MAX_BATCH`]) written in that tick,
 /// and the decisions reach `onResults` from the same thread when the reply
@@ -396,7 +400,23 @@ impl Direct {
     let job = self
       .limiter
       .job(key, cost, consume, Reply::Sink(self.sink.clone(), id));
-    self.batch.borrow_mut().push(job);
+    let queued = {
+      let mut b = self.batch.borrow_mut();
+      b.push(job);
+      b.len()
+    };
+    if queued >= EAGER_BATCH && self.limiter.redis_up() {
+      // Enough for one call: it leaves now, so Redis runs it while this
+      // thread settles and issues the rest of the tick's checks.
+      let jobs = std::mem::take(&mut *self.batch.borrow_mut());
+      let (keys, args) = {
+        let remote = self.limiter.remote().expect("remote");
+        remote.call_args(&Limiter::checks(&jobs))
+      };
+      self.call(jobs, Rc::new((keys, args)), false);
+      self.fast.core.write_now(&self.fast.slot);
+      return;
+    }
     if !self.scheduled.replace(true) {
       let me = self.clone();
       self.fast.core.defer(Box::new(move || me.flush()));

@@ -13,19 +13,19 @@ local function check(k1, k2, cost, consume)
     end
   end
   if cost > limit then
-    return {0, out(limit - count), 'inf', out(reset)}
+    return 0, limit - count, math.huge, reset
   end
   if count + cost <= limit + EPS then
     if consume and cost > 0 then
       count = count + cost
       if reset == 0 then
         reset = math.ceil(window)
-        redis.call('SET', k1, num(count), 'PX', reset)
+        redis.call('SET', k1, num(count), 'PX', num(reset))
       else
         redis.call('SET', k1, num(count), 'KEEPTTL')
       end
     end
-    return {1, out(limit - count), 0, out(reset)}
+    return 1, limit - count, 0, reset
   end
-  return {0, out(limit - count), out(reset), out(reset)}
+  return 0, limit - count, reset, reset
 end

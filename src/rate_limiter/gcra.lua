@@ -8,7 +8,7 @@ local function check(k1, k2, cost, consume)
   if tat < now then tat = now end
   local function rem(x) return (window - (x - now)) / t end
   if cost > limit then
-    return {0, out(rem(tat)), 'inf', out(tat - now)}
+    return 0, rem(tat), math.huge, tat - now
   end
   local new_tat = tat + cost * t
   local allow_at = new_tat - window
@@ -16,11 +16,11 @@ local function check(k1, k2, cost, consume)
     local after = tat
     if consume then after = new_tat end
     if consume and cost > 0 then
-      redis.call('SET', k1, num(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+      redis.call('SET', k1, num(new_tat), 'PX', num(math.ceil(new_tat - now) + 1))
     end
     local r = rem(after)
     if r > limit then r = limit end
-    return {1, out(r), 0, out(after - now)}
+    return 1, r, 0, after - now
   end
-  return {0, out(rem(tat)), out(allow_at - now), out(tat - now)}
+  return 0, rem(tat), allow_at - now, tat - now
 end

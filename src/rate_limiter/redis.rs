@@ -351,4 +351,78 @@ mod tests {
       r.reset("k").await.unwrap();
     });
   }
+
+  /// With fractional costs the log holds at most ceil(limit) entries: past
+  /// it the newest entry absorbs the check (RPUSH's reply is the length).
+  #[test]
+  fn sliding_window_log_stays_bounded_with_fractional_costs() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let r = remote(&url, Algo::SlidingWindow, 2.0, 60_000.0);
+      r.reset("f").await.unwrap();
+      let mut admitted = 0.0;
+      for _ in 0..6 {
+        let d = r.check("f", 0.25, true).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        admitted += 0.25;
+        assert_eq!(d.remaining, (2.0f64 - admitted).floor());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+      }
+      let log = r.keys("f")[1].clone();
+      let entries: Vec<String> = r
+        .redis
+        .query(redis::cmd("LRANGE").arg(&log).arg(0).arg(-1))
+        .await
+        .unwrap();
+      assert_eq!(entries.len(), 2, "{entries:?}");
+      let sum: f64 = entries
+        .iter()
+        .map(|e| e.split(' ').nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+      assert_eq!(sum, 1.5);
+      assert!(r.check("f", 0.5, true).await.unwrap().allowed);
+      assert!(!r.check("f", 0.25, true).await.unwrap().allowed);
+      r.reset("f").await.unwrap();
+    });
+  }
+
+  /// The counter's hash expires past the end of the window after its last
+  /// write: set by a window's first write, not moved by later ones.
+  #[test]
+  fn sliding_window_counter_sets_its_expiry_once_per_window() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let window = 60_000.0;
+      let r = remote(&url, Algo::SlidingWindowCounter, 100.0, window);
+      r.reset("e").await.unwrap();
+      let k = r.keys("e")[0].clone();
+      let pttl = || async {
+        let t: i64 = r.redis.query(redis::cmd("PTTL").arg(&k)).await.unwrap();
+        t
+      };
+      let idx = || async {
+        let i: String = r
+          .redis
+          .query(redis::cmd("HGET").arg(&k).arg("i"))
+          .await
+          .unwrap();
+        i
+      };
+      assert!(r.check("e", 1.0, true).await.unwrap().allowed);
+      let first = pttl().await;
+      let w1 = idx().await;
+      // Past the end of the next window (at most 2 windows away), and more
+      // than one window away only if less than a window has passed.
+      assert!(first > 0 && first <= 2 * window as i64 + 1, "{first}");
+      tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+      assert!(r.check("e", 1.0, true).await.unwrap().allowed);
+      let second = pttl().await;
+      assert!(second > 0, "{second}");
+      if idx().await == w1 {
+        // Same window (a new one would rightly move it on).
+        assert!(second < first, "{first} then {second}");
+      }
+      r.reset("e").await.unwrap();
+    });
+  }
 }

@@ -13,13 +13,13 @@ local function check(k1, k2, cost, consume)
   local sum = tonumber(redis.call('GET', k1) or '0')
   local changed = false
   local empty = false
-  local oldest = redis.call('LINDEX', k2, 0)
+  local oldest = redis.call('LINDEX', k2, '0')
   if not oldest then
     empty = true
   elseif parse(oldest) + window <= now then
     -- Drop what left the window, oldest first, a chunk at a time.
     while true do
-      local head = redis.call('LRANGE', k2, 0, 63)
+      local head = redis.call('LRANGE', k2, '0', '63')
       if #head == 0 then
         empty = true
         break
@@ -32,7 +32,7 @@ local function check(k1, k2, cost, consume)
         n = i
       end
       if n > 0 then
-        redis.call('LTRIM', k2, n, -1)
+        redis.call('LTRIM', k2, num(n), '-1')
         changed = true
       end
       if n < #head then break end
@@ -41,7 +41,7 @@ local function check(k1, k2, cost, consume)
   if empty then sum = 0 end
   local back_t, back_c
   if not empty then
-    back_t, back_c = parse(redis.call('LINDEX', k2, -1))
+    back_t, back_c = parse(redis.call('LINDEX', k2, '-1'))
   end
   local function reset()
     if back_t then return back_t + window - now end
@@ -53,13 +53,13 @@ local function check(k1, k2, cost, consume)
       redis.call('DEL', k1, k2)
       return
     end
-    local ttl = math.ceil(back_t + window - now) + 1
+    local ttl = num(math.ceil(back_t + window - now) + 1)
     redis.call('SET', k1, num(sum), 'PX', ttl)
     redis.call('PEXPIRE', k2, ttl)
   end
   if cost > limit then
     save()
-    return {0, out(limit - sum), 'inf', out(reset())}
+    return 0, limit - sum, math.huge, reset()
   end
   if sum + cost <= limit + EPS then
     if consume and cost > 0 then
@@ -69,11 +69,16 @@ local function check(k1, k2, cost, consume)
       -- At most ceil(limit) entries: past it (only with fractional costs) the
       -- newest entry absorbs this one, which only makes the limit stricter.
       local max_entries = math.max(1, math.ceil(limit))
-      if back_t and (back_t == t or redis.call('LLEN', k2) >= max_entries) then
+      -- (The length is RPUSH's reply: one command fewer than LLEN first.)
+      if back_t and back_t == t then
         back_c = back_c + cost
-        redis.call('LSET', k2, -1, num(t) .. ' ' .. num(back_c))
+        redis.call('LSET', k2, '-1', num(t) .. ' ' .. num(back_c))
+      elseif back_t and redis.call('RPUSH', k2, num(t) .. ' ' .. num(cost)) > max_entries then
+        redis.call('RPOP', k2)
+        back_c = back_c + cost
+        redis.call('LSET', k2, '-1', num(t) .. ' ' .. num(back_c))
       else
-        redis.call('RPUSH', k2, num(t) .. ' ' .. num(cost))
+        if not back_t then redis.call('RPUSH', k2, num(t) .. ' ' .. num(cost)) end
         back_c = cost
       end
       back_t = t
@@ -82,7 +87,7 @@ local function check(k1, k2, cost, consume)
       changed = true
     end
     save()
-    return {1, out(limit - sum), 0, out(reset())}
+    return 1, limit - sum, 0, reset()
   end
   -- Denied: the cost fits once enough of the oldest units have left.
   local need = sum + cost - limit
@@ -90,7 +95,7 @@ local function check(k1, k2, cost, consume)
   local retry = math.huge
   local i = 0
   while retry == math.huge do
-    local chunk = redis.call('LRANGE', k2, i, i + 127)
+    local chunk = redis.call('LRANGE', k2, num(i), num(i + 127))
     if #chunk == 0 then break end
     for j = 1, #chunk do
       local t, c = parse(chunk[j])
@@ -103,5 +108,5 @@ local function check(k1, k2, cost, consume)
     i = i + #chunk
   end
   save()
-  return {0, out(limit - sum), out(retry), out(reset())}
+  return 0, limit - sum, retry, reset()
 end

@@ -1,6 +1,7 @@
 -- sliding-window-counter. KEYS[1]: a hash {i = window index, p = previous
 -- window's count, c = current window's count}; windows are multiples of
--- windowMs on the Redis server's clock.
+-- windowMs on the Redis server's clock. It expires once the window after
+-- its last write has ended (set by the first write of each window).
 local KEYS_PER = 1
 local function check(k1, k2, cost, consume)
   local now = clock()
@@ -23,15 +24,20 @@ local function check(k1, k2, cost, consume)
     return 0
   end
   if cost > limit then
-    return {0, out(limit - est()), 'inf', out(reset())}
+    return 0, limit - est(), math.huge, reset()
   end
   if est() + cost <= limit + EPS then
     if consume and cost > 0 then
       curr = curr + cost
       redis.call('HSET', k1, 'i', num(k), 'p', num(prev), 'c', num(curr))
-      redis.call('PEXPIRE', k1, math.ceil(2 * window - e) + 1)
+      -- The state matters until window k + 1 ends: the first write of a
+      -- window sets the expiry just past that; a later one in the same
+      -- window would move it by under 1 ms, so it is not sent again.
+      if not (v[1] and tonumber(v[1]) == k) then
+        redis.call('PEXPIRE', k1, num(math.ceil(2 * window - e) + 1))
+      end
     end
-    return {1, out(limit - est()), 0, out(reset())}
+    return 1, limit - est(), 0, reset()
   end
   local retry
   if curr + cost <= limit and prev > 0 then
@@ -39,5 +45,5 @@ local function check(k1, k2, cost, consume)
   else
     retry = (window - e) + math.max(0, window * (1 - (limit - cost) / curr))
   end
-  return {0, out(limit - est()), out(retry), out(reset())}
+  return 0, limit - est(), retry, reset()
 end

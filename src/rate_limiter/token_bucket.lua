@@ -13,16 +13,16 @@ local function check(k1, k2, cost, consume)
     if tokens > limit then tokens = limit end
   end
   if cost > limit then
-    return {0, out(tokens), 'inf', out((limit - tokens) / rate)}
+    return 0, tokens, math.huge, (limit - tokens) / rate
   end
   if tokens + EPS >= cost then
     local left = tokens
     if consume then left = math.max(0, tokens - cost) end
     if consume and cost > 0 then
       redis.call('HSET', k1, 't', num(left), 'l', num(math.max(now, last)))
-      redis.call('PEXPIRE', k1, math.ceil((limit - left) / rate) + 1)
+      redis.call('PEXPIRE', k1, num(math.ceil((limit - left) / rate) + 1))
     end
-    return {1, out(left), 0, out((limit - left) / rate)}
+    return 1, left, 0, (limit - left) / rate
   end
-  return {0, out(tokens), out((cost - tokens) / rate), out((limit - tokens) / rate)}
+  return 0, tokens, (cost - tokens) / rate, (limit - tokens) / rate
 end

@@ -304,6 +304,18 @@ impl Core {
     self.complete(out);
   }
 
+  /// Write what `slot` holds now, not at the end of the tick: for a batch
+  /// already big enough that the server may start on it while this thread
+  /// goes on (the rest of the tick follows in the tick's own write).
+  pub fn write_now(&self, slot: &Rc<Slot>) {
+    let mut out = Vec::new();
+    if let Ok(mut c) = slot.conn.try_borrow_mut() {
+      c.flush(real_ms(), &mut out);
+    }
+    self.sync(slot);
+    self.complete(out);
+  }
+
   /// Run `f` just before this tick's writes (to batch work per tick).
   pub fn defer(&self, f: Box<dyn FnOnce()>) {
     self.deferred.borrow_mut().push(f);
