@@ -967,7 +967,7 @@ export interface CacheStats {
   deletes: number
   /** Entries L1 dropped to stay within `maxEntries` / `maxBytes`. */
   evictions: number
-  /** Entries in L1 now (moka's count: it may lag a write by a moment). */
+  /** Entries in L1 now. */
   l1Entries: number
   /** Weighed size of L1 now (key bytes + value bytes), in bytes. */
   l1Bytes: number

@@ -104,6 +104,16 @@ fn call_ttl(ttl_ms: Option<f64>) -> Result<Option<f64>, Code> {
   to_js(opt_ms("ttlMs", ttl_ms))
 }
 
+/// The clock reading `fill_scratch` needs for entry `e`: none (0) when it
+/// never expires, so a read of such an entry skips the clock.
+fn scratch_now(e: &Entry) -> f64 {
+  if e.stale_until.is_finite() {
+    now_ms()
+  } else {
+    0.0
+  }
+}
+
 /// Check the options once and turn them into the engine's configuration.
 fn config_from_options(o: &CacheOptions) -> HpResult<CacheConfig> {
   let max_entries = validate::count("maxEntries", o.max_entries.unwrap_or(10_000.0), 1)?;
@@ -320,7 +330,7 @@ pub struct CacheStats {
   pub deletes: f64,
   /// Entries L1 dropped to stay within `maxEntries` / `maxBytes`.
   pub evictions: f64,
-  /// Entries in L1 now (moka's count: it may lag a write by a moment).
+  /// Entries in L1 now.
   pub l1_entries: f64,
   /// Weighed size of L1 now (key bytes + value bytes), in bytes.
   pub l1_bytes: f64,
@@ -462,20 +472,18 @@ impl NativeCache {
   pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let slot = inner.l1.slot(&key);
-    let ver = inner.l1.versions().get(slot);
-    let now = now_ms();
-    match inner.l1.get_live(&key) {
+    let l1::Read { slot, ver, entry } = inner.l1.read(&key, false);
+    match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
-        self.fill_scratch(slot, ver, Some(&e), now);
+        self.fill_scratch(slot, ver, Some(&e), scratch_now(&e));
         Ok(Some(SyncVal(e)))
       }
       None => {
         if count_miss {
           inner.c.misses.fetch_add(1, Ordering::Relaxed);
         }
-        self.fill_scratch(slot, ver, None, now);
+        self.fill_scratch(slot, ver, None, 0.0);
         Ok(None)
       }
     }
@@ -488,13 +496,11 @@ impl NativeCache {
   pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let slot = inner.l1.slot(&key);
-    let ver = inner.l1.versions().get(slot);
-    let now = now_ms();
-    match inner.l1.get_any(&key) {
+    let l1::Read { slot, ver, entry } = inner.l1.read(&key, true);
+    match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
-        self.fill_scratch(slot, ver, Some(&e), now);
+        self.fill_scratch(slot, ver, Some(&e), scratch_now(&e));
         Ok(Some(SyncVal(e)))
       }
       None => {
@@ -503,7 +509,7 @@ impl NativeCache {
           // (with L2, getL2 counts the hit or miss).
           inner.c.misses.fetch_add(1, Ordering::Relaxed);
         }
-        self.fill_scratch(slot, ver, None, now);
+        self.fill_scratch(slot, ver, None, 0.0);
         Ok(None)
       }
     }
@@ -520,7 +526,7 @@ impl NativeCache {
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
-    let _ = self.inner.l1.cache.get(&key);
+    self.inner.l1.touch(&key);
     }
   }
 
