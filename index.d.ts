@@ -565,7 +565,8 @@ export declare class NativeCache {
   setSync(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): void
   /**
    * L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
-   * no L2), `false` when L2 failed (counted in l2Errors).
+   * no L2), `false` when L2 failed (counted in l2Errors). Leaves the same
+   * scratch as `setSync`.
    */
   set(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): Promise<boolean>
   /** Many writes; one pipeline to L2. */

@@ -480,15 +480,19 @@ async function redisL2() {
   await server.stop()
 }
 
+// BENCH_CACHE=hot,large,async,ratio,memory,redis runs only those parts
+// (default: all); BENCH_ONLY=redis is the same as BENCH_CACHE=redis.
 export default async function () {
-  if (process.env.BENCH_ONLY !== 'redis') {
-    await hotReads()
-    await largeWorkingSet()
-    await asyncReads()
-    hitRatio()
-    memory()
+  const only = process.env.BENCH_ONLY === 'redis' ? ['redis'] : process.env.BENCH_CACHE?.split(',')
+  const want = (part: string) => only === undefined || only.includes(part)
+  if (want('hot')) await hotReads()
+  if (want('large')) await largeWorkingSet()
+  if (want('async')) await asyncReads()
+  if (want('ratio')) hitRatio()
+  if (want('memory')) memory()
+  if (want('redis')) {
     await redisGetMany()
+    await redisL2()
   }
-  await redisL2()
   void throughput
 }

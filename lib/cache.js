@@ -133,11 +133,6 @@ function decoders(frozen) {
   const one = frozen ? decodeFrozen : decode
   return {
     one: (arr) => one(arr[0], arr[1]),
-    many: (arr) => {
-      const out = new Array(arr.length >> 1)
-      for (let i = 0; i < out.length; i++) out[i] = one(arr[2 * i], arr[2 * i + 1])
-      return out
-    },
   }
 }
 
@@ -272,7 +267,6 @@ class CacheManager {
     const d = decoders(!this._copy)
     this._decode = this._copy ? decode : decodeFrozen
     this._decodeOne = d.one
-    this._decodeMany = d.many
     this._hasL2 = this._n.hasL2()
     this._flights = new Map()
     this._closed = false
@@ -355,11 +349,35 @@ class CacheManager {
     return this._decodeOne(await settled(this._n.getL2(key)))
   }
 
+  // Front hits first; one native call (and at most one L2 round trip) for
+  // the keys this thread's front cache does not hold.
   getMany(keys) {
     try {
       if (!Array.isArray(keys)) throw invalidArg(`keys must be an array of strings, got ${show(keys)}`)
       for (const k of keys) checkKey(k)
-      return settled(this._n.getMany(keys)).then(this._decodeMany)
+      const out = new Array(keys.length)
+      let missing = null
+      let where = null
+      for (let i = 0; i < keys.length; i++) {
+        const key = keys[i]
+        const e = this._front.live(key, 0)
+        if (e !== undefined) {
+          if ((++this._hits & TOUCH_MASK) === 0) this._n.touch(key, TOUCH_EVERY)
+          out[i] = this._front.value(e)
+        } else if (missing === null) {
+          missing = [key]
+          where = [i]
+        } else {
+          missing.push(key)
+          where.push(i)
+        }
+      }
+      if (missing === null) return Promise.resolve(out)
+      const decode = this._decode
+      return settled(this._n.getMany(missing)).then((arr) => {
+        for (let j = 0; j < where.length; j++) out[where[j]] = decode(arr[2 * j], arr[2 * j + 1])
+        return out
+      })
     } catch (err) {
       return Promise.reject(err)
     }
@@ -371,7 +389,9 @@ class CacheManager {
       encode(value)
       optTtl = optTags = undefined
       setOptions(options)
-      return settled(this._n.set(key, encKind, encPayload, optTtl, optTags)).then(noop)
+      const p = this._n.set(key, encKind, encPayload, optTtl, optTags)
+      this._keepWritten(key, value)
+      return settled(p).then(noop)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -387,14 +407,22 @@ class CacheManager {
     } catch (err) {
       rethrow(err)
     }
-    // Hold what was written, so a following read on this thread is a front
-    // hit (an object as its JSON text, parsed on first read: the caller's own
-    // object is never shared or frozen). The native side left the slot and
-    // the version to hold it under, or -1 when another change raced this one.
+    this._keepWritten(key, value)
+  }
+
+  // After set/setSync: hold what was written (encode()'s result), so a
+  // following read on this thread is a front hit (an object as its JSON
+  // text, parsed on first read: the caller's own object is never shared or
+  // frozen). The native side left the slot and the version to hold it under,
+  // or -1 when the value was not kept or another change raced this one.
+  _keepWritten(key, value) {
     const sc = this._sc
-    if (sc[1] < 0 || encKind === K_BYTES) return
+    if (sc[1] < 0 || encKind === K_BYTES) {
+      this._front.delete(key)
+      return
+    }
     if (encKind === K_JSON) this._front.set(key, undefined, encPayload, encPayload.length, sc[0], sc[1], sc[2])
-    else this._front.set(key, value, null, encKind === K_STR ? value.length : 8, sc[0], sc[1], sc[2])
+    else this._front.set(key, encKind === K_NULL ? null : value, null, encKind === K_STR ? value.length : 8, sc[0], sc[1], sc[2])
   }
 
   setMany(entries, options) {

@@ -529,7 +529,7 @@ impl Engine {
   /// change raced this one) and the absolute expiry.
   fn put_l1(
     &self,
-    key: String,
+    key: &str,
     val: Val,
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
@@ -592,7 +592,7 @@ impl Engine {
     if self.l1.versions().get(slot) != ver {
       return false;
     }
-    self.put_l1(key.to_string(), val, pttl.map(|t| t as f64), None);
+    self.put_l1(key, val, pttl.map(|t| t as f64), None);
     true
   }
 
@@ -781,7 +781,7 @@ impl Engine {
   /// Returns the front-cache fill of [`Engine::put_l1`].
   pub fn set_sync(
     &self,
-    key: String,
+    key: &str,
     val: Val,
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
@@ -794,7 +794,7 @@ impl Engine {
     let q = self.order.lock();
     if q.is_some() {
       let w = Write {
-        key: key.clone(),
+        key: key.to_string(),
         val: val.clone(),
         ttl_ms: self.l2_ttl(ttl_ms),
         tags: tags.clone(),
@@ -806,15 +806,20 @@ impl Engine {
 
   /// L1 now; the returned future resolves when the write reached L2
   /// (write-through): `true` when it landed (or there is no L2), `false`
-  /// when its first attempt failed (it is retried in the background).
+  /// when its first attempt failed (it is retried in the background). Also
+  /// returns the front-cache fill of [`Engine::put_l1`].
   pub fn set(
     self: &Arc<Self>,
     key: String,
     val: Val,
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
-  ) -> impl Future<Output = bool> + Send + 'static {
-    self.set_many(vec![(key, val)], ttl_ms, tags)
+  ) -> (
+    (usize, Option<u32>, f64),
+    impl Future<Output = bool> + Send + 'static,
+  ) {
+    let (fill, fut) = self.write(vec![(key, val)], ttl_ms, tags);
+    (fill.expect("one entry"), fut)
   }
 
   /// Many writes: L1 now, one op (one pipeline) to L2.
@@ -824,15 +829,29 @@ impl Engine {
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
   ) -> impl Future<Output = bool> + Send + 'static {
+    self.write(entries, ttl_ms, tags).1
+  }
+
+  /// `set` and `setMany`: the last entry's front-cache fill, and the future.
+  fn write(
+    self: &Arc<Self>,
+    entries: Vec<(String, Val)>,
+    ttl_ms: Option<f64>,
+    tags: Option<Box<[String]>>,
+  ) -> (
+    Option<(usize, Option<u32>, f64)>,
+    impl Future<Output = bool> + Send + 'static,
+  ) {
     let ttl = self.l2_ttl(ttl_ms);
     self
       .c
       .sets
       .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    let mut fill = None;
     let rx = {
       let q = self.order.lock();
       for (k, v) in &entries {
-        self.put_l1(k.clone(), v.clone(), ttl_ms, tags.clone());
+        fill = Some(self.put_l1(k, v.clone(), ttl_ms, tags.clone()));
       }
       if q.is_some() {
         let writes: Vec<Write> = entries
@@ -851,12 +870,13 @@ impl Engine {
         None
       }
     };
-    async move {
+    let fut = async move {
       match rx {
         None => true,
         Some(rx) => matches!(rx.await, Ok(Some(_))),
       }
-    }
+    };
+    (fill, fut)
   }
 
   /// L1 for each key now; the future does one L2 round trip for the misses
@@ -1352,7 +1372,7 @@ mod tests {
   #[test]
   fn l1_only_set_get_delete() {
     let e = Engine::new(cfg()).unwrap();
-    e.set_sync("k".into(), Val::Str("v".into()), None, None);
+    e.set_sync("k", Val::Str("v".into()), None, None);
     assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("v".into()));
     let n = runtime::handle().block_on(e.delete(vec!["k".into()]));
     assert_eq!(n, 1);
@@ -1405,7 +1425,7 @@ mod tests {
     c.l1.max_entries = 10;
     let e = Engine::new(c).unwrap();
     for i in 0..60 {
-      e.set_sync(format!("k{i}"), Val::Num(i as f64), None, None);
+      e.set_sync(&format!("k{i}"), Val::Num(i as f64), None, None);
       let live = (0..=i)
         .filter(|j| e.l1.get_live(&format!("k{j}")).is_some())
         .count();
@@ -1418,8 +1438,8 @@ mod tests {
     let mut c = cfg();
     c.l1.max_bytes = Some(1000);
     let e = Engine::new(c).unwrap();
-    e.set_sync("k".into(), Val::Str("small".into()), None, None);
-    e.set_sync("k".into(), Val::Bytes(vec![0; 2000]), None, None);
+    e.set_sync("k", Val::Str("small".into()), None, None);
+    e.set_sync("k", Val::Bytes(vec![0; 2000]), None, None);
     assert!(e.l1.get_live("k").is_none());
   }
 
@@ -1427,7 +1447,7 @@ mod tests {
   fn a_fill_is_dropped_when_the_slot_moved_after_its_read() {
     let e = Engine::new(cfg()).unwrap();
     let ver = e.l1.versions().get(e.l1.slot("k"));
-    e.set_sync("k".into(), Val::Str("new".into()), None, None);
+    e.set_sync("k", Val::Str("new".into()), None, None);
     assert!(!e.fill("k", ver, Val::Str("old".into()), None));
     assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("new".into()));
     let ver = e.l1.versions().get(e.l1.slot("k"));

@@ -581,13 +581,13 @@ impl L1 {
   /// value heavier than `maxBytes` is not kept (the key's old value goes),
   /// and under TinyLFU a new key less frequent than the entry it would
   /// displace is not admitted (counted as an eviction).
-  pub fn insert(&self, key: String, e: Entry) -> (usize, Option<u32>) {
-    let h = self.hash(&key);
+  pub fn insert(&self, key: &str, e: Entry) -> (usize, Option<u32>) {
+    let h = self.hash(key);
     let slot = slot_of_hash(h);
     let before = self.versions.get(slot);
     let bytes = (key.len() + e.val.weight()) as i64;
     if bytes > self.max_bytes {
-      self.remove(&key);
+      self.remove(key);
       return (slot, None);
     }
     let now = if e.stale_until.is_finite() || self.idle_ms.is_some() {
@@ -606,7 +606,7 @@ impl L1 {
     }
     let mut old = None;
     let mut kept = true;
-    match s.find(h, &key) {
+    match s.find(h, key) {
       Some(i) => {
         let n = &mut s.nodes[i as usize];
         let grow = bytes - n.bytes as i64;
@@ -622,7 +622,7 @@ impl L1 {
       None => {
         let admit = if self.lru { None } else { Some(h) };
         if self.make_room(&mut s, 1, bytes, NIL, admit) {
-          s.add(key.into_boxed_str(), h, e, bytes as u64, now);
+          s.add(key.into(), h, e, bytes as u64, now);
           self.count.fetch_add(1, Ordering::Relaxed);
           self.bytes.fetch_add(bytes, Ordering::Relaxed);
         } else {
@@ -841,12 +841,12 @@ mod tests {
     let l1 = L1::new(&cfg(100, None, false));
     let s = l1.slot("k");
     let v0 = l1.versions.get(s);
-    let (slot, fill) = l1.insert("k".into(), entry("a", None));
+    let (slot, fill) = l1.insert("k", entry("a", None));
     let v1 = l1.versions.get(s);
     assert_ne!(v0, v1);
     assert_eq!((slot, fill), (s, Some(v1)));
     // Replacing bumps exactly once: the writer may still fill its front cache.
-    let (_, fill) = l1.insert("k".into(), entry("b", None));
+    let (_, fill) = l1.insert("k", entry("b", None));
     assert_eq!(fill, Some(v1.wrapping_add(1)));
     let v1 = l1.versions.get(s);
     assert!(matches!(&l1.get_live("k").unwrap().val, Val::Str(x) if x == "b"));
@@ -861,7 +861,7 @@ mod tests {
       for cap in [1u64, 7, 50, 300, 5000] {
         let l1 = L1::new(&cfg(cap, None, lru));
         for i in 0..(cap * 10) {
-          l1.insert(format!("k{i}"), entry("v", None));
+          l1.insert(&format!("k{i}"), entry("v", None));
           assert!(
             l1.entry_count() <= cap,
             "cap {cap} lru {lru}: {}",
@@ -883,7 +883,7 @@ mod tests {
       let l1 = L1::new(&cfg(1_000_000, Some(cap), false));
       for i in 0..2000 {
         let v = "x".repeat(i % 97);
-        l1.insert(format!("k{}", i % 500), entry(&v, None));
+        l1.insert(&format!("k{}", i % 500), entry(&v, None));
         assert!(l1.bytes() as u64 <= cap, "{}", l1.bytes());
         let sum: usize = l1
           .keys_matching(|_, _| true)
@@ -895,8 +895,8 @@ mod tests {
     }
     // Heavier than the whole cache: not kept, and the old value goes.
     let l1 = L1::new(&cfg(10, Some(100), false));
-    l1.insert("k".into(), entry("small", None));
-    let (_, fill) = l1.insert("k".into(), entry(&"x".repeat(200), None));
+    l1.insert("k", entry("small", None));
+    let (_, fill) = l1.insert("k", entry(&"x".repeat(200), None));
     assert_eq!(fill, None);
     assert!(l1.get_any("k").is_none());
     assert_eq!((l1.entry_count(), l1.bytes()), (0, 0));
@@ -908,17 +908,17 @@ mod tests {
     for _ in 0..5 {
       for i in 0..500 {
         if l1.get_live(&format!("hot{i}")).is_none() {
-          l1.insert(format!("hot{i}"), entry("v", None));
+          l1.insert(&format!("hot{i}"), entry("v", None));
         }
       }
     }
     // One-off keys, 20 times the capacity, while the hot keys are still read.
     for i in 0..20_000 {
       if l1.get_live(&format!("scan{i}")).is_none() {
-        l1.insert(format!("scan{i}"), entry("v", None));
+        l1.insert(&format!("scan{i}"), entry("v", None));
       }
       if l1.get_live(&format!("hot{}", i % 500)).is_none() {
-        l1.insert(format!("hot{}", i % 500), entry("v", None));
+        l1.insert(&format!("hot{}", i % 500), entry("v", None));
       }
     }
     let kept = (0..500)
@@ -928,10 +928,10 @@ mod tests {
     // LRU: the scan flushes them.
     let lru = L1::new(&cfg(1000, None, true));
     for i in 0..500 {
-      lru.insert(format!("hot{i}"), entry("v", None));
+      lru.insert(&format!("hot{i}"), entry("v", None));
     }
     for i in 0..2_000 {
-      lru.insert(format!("scan{i}"), entry("v", None));
+      lru.insert(&format!("scan{i}"), entry("v", None));
     }
     assert_eq!(
       (0..500)
@@ -944,11 +944,11 @@ mod tests {
   #[test]
   fn expiry_follows_the_clock() {
     let l1 = L1::new(&cfg(10, None, false));
-    l1.insert("t".into(), entry("v", Some(60_000.0)));
+    l1.insert("t", entry("v", Some(60_000.0)));
     assert!(l1.get_live("t").is_some());
     crate::runtime::advance_clock_ms(61_000.0);
     assert!(l1.get_live("t").is_none());
-    l1.insert("u".into(), entry("v", Some(1_000.0)));
+    l1.insert("u", entry("v", Some(1_000.0)));
     assert_eq!(l1.entry_count(), 1);
     crate::runtime::advance_clock_ms(2_000.0);
     l1.sweep();
@@ -963,7 +963,7 @@ mod tests {
         let l1 = l1.clone();
         std::thread::spawn(move || {
           for i in 0..20_000 {
-            l1.insert(format!("t{t}:{i}"), entry(&format!("{i}"), None));
+            l1.insert(&format!("t{t}:{i}"), entry(&format!("{i}"), None));
             let other = (t + 1) % 4;
             if let Some(e) = l1.get_live(&format!("t{other}:{i}")) {
               assert!(matches!(&e.val, Val::Str(x) if *x == i.to_string()));
@@ -1057,7 +1057,7 @@ mod cost {
         });
         let policy = if lru { "lru" } else { "tinylfu" };
         time(&format!("L1::insert, {policy}, {name}"), N, |i| {
-          std::hint::black_box(l1.insert(keys[(i * 7919) % K].clone(), new_entry()));
+          std::hint::black_box(l1.insert(&keys[(i * 7919) % K], new_entry()));
         });
         time(&format!("L1::read, {policy}, {name}"), N, |i| {
           std::hint::black_box(l1.read(&keys[(i * 7919) % K], false));

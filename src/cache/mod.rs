@@ -3,6 +3,7 @@
 //! `lib/cache.js` is the JS-facing class (per-thread front cache, value
 //! encoding, getOrSet).
 
+pub mod arg;
 pub mod codec;
 pub mod engine;
 pub mod invalidation;
@@ -21,6 +22,7 @@ use crate::error::{Code, HpError, HpResult};
 use crate::redis::{RedisConfig, RedisOptions};
 use crate::runtime::{self, now_ms};
 use crate::validate;
+use arg::{Payload, StrArg};
 use codec::*;
 use engine::{CacheConfig, Engine, FlightOutcome};
 use l1::{Entry, L1Config, Versions};
@@ -467,12 +469,28 @@ impl NativeCache {
     }
   }
 
+  /// After a write: scratch for the JS front cache, `[slot, version or -1,
+  /// remainingMs or -1]`.
+  fn scratch_fill(&self, (slot, fill, expires_at): (usize, Option<u32>, f64)) {
+    let s = unsafe { &mut *self.scratch.0.get() };
+    s[0] = slot as f64;
+    s[1] = fill.map_or(-1.0, |v| v as f64);
+    s[2] = if expires_at.is_infinite() {
+      -1.0
+    } else {
+      (expires_at - now_ms()).max(0.0)
+    };
+  }
+
   /// L1 read. `countMiss`: count a miss here (false when L2 is asked next).
-  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
-  pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
+  #[napi(
+    ts_args_type = "key: string, countMiss: boolean",
+    ts_return_type = "string | number | boolean | null | Buffer"
+  )]
+  pub fn get_sync(&self, key: StrArg, count_miss: bool) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let l1::Read { slot, ver, entry } = inner.l1.read(&key, false);
+    let l1::Read { slot, ver, entry } = inner.l1.read(key.as_str(), false);
     match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
@@ -492,11 +510,14 @@ impl NativeCache {
 
   /// L1 read for getOrSet: also returns a value inside its stale window
   /// (scratch state 1) and flags one due for refresh-ahead (state 2).
-  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
-  pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
+  #[napi(
+    ts_args_type = "key: string",
+    ts_return_type = "string | number | boolean | null | Buffer"
+  )]
+  pub fn peek(&self, key: StrArg) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let l1::Read { slot, ver, entry } = inner.l1.read(&key, true);
+    let l1::Read { slot, ver, entry } = inner.l1.read(key.as_str(), true);
     match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
@@ -518,15 +539,15 @@ impl NativeCache {
 
   /// A front-cache hit batch: record `hits` L1 hits and touch the key in L1
   /// (so TinyLFU/LRU see that it is hot).
-  #[napi]
-  pub fn touch(&self, key: String, hits: u32) -> Result<(), Code> {
+  #[napi(ts_args_type = "key: string, hits: number")]
+  pub fn touch(&self, key: StrArg, hits: u32) -> Result<(), Code> {
     guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
-    self.inner.l1.touch(&key);
+    self.inner.l1.touch(key.as_str());
     }
   }
 
@@ -541,10 +562,10 @@ impl NativeCache {
     }
   }
 
-  #[napi]
-  pub fn has(&self, key: String) -> Result<bool, Code> {
+  #[napi(ts_args_type = "key: string")]
+  pub fn has(&self, key: StrArg) -> Result<bool, Code> {
     guarded! { self,
-    Ok(self.open()?.l1.get_live(&key).is_some())
+    Ok(self.open()?.l1.get_live(key.as_str()).is_some())
     }
   }
 
@@ -554,35 +575,34 @@ impl NativeCache {
 
   /// L1 now, L2 in the background (write-behind). Leaves in the scratch
   /// array `[slot, version (-1: don't front-cache), remainingMs (-1: none)]`.
-  #[napi]
+  #[napi(
+    ts_args_type = "key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null"
+  )]
   pub fn set_sync(
     &self,
-    key: String,
+    key: StrArg,
     kind: u32,
-    payload: Either3<String, f64, Buffer>,
+    payload: Payload,
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<(), Code> {
     guarded! { self,
     let inner = self.open()?;
     let ttl_ms = call_ttl(ttl_ms)?;
-    let val = to_js(val_from_js(kind, payload))?;
-    let (slot, fill, expires_at) = inner.set_sync(key, val, ttl_ms, Self::tags(tags));
-    // Scratch for the JS front cache: [slot, version or -1, remainingMs or -1].
-    let s = unsafe { &mut *self.scratch.0.get() };
-    s[0] = slot as f64;
-    s[1] = fill.map_or(-1.0, |v| v as f64);
-    s[2] = if expires_at.is_infinite() {
-      -1.0
-    } else {
-      (expires_at - now_ms()).max(0.0)
-    };
+    let val = to_js(val_from_js(kind, match payload {
+      Payload::Str(s) => Either3::A(s),
+      Payload::Num(n) => Either3::B(n),
+      Payload::Bytes(b) => Either3::C(b),
+    }))?;
+    let fill = inner.set_sync(key.as_str(), val, ttl_ms, Self::tags(tags));
+    self.scratch_fill(fill);
     Ok(())
     }
   }
 
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
-  /// no L2), `false` when L2 failed (counted in l2Errors).
+  /// no L2), `false` when L2 failed (counted in l2Errors). Leaves the same
+  /// scratch as `setSync`.
   #[napi(ts_return_type = "Promise<boolean>")]
   pub fn set<'e>(
     &self,
@@ -597,7 +617,8 @@ impl NativeCache {
     self.open()?;
     let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
-    let fut = self.inner.set(key, val, ttl_ms, Self::tags(tags));
+    let (fill, fut) = self.inner.set(key, val, ttl_ms, Self::tags(tags));
+    self.scratch_fill(fill);
     runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
     }
   }
