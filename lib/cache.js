@@ -260,7 +260,7 @@ class CacheManager {
     } catch (e) {
       throw fromNative(e)
     }
-    this._ver = new Uint32Array(this._n.versions())
+    this._ver = new Int32Array(this._n.versions())
     this._sc = new Float64Array(this._n.scratch())
     this._copy = readMode === 'copy'
     this._front = new FrontCache(this._ver, this._n.frontCapacity(), this._n.frontBytes(), this._copy)
@@ -275,7 +275,7 @@ class CacheManager {
   }
 
   // Fill from L1 (native) into the front cache.
-  _load(key, countMiss) {
+  _load(key, countMiss, missed) {
     let v
     try {
       v = this._n.getSync(key, countMiss)
@@ -284,25 +284,29 @@ class CacheManager {
     }
     const kind = this._sc[3]
     if (kind === 0) return undefined
-    return this._keep(key, kind, v)
+    // `missed`: the caller's live(key, 0) just missed, so the front cache
+    // has no entry for the key (live dropped any it had).
+    return this._keep(key, kind, v, missed ? undefined : this._front.map.get(key))
   }
 
   // A value just read natively (its slot, version and TTL in the scratch
   // array): hold it in the front cache and return what the read returns.
-  _keep(key, kind, v) {
+  // `e`: the key's front entry, if it has one.
+  _keep(key, kind, v, e) {
     const sc = this._sc
+    const f = this._front
     if (kind === K_BYTES) return v
     if (kind === K_JSON) {
       if (this._copy) {
-        this._front.set(key, undefined, v, v.length, sc[0], sc[1], sc[2])
+        f.put(key, e, undefined, v, v.length, sc[0], sc[1], sc[2])
         return JSON.parse(v)
       }
       const o = deepFreeze(JSON.parse(v))
-      this._front.set(key, o, null, v.length, sc[0], sc[1], sc[2])
+      f.put(key, e, o, null, v.length, sc[0], sc[1], sc[2])
       return o
     }
     if (kind === K_NULL) v = null
-    this._front.set(key, v, null, kind === K_STR ? v.length : 8, sc[0], sc[1], sc[2])
+    f.put(key, e, v, null, kind === K_STR ? v.length : 8, sc[0], sc[1], sc[2])
     return v
   }
 
@@ -326,7 +330,7 @@ class CacheManager {
       return this._front.value(e)
     }
     checkKey(key)
-    return this._load(key, true)
+    return this._load(key, true, true)
   }
 
   get(key) {
@@ -337,7 +341,7 @@ class CacheManager {
         return Promise.resolve(this._front.value(e))
       }
       checkKey(key)
-      const v = this._load(key, !this._hasL2)
+      const v = this._load(key, !this._hasL2, true)
       if (v !== undefined || !this._hasL2) return Promise.resolve(v)
       return this._getL2(key)
     } catch (err) {
@@ -501,7 +505,7 @@ class CacheManager {
       if (kind !== 0) {
         const state = this._sc[4]
         // Fresh: hold it in the front cache (stale or due: not).
-        const value = state === 0 ? this._keep(key, kind, v) : this._decode(kind, v)
+        const value = state === 0 ? this._keep(key, kind, v, this._front.map.get(key)) : this._decode(kind, v)
         if (state !== 0) this._refresh(key, factory, options)
         return Promise.resolve(value)
       }
@@ -561,7 +565,7 @@ class CacheManager {
         // The flight is over without a value for us (it ended before we
         // looked, or its leader gave up or died): its value may be in L1 now;
         // if not, lead.
-        const v = this._load(key, false)
+        const v = this._load(key, false, false)
         if (v !== undefined) return v
       }
     } finally {

@@ -65,17 +65,24 @@ impl Versions {
       slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
     }
   }
+  /// Bump `slot` and return its new version. Only under the lock of the
+  /// shard that owns the slot (every key of a slot is in one shard), so a
+  /// plain load and store do: no locked read-modify-write (`lock xadd`, a
+  /// full barrier that perf showed costing more than the rest of an insert).
   #[inline]
-  pub fn bump(&self, slot: usize) {
-    self.slots[slot].fetch_add(1, Ordering::Release);
+  fn bump(&self, slot: usize) -> u32 {
+    let v = self.slots[slot].load(Ordering::Relaxed).wrapping_add(1);
+    self.slots[slot].store(v, Ordering::Release);
+    v
   }
   #[inline]
   pub fn get(&self, slot: usize) -> u32 {
     self.slots[slot].load(Ordering::Acquire)
   }
-  pub fn bump_all(&self) {
-    for s in self.slots.iter() {
-      s.fetch_add(1, Ordering::Release);
+  /// Bump slots `range` (a shard's, under its lock).
+  fn bump_range(&self, range: std::ops::Range<usize>) {
+    for slot in range {
+      self.bump(slot);
     }
   }
 }
@@ -119,47 +126,52 @@ fn slot_of_hash(h: u64) -> usize {
 }
 
 /// Count-min sketch of 4-bit counters (one byte each, saturating at 15),
-/// four probes, halved every `sample` increments (TinyLFU's reset).
+/// halved every `sample` increments (TinyLFU's reset). A key's four
+/// counters lie in one 64-byte block (as Caffeine's sketch does), so an
+/// update or a lookup touches one cache line, not four.
 struct Sketch {
   t: Box<[u8]>,
+  /// Blocks - 1 (a power of two).
   mask: usize,
   adds: usize,
   sample: usize,
 }
 
-const PROBE: [u64; 4] = [
-  0x9E37_79B9_7F4A_7C15,
-  0xC2B2_AE3D_27D4_EB4F,
-  0x1656_67B1_9E37_79F9,
-  0x27D4_EB2F_1656_67C5,
-];
-
 impl Sketch {
   fn new(capacity: usize) -> Sketch {
-    let w = (capacity.max(16) * 4).next_power_of_two();
+    let w = (capacity.max(16) * 4).next_power_of_two().max(64);
     Sketch {
       t: vec![0u8; w].into_boxed_slice(),
-      mask: w - 1,
+      mask: w / 64 - 1,
       adds: 0,
       sample: w / 4 * 10,
     }
   }
+  /// The four counters of hash `h`: a block from its low bits, a counter in
+  /// it from each of four further 6-bit fields (of a remix: the key hash's
+  /// top bits are shared by every key of a shard).
   #[inline]
-  fn idx(&self, h: u64, i: usize) -> usize {
-    let x = (h ^ PROBE[i]).wrapping_mul(PROBE[(i + 1) & 3]);
-    ((x ^ (x >> 32)) as usize) & self.mask
+  fn idx(&self, h: u64) -> [usize; 4] {
+    let x = (h ^ (h >> 32)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let base = ((x as usize) & self.mask) << 6;
+    let y = x >> 40;
+    [
+      base | (y & 63) as usize,
+      base | ((y >> 6) & 63) as usize,
+      base | ((y >> 12) & 63) as usize,
+      base | ((y >> 18) & 63) as usize,
+    ]
   }
   fn freq(&self, h: u64) -> u8 {
     let mut f = u8::MAX;
-    for i in 0..4 {
-      f = f.min(self.t[self.idx(h, i)]);
+    for j in self.idx(h) {
+      f = f.min(self.t[j]);
     }
     f
   }
   fn incr(&mut self, h: u64) {
     let mut added = false;
-    for i in 0..4 {
-      let j = self.idx(h, i);
+    for j in self.idx(h) {
       if self.t[j] < 15 {
         self.t[j] += 1;
         added = true;
@@ -485,9 +497,20 @@ impl L1 {
     self.read(key, true).entry
   }
 
-  /// A use of `key` seen elsewhere (a front-cache hit): recency, frequency.
+  /// A use of `key` seen elsewhere (a front-cache hit): recency, frequency
+  /// (and idle time), with no copy of the entry.
   pub fn touch(&self, key: &str) {
-    let _ = self.read(key, true);
+    let h = self.hash(key);
+    let mut s = self.lock(h);
+    if let Some(sk) = s.sketch.as_mut() {
+      sk.incr(h);
+    }
+    if let Some(i) = s.find(h, key) {
+      if self.idle_ms.is_some() {
+        s.nodes[i as usize].touched = now_ms();
+      }
+      s.to_front(i);
+    }
   }
 
   /// Entries in L1.
@@ -574,17 +597,15 @@ impl L1 {
   }
 
   /// Insert (or replace) and bump the key's slot. Returns the slot and, when
-  /// the value is in L1 and nothing else changed that slot between the start
-  /// of this call and its bump, the version the slot now has: a front cache
-  /// may then hold the written value under that version (any later change
-  /// bumps it again). `maxEntries` and `maxBytes` hold when it returns: a
+  /// the value is in L1, the version the slot now has: a front cache may
+  /// then hold the written value under that version (any later change bumps
+  /// it again). `maxEntries` and `maxBytes` hold when it returns: a
   /// value heavier than `maxBytes` is not kept (the key's old value goes),
   /// and under TinyLFU a new key less frequent than the entry it would
   /// displace is not admitted (counted as an eviction).
   pub fn insert(&self, key: &str, e: Entry) -> (usize, Option<u32>) {
     let h = self.hash(key);
     let slot = slot_of_hash(h);
-    let before = self.versions.get(slot);
     let bytes = (key.len() + e.val.weight()) as i64;
     if bytes > self.max_bytes {
       self.remove(key);
@@ -631,16 +652,15 @@ impl L1 {
         }
       }
     }
-    let prev = self.versions.slots[slot].fetch_add(1, Ordering::AcqRel);
+    // Every change of this slot is made under this lock: the value is the
+    // latest as of this version.
+    let ver = self.versions.bump(slot);
     drop(s);
     drop(old);
     if self.over(0, 0) {
       self.evict_elsewhere(home);
     }
-    (
-      slot,
-      (kept && prev == before).then(|| before.wrapping_add(1)),
-    )
+    (slot, kept.then_some(ver))
   }
 
   /// Remove `key`; true when it was there (live or inside its stale window).
@@ -662,8 +682,10 @@ impl L1 {
   }
 
   pub fn clear(&self) {
-    for sh in self.shards.iter() {
+    let per = SLOTS >> self.shard_bits;
+    for (k, sh) in self.shards.iter().enumerate() {
       let mut s = sh.0.lock();
+      self.versions.bump_range(k * per..(k + 1) * per);
       let sketch = s.sketch.take();
       let old = std::mem::replace(&mut *s, Shard::new(sketch));
       let (n, b) = old
@@ -676,7 +698,6 @@ impl L1 {
       drop(s);
       drop(old);
     }
-    self.versions.bump_all();
   }
 
   /// Drop every entry past its stale window or idle time (before counting).
