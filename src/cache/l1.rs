@@ -129,6 +129,9 @@ fn slot_of_hash(h: u64) -> usize {
 /// halved every `sample` increments (TinyLFU's reset). A key's four
 /// counters lie in one 64-byte block (as Caffeine's sketch does), so an
 /// update or a lookup touches one cache line, not four.
+/// Counters per entry of capacity.
+const SKETCH_PER_ENTRY: usize = 8;
+
 struct Sketch {
   t: Box<[u8]>,
   /// Blocks - 1 (a power of two).
@@ -139,12 +142,14 @@ struct Sketch {
 
 impl Sketch {
   fn new(capacity: usize) -> Sketch {
-    let w = (capacity.max(16) * 4).next_power_of_two().max(64);
+    let w = (capacity.max(16) * SKETCH_PER_ENTRY)
+      .next_power_of_two()
+      .max(64);
     Sketch {
       t: vec![0u8; w].into_boxed_slice(),
       mask: w / 64 - 1,
       adds: 0,
-      sample: w / 4 * 10,
+      sample: capacity.max(16) * 10,
     }
   }
   /// The four counters of hash `h`: a block from its low bits, a counter in
@@ -357,12 +362,14 @@ pub struct Read {
 
 impl L1 {
   pub fn new(cfg: &L1Config) -> L1 {
-    // Shards of at least 256 entries, at most 32 of them.
-    let want = (cfg.max_entries / 256).clamp(1, 32);
+    // Shards of at least 4096 entries (small caches: one list, one sketch),
+    // at most 32 of them.
+    let want = (cfg.max_entries / 4096).clamp(1, 32);
     let shard_bits = 63 - want.leading_zeros();
     let n = 1usize << shard_bits;
-    // TinyLFU sketch: 4 counters per entry of capacity, at most 16 MiB in all.
-    let per = ((cfg.max_entries as usize).div_ceil(n)).min((1 << 22) / n);
+    // TinyLFU sketch: 8 one-byte counters per entry of capacity (moka's
+    // sketch has 16 four-bit ones), 16-32 MiB at most in all.
+    let per = ((cfg.max_entries as usize).div_ceil(n)).min((1 << 21) / n);
     let shards = (0..n)
       .map(|_| Padded(Mutex::new(Shard::new((!cfg.lru).then(|| Sketch::new(per))))))
       .collect();
@@ -622,9 +629,6 @@ impl L1 {
     let e = Arc::new(e);
     let home = self.shard_index(h);
     let mut s = self.shards[home].0.lock();
-    if let Some(sk) = s.sketch.as_mut() {
-      sk.incr(h);
-    }
     let mut old = None;
     let mut kept = true;
     match s.find(h, key) {
@@ -1092,5 +1096,90 @@ mod cost {
     time("std HashMap insert (reference)", N, |i| {
       m.insert(keys[i % K].clone(), Arc::new(text.clone()));
     });
+  }
+}
+
+#[cfg(test)]
+mod hit_ratio {
+  //! `cargo test --lib hit_ratio_zipf_with_scans -- --ignored --nocapture`:
+  //! the benchmark's hit-ratio workload (benchmark/cache.mts `hitRatio`) on
+  //! L1 alone.
+  use super::*;
+
+  #[test]
+  #[ignore]
+  fn hit_ratio_zipf_with_scans() {
+    let (u, cap, s) = (100_000usize, 2_000u64, 0.9f64);
+    let mut cdf = vec![0f64; u];
+    let mut acc = 0.0;
+    for k in 1..=u {
+      acc += 1.0 / (k as f64).powf(s);
+      cdf[k - 1] = acc;
+    }
+    for c in cdf.iter_mut() {
+      *c /= acc;
+    }
+    let mut seed: u64 = 12345;
+    let mut rnd = || {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      seed as f64 / 2147483648.0
+    };
+    let mut stream = Vec::new();
+    let mut scan = 0;
+    for r in 0..400_000 {
+      let x = rnd();
+      let k = cdf.partition_point(|c| *c < x);
+      stream.push(format!("z{k}"));
+      if r % 20_000 == 19_999 {
+        for _ in 0..5_000 {
+          stream.push(format!("scan{scan}"));
+          scan += 1;
+        }
+      }
+    }
+    for lru in [false, true] {
+      let l1 = L1::new(&L1Config {
+        max_entries: cap,
+        max_bytes: None,
+        idle: None,
+        lru,
+      });
+      let mut hits = 0;
+      for k in &stream {
+        if l1.get_live(k).is_some() {
+          hits += 1;
+        } else {
+          l1.insert(
+            k,
+            Entry {
+              val: Val::Num(1.0),
+              expires_at: f64::INFINITY,
+              stale_until: f64::INFINITY,
+              tags: None,
+            },
+          );
+        }
+      }
+      println!(
+        "{}: hit ratio {:.1}%",
+        if lru { "lru" } else { "tinylfu" },
+        100.0 * hits as f64 / stream.len() as f64
+      );
+    }
+    let moka: moka::sync::Cache<String, u32> =
+      moka::sync::Cache::builder().max_capacity(cap).build();
+    let mut hits = 0;
+    for k in &stream {
+      if moka.get(k).is_some() {
+        hits += 1;
+      } else {
+        moka.insert(k.clone(), 1);
+        moka.run_pending_tasks();
+      }
+    }
+    println!(
+      "moka: hit ratio {:.1}%",
+      100.0 * hits as f64 / stream.len() as f64
+    );
   }
 }
