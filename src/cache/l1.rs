@@ -504,13 +504,16 @@ impl L1 {
     self.read(key, true).entry
   }
 
-  /// A use of `key` seen elsewhere (a front-cache hit): recency, frequency
-  /// (and idle time), with no copy of the entry.
-  pub fn touch(&self, key: &str) {
+  /// Uses of `key` seen elsewhere (a sample of front-cache hits): recency,
+  /// frequency (counted `weight` times) and idle time, with no copy of the
+  /// entry.
+  pub fn touch(&self, key: &str, weight: u32) {
     let h = self.hash(key);
     let mut s = self.lock(h);
     if let Some(sk) = s.sketch.as_mut() {
-      sk.incr(h);
+      for _ in 0..weight {
+        sk.incr(h);
+      }
     }
     if let Some(i) = s.find(h, key) {
       if self.idle_ms.is_some() {
