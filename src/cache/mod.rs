@@ -107,7 +107,7 @@ fn call_ttl(ttl_ms: Option<f64>) -> Result<Option<f64>, Code> {
 }
 
 /// How many reads one sampled front-hit report counts in L1's TinyLFU sketch.
-const TOUCH_WEIGHT: u32 = 4;
+const TOUCH_WEIGHT: u32 = 8;
 
 /// The clock reading `fill_scratch` needs for entry `e`: none (0) when it
 /// never expires, so a read of such an entry skips the clock.
@@ -551,7 +551,7 @@ impl NativeCache {
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
     // A sample of `hits` front hits: TinyLFU sees it as several reads (a
-    // key read only from the front would otherwise look 64 times colder
+    // key read only from the front would otherwise look `hits` times colder
     // than it is and lose its L1 place to keys read a few times natively).
     self.inner.l1.touch(key.as_str(), TOUCH_WEIGHT);
     }
