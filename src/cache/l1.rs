@@ -283,7 +283,7 @@ impl Shard {
   }
 
   #[inline]
-  fn to_front(&mut self, i: u32) {
+  fn move_to_front(&mut self, i: u32) {
     if self.head != i {
       self.unlink(i);
       self.push_front(i);
@@ -486,7 +486,7 @@ impl L1 {
     if self.idle_ms.is_some() {
       n.touched = now;
     }
-    s.to_front(i);
+    s.move_to_front(i);
     Read {
       slot,
       ver,
@@ -519,7 +519,7 @@ impl L1 {
       if self.idle_ms.is_some() {
         s.nodes[i as usize].touched = now_ms();
       }
-      s.to_front(i);
+      s.move_to_front(i);
     }
   }
 
@@ -642,7 +642,7 @@ impl L1 {
         n.bytes = bytes as u64;
         n.touched = now;
         self.bytes.fetch_add(grow, Ordering::Relaxed);
-        s.to_front(i);
+        s.move_to_front(i);
         if grow > 0 {
           self.make_room(&mut s, 0, 0, i, None);
         }
