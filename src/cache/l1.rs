@@ -9,9 +9,10 @@
 //! of its shard's list, `sweep`).
 //!
 //! It replaced moka (0.12): `cargo test --release --lib l1_write_cost --
-//! --ignored --nocapture` measured a moka insert at 1.3 µs without an
-//! eviction listener and 2.3 µs with one, a moka get at 0.4 µs, against
-//! ~0.1 µs for a plain hash map insert — moka's buffered, amortised policy
+//! --ignored --nocapture` measured a moka insert at 0.8–1.3 µs without an
+//! eviction listener and 1.7–2.3 µs with one, a moka get at 0.3–0.4 µs,
+//! against ~0.1 µs for a plain hash map insert and 0.09–0.16 µs / 0.04–0.06
+//! µs for this store's insert / read — moka's buffered, amortised policy
 //! upkeep (read and write logs, an epoch GC flush per update, a key-lock map
 //! for the listener) was most of `setSync`. Here every operation does its
 //! policy work inline under one shard lock.
