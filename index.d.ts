@@ -123,7 +123,7 @@ export interface GetOrSetOptions extends CacheSetOptions {
 }
 
 /**
- * A two-level cache: L1 in process (moka, off the V8 heap, shared by every
+ * A two-level cache: L1 in process (TinyLFU or LRU, off the V8 heap, shared by every
  * thread when named), L2 on Redis. Hot reads (`getSync`, and `get` on an L1
  * hit) are answered without a native call from a per-thread front cache that
  * is validated against shared version counters, so they never return a value
@@ -565,7 +565,8 @@ export declare class NativeCache {
   setSync(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): void
   /**
    * L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
-   * no L2), `false` when L2 failed (counted in l2Errors).
+   * no L2), `false` when L2 failed (counted in l2Errors). Leaves the same
+   * scratch as `setSync`.
    */
   set(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): Promise<boolean>
   /** Many writes; one pipeline to L2. */
@@ -976,7 +977,7 @@ export interface CacheStats {
   deletes: number
   /** Entries L1 dropped to stay within `maxEntries` / `maxBytes`. */
   evictions: number
-  /** Entries in L1 now (moka's count: it may lag a write by a moment). */
+  /** Entries in L1 now. */
   l1Entries: number
   /** Weighed size of L1 now (key bytes + value bytes), in bytes. */
   l1Bytes: number

@@ -53,7 +53,7 @@ describe("readMode 'frozen' (default): every reader gets the same deep-frozen va
     // Values read natively (getMany, an L1 read after the front entry went) are frozen too.
     const [m] = await c.getMany(['u'])
     assert.ok(Object.isFrozen(m) && Object.isFrozen(m!.address))
-    await c.set('w', user(2)) // write-through: not front-cached, first read parses
+    await c.set('w', user(2)) // front-cached as JSON text: the first read parses and freezes
     const w = c.getSync('w')!
     assert.ok(Object.isFrozen(w.address))
     assert.equal(c.getSync('w'), w)
@@ -262,6 +262,58 @@ test('stats count front hits exactly, for objects and strings', async () => {
   const s = c.stats()
   assert.equal(s.l1Hits, 1_300)
   assert.equal(s.misses, 0)
+  await c.close()
+})
+
+test('async set fills the front cache; getMany serves front hits without a native call', async () => {
+  const c = new CacheManager<User>()
+  const front = (c as any)._front
+  const native = (c as any)._n
+  await c.set('a', user(1))
+  assert.ok(front.map.has('a'), 'set() holds what it wrote in the front cache')
+  let nativeReads = 0
+  for (const m of ['getSync', 'getMany', 'peek']) {
+    const f = native[m].bind(native)
+    native[m] = (...args: unknown[]) => {
+      nativeReads++
+      return f(...args)
+    }
+  }
+  const a = c.getSync('a')!
+  assert.deepEqual(a, user(1))
+  assert.ok(Object.isFrozen(a))
+  c.setSync('b', user(2))
+  assert.equal(nativeReads, 0)
+  // Every key front-cached: no native call; values are the front's own.
+  const [x, y, z] = await c.getMany(['a', 'b', 'a'])
+  assert.equal(nativeReads, 0)
+  assert.equal(x, a)
+  assert.equal(z, a)
+  assert.deepEqual(y, user(2))
+  // One key the front cache does not hold: one native call, order kept.
+  front.delete('b')
+  const r = await c.getMany(['a', 'b', 'missing', 'a'])
+  assert.equal(nativeReads, 1)
+  assert.equal(r[0], a)
+  assert.deepEqual(r[1], user(2))
+  assert.ok(Object.isFrozen(r[1]))
+  assert.equal(r[2], undefined)
+  assert.equal(r[3], a)
+  // Front hits of getMany count as L1 hits; the native misses as misses.
+  const s = c.stats()
+  // (getSync 1, first getMany 3, second getMany 2 from the front + 1 native)
+  assert.equal(s.l1Hits, 1 + 3 + 2 + 1)
+  assert.equal(s.misses, 1)
+  await c.close()
+})
+
+test("a write the cache did not keep leaves nothing in the writer's front cache", async () => {
+  const c = new CacheManager({ maxBytes: 100 })
+  c.setSync('k', 'small')
+  assert.equal(c.getSync('k'), 'small')
+  await c.set('k', 'x'.repeat(200)) // heavier than maxBytes: not kept, the old value goes
+  assert.equal(c.getSync('k'), undefined)
+  assert.equal((c as any)._front.map.has('k'), false)
   await c.close()
 })
 

@@ -65,6 +65,49 @@ describe('values keep their type and content', () => {
   })
 })
 
+test('keys and values of every length around the native read buffers round-trip exactly', async () => {
+  // The native side reads a key into a 256-byte stack buffer and a value into
+  // a 64 KiB per-thread buffer, falling back to an exact-size read when they
+  // do not fit (UTF-8: 1 to 4 bytes per character). Keys that differ only
+  // past those boundaries must stay distinct. No front cache: every read is
+  // native.
+  const c = new CacheManager({ frontCacheEntries: 0, maxEntries: 100_000 })
+  const chars = ['a', 'é', '✓', '🎉']
+  const distinct = new Set<string>()
+  for (const ch of chars) {
+    const unit = Buffer.byteLength(ch)
+    for (let bytes = 240; bytes <= 270; bytes++) {
+      const n = Math.ceil(bytes / unit)
+      for (const tail of ['x', 'y']) distinct.add(ch.repeat(n) + tail)
+    }
+  }
+  const keys = [...distinct]
+  for (const k of keys) c.setSync(k, k.length)
+  for (const k of keys) {
+    assert.equal(c.getSync(k), k.length, `key of ${Buffer.byteLength(k)} bytes`)
+    assert.ok(c.has(k))
+  }
+  assert.equal(c.stats().l1Entries, keys.length)
+  const values: string[] = []
+  for (const ch of chars) {
+    const unit = Buffer.byteLength(ch)
+    for (const bytes of [100, 65_530, 65_531, 65_532, 65_533, 65_534, 65_535, 65_536, 65_540, 200_000]) {
+      values.push(ch.repeat(Math.ceil(bytes / unit)) + 'z')
+    }
+  }
+  for (let i = 0; i < values.length; i++) {
+    c.setSync(`v${i}`, values[i])
+    c.setSync(`o${i}`, { s: values[i], i })
+  }
+  for (let i = 0; i < values.length; i++) {
+    assert.equal(c.getSync(`v${i}`), values[i], `value of ${Buffer.byteLength(values[i])} bytes`)
+    assert.deepEqual(c.getSync(`o${i}`), { s: values[i], i })
+  }
+  const many = await c.getMany(values.map((_, i) => `v${i}`))
+  assert.deepEqual(many, values)
+  await c.close()
+})
+
 describe('bad input is ERR_INVALID_ARG and changes nothing', () => {
   test('values', async () => {
     const c = new CacheManager()

@@ -4,7 +4,7 @@
 // native call, no copy and no parse.
 //
 // Coherence: every entry is held under the (slot, version) of the shared
-// version table (a Uint32Array over native memory, the same for every thread)
+// version table (an Int32Array over native memory, the same for every thread)
 // that it was read or written under. The native side bumps a key's slot after
 // every write, delete, eviction, expiry and remote invalidation, from any
 // thread, so an entry is served only while its slot still reads its version
@@ -65,7 +65,7 @@ class FrontEntry {
 
 class FrontCache {
   /**
-   * @param {Uint32Array} versions the shared version table
+   * @param {Int32Array} versions the shared version table (native u32 counters read as int32)
    * @param {number} maxEntries 0 disables the front cache
    * @param {number} maxBytes
    * @param {boolean} copy objects and arrays are parsed afresh on every read
@@ -119,9 +119,17 @@ class FrontCache {
    * (< 0: no expiry).
    */
   set(key, val, text, valueWeight, slot, ver, remainingMs) {
+    this.put(key, this.map.get(key), val, text, valueWeight, slot, ver, remainingMs)
+  }
+
+  /** As set(), for a key whose entry `e` the caller looked up (undefined: absent). */
+  put(key, e, val, text, valueWeight, slot, ver, remainingMs) {
     if (this.maxEntries === 0) return
+    // Small integers (not the doubles the scratch array holds), so an entry
+    // keeps them unboxed and a hit compares two int32s.
+    slot |= 0
+    ver |= 0
     const weight = key.length + valueWeight
-    let e = this.map.get(key)
     if (weight > this.maxBytes) {
       if (e !== undefined) this.remove(e)
       return

@@ -123,7 +123,7 @@ export interface GetOrSetOptions extends CacheSetOptions {
 }
 
 /**
- * A two-level cache: L1 in process (moka, off the V8 heap, shared by every
+ * A two-level cache: L1 in process (TinyLFU or LRU, off the V8 heap, shared by every
  * thread when named), L2 on Redis. Hot reads (`getSync`, and `get` on an L1
  * hit) are answered without a native call from a per-thread front cache that
  * is validated against shared version counters, so they never return a value

@@ -1,4 +1,4 @@
-//! The cache engine: L1 (moka) in process, L2 on Redis, the write path, L1
+//! The cache engine: L1 (src/cache/l1.rs) in process, L2 on Redis, the write path, L1
 //! fills, single flights and the invalidation subscriber. Plain Rust, no
 //! napi: `mod.rs` is the `#[napi]` binding that checks and converts, and this
 //! file's tests run under `cargo test` without Node.
@@ -128,16 +128,12 @@ pub struct Engine {
   pub l2: Option<L2>,
   id: String,
   pub c: Counters,
-  max_bytes_scale: Option<(u64, u64)>,
   flights: Mutex<HashMap<String, Flight>>,
   next_token: AtomicU64,
   /// The ordered write path: every L1 write of this instance and its L2 op
   /// are made under `order`, so L1 and the queue see one order, and one
   /// task sends the queue to Redis in that order.
   order: Mutex<Option<mpsc::Sender<Op>>>,
-  /// Upper bound of L1's weighted size since moka last ran its maintenance
-  /// (see `enforce_bounds`).
-  unmaintained: AtomicU64,
   /// true while the write path is retrying a failed batch.
   writer_failing: AtomicBool,
   /// true once the invalidation subscription is up (fills wait for it).
@@ -188,17 +184,14 @@ impl Engine {
       Some(rc) => Some(L2::new(Redis::new(rc.clone())?, cfg.name.as_deref())),
       None => None,
     };
-    let max_bytes_scale = cfg.l1.max_bytes.map(|b| (b, cfg.l1.max_entries));
     let inner = Arc::new(Engine {
       id: format!("{:016x}", rand::random::<u64>()),
       l1,
       l2,
       c: Counters::default(),
-      max_bytes_scale,
       flights: Mutex::new(HashMap::new()),
       next_token: AtomicU64::new(0),
       order: Mutex::new(None),
-      unmaintained: AtomicU64::new(0),
       subscribed: watch::channel(false).0,
       waited_for_subscribe: AtomicBool::new(false),
       writer_failing: AtomicBool::new(false),
@@ -221,13 +214,6 @@ impl Engine {
       }
     }
     Ok(inner)
-  }
-
-  fn capacity(&self) -> u64 {
-    match self.max_bytes_scale {
-      None => self.cfg.l1.max_entries,
-      Some((_, max_entries)) => max_entries.saturating_mul(1024),
-    }
   }
 
   /// The one task that sends this instance's L2 writes and deletes, in the
@@ -539,23 +525,9 @@ impl Engine {
     }
   }
 
-  fn weight(&self, key: &str, val: &Val) -> u32 {
-    let bytes = (key.len() + val.weight()) as u64;
-    match self.max_bytes_scale {
-      None => 1,
-      Some((max_bytes, max_entries)) => {
-        let s = max_entries.saturating_mul(1024) as u128;
-        let w = (bytes as u128 * s).div_ceil(max_bytes as u128);
-        w.clamp(1024, u32::MAX as u128) as u32
-      }
-    }
-  }
-
-  /// Put a value in L1 with `ttl_ms` (None: the default TTL). Call with
-  /// `order` locked. `maxEntries` / `maxBytes` hold when it returns: a value
-  /// heavier than the whole capacity is not kept (the key's old value goes),
-  /// and when the entries written since moka's last maintenance could exceed
-  /// the capacity, the maintenance (eviction) runs now.
+  /// Put a value in L1 with `ttl_ms` (None: the default TTL). With L2, call
+  /// with `order` locked. `maxEntries` / `maxBytes` hold when it returns (see
+  /// [`L1::insert`]).
   ///
   /// Returns what a JS front cache needs to hold the written value: the
   /// key's slot, the version it may hold it under (None: not kept, or another
@@ -567,57 +539,31 @@ impl Engine {
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
   ) -> (usize, Option<u32>, f64) {
-    let weight = self.weight(key, &val);
-    let cap = self.capacity();
-    if weight as u64 > cap {
-      self.l1.remove(key);
-      return (self.l1.slot(key), None, f64::INFINITY);
-    }
     let ttl = ttl_ms.or(self.cfg.ttl_ms);
-    let now = now_ms();
     let l1_ttl = match (ttl, self.cfg.l1_ttl_ms) {
       (Some(t), Some(c)) => Some(t.min(c)),
       (t, c) => t.or(c),
     };
-    let capped = matches!((ttl, self.cfg.l1_ttl_ms), (Some(t), Some(c)) if c < t)
-      || (ttl.is_none() && self.cfg.l1_ttl_ms.is_some());
-    let stale = if capped { 0.0 } else { self.cfg.stale_ms };
-    let expires_at = l1_ttl.map(|t| now + t).unwrap_or(f64::INFINITY);
-    let stale_until = expires_at + stale;
-    let keep_for = l1_ttl.map(|t| crate::validate::duration(t + stale));
+    let (expires_at, stale_until) = match l1_ttl {
+      None => (f64::INFINITY, f64::INFINITY),
+      Some(t) => {
+        let capped = matches!((ttl, self.cfg.l1_ttl_ms), (Some(t), Some(c)) if c < t)
+          || (ttl.is_none() && self.cfg.l1_ttl_ms.is_some());
+        let stale = if capped { 0.0 } else { self.cfg.stale_ms };
+        let expires_at = now_ms() + t;
+        (expires_at, expires_at + stale)
+      }
+    };
     let (slot, fill) = self.l1.insert(
-      key.to_string(),
+      key,
       Entry {
         val,
         expires_at,
         stale_until,
-        keep_for,
         tags,
-        weight,
       },
     );
-    // An eviction here (of this key too) bumps the slot after `fill`.
-    self.enforce_bounds(weight as u64);
     (slot, fill, expires_at)
-  }
-
-  fn enforce_bounds(&self, added: u64) {
-    let cap = self.capacity();
-    let mut bound = self.unmaintained.fetch_add(added, Ordering::Relaxed) + added;
-    if bound == added {
-      // First write since the last maintenance: start from what moka holds.
-      let held = if self.max_bytes_scale.is_some() {
-        self.l1.cache.weighted_size()
-      } else {
-        self.l1.cache.entry_count()
-      };
-      self.unmaintained.fetch_add(held, Ordering::Relaxed);
-      bound += held;
-    }
-    if bound > cap {
-      self.l1.cache.run_pending_tasks();
-      self.unmaintained.store(0, Ordering::Relaxed);
-    }
   }
 
   pub fn l2_ttl(&self, ttl_ms: Option<f64>) -> Option<u64> {
@@ -891,36 +837,45 @@ impl Engine {
   /// Returns the front-cache fill of [`Engine::put_l1`].
   pub fn set_sync(
     &self,
-    key: String,
+    key: &str,
     val: Val,
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
   ) -> (usize, Option<u32>, f64) {
     self.c.sets.fetch_add(1, Ordering::Relaxed);
+    if self.l2.is_none() {
+      // No write-behind queue to keep in step with L1: no lock.
+      return self.put_l1(key, val, ttl_ms, tags);
+    }
     let q = self.order.lock();
     if q.is_some() {
       let w = Write {
-        key: key.clone(),
+        key: key.to_string(),
         val: val.clone(),
         ttl_ms: self.l2_ttl(ttl_ms),
         tags: tags.clone(),
       };
       self.enqueue(&q, OpKind::Set(vec![w]), None);
     }
-    self.put_l1(&key, val, ttl_ms, tags)
+    self.put_l1(key, val, ttl_ms, tags)
   }
 
   /// L1 now; the returned future resolves when the write reached L2
   /// (write-through): `true` when it landed (or there is no L2), `false`
-  /// when its first attempt failed (it is retried in the background).
+  /// when its first attempt failed (it is retried in the background). Also
+  /// returns the front-cache fill of [`Engine::put_l1`].
   pub fn set(
     self: &Arc<Self>,
     key: String,
     val: Val,
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
-  ) -> impl Future<Output = bool> + Send + 'static {
-    self.set_many(vec![(key, val)], ttl_ms, tags)
+  ) -> (
+    (usize, Option<u32>, f64),
+    impl Future<Output = bool> + Send + 'static,
+  ) {
+    let (fill, fut) = self.write(vec![(key, val)], ttl_ms, tags);
+    (fill.expect("one entry"), fut)
   }
 
   /// Many writes: L1 now, one op (one pipeline) to L2.
@@ -930,15 +885,29 @@ impl Engine {
     ttl_ms: Option<f64>,
     tags: Option<Box<[String]>>,
   ) -> impl Future<Output = bool> + Send + 'static {
+    self.write(entries, ttl_ms, tags).1
+  }
+
+  /// `set` and `setMany`: the last entry's front-cache fill, and the future.
+  fn write(
+    self: &Arc<Self>,
+    entries: Vec<(String, Val)>,
+    ttl_ms: Option<f64>,
+    tags: Option<Box<[String]>>,
+  ) -> (
+    Option<(usize, Option<u32>, f64)>,
+    impl Future<Output = bool> + Send + 'static,
+  ) {
     let ttl = self.l2_ttl(ttl_ms);
     self
       .c
       .sets
       .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    let mut fill = None;
     let rx = {
       let q = self.order.lock();
       for (k, v) in &entries {
-        self.put_l1(k, v.clone(), ttl_ms, tags.clone());
+        fill = Some(self.put_l1(k, v.clone(), ttl_ms, tags.clone()));
       }
       if q.is_some() {
         let writes: Vec<Write> = entries
@@ -957,12 +926,13 @@ impl Engine {
         None
       }
     };
-    async move {
+    let fut = async move {
       match rx {
         None => true,
         Some(rx) => matches!(rx.await, Ok(Some(_))),
       }
-    }
+    };
+    (fill, fut)
   }
 
   /// L1 for each key now; the future does one L2 round trip for the misses
@@ -1400,7 +1370,7 @@ impl Engine {
 
   pub fn stats(&self) -> Stats {
     let c = &self.c;
-    self.l1.cache.run_pending_tasks();
+    self.l1.sweep();
     let (l1h, l2h, m) = (
       c.l1_hits.load(Ordering::Relaxed) as f64,
       c.l2_hits.load(Ordering::Relaxed) as f64,
@@ -1414,7 +1384,7 @@ impl Engine {
       sets: c.sets.load(Ordering::Relaxed) as f64,
       deletes: c.deletes.load(Ordering::Relaxed) as f64,
       evictions: self.l1.evictions.load(Ordering::Relaxed) as f64,
-      l1_entries: self.l1.cache.entry_count() as f64,
+      l1_entries: self.l1.entry_count() as f64,
       l1_bytes: self.l1.bytes() as f64,
       l2_errors: c.l2_errors.load(Ordering::Relaxed) as f64,
       hit_ratio: if total > 0.0 {
@@ -1478,7 +1448,7 @@ mod tests {
   #[test]
   fn l1_only_set_get_delete() {
     let e = Engine::new(cfg()).unwrap();
-    e.set_sync("k".into(), Val::Str("v".into()), None, None);
+    e.set_sync("k", Val::Str("v".into()), None, None);
     assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("v".into()));
     let n = runtime::handle().block_on(e.delete(vec!["k".into()]));
     assert_eq!(n, 1);
@@ -1531,7 +1501,7 @@ mod tests {
     c.l1.max_entries = 10;
     let e = Engine::new(c).unwrap();
     for i in 0..60 {
-      e.set_sync(format!("k{i}"), Val::Num(i as f64), None, None);
+      e.set_sync(&format!("k{i}"), Val::Num(i as f64), None, None);
       let live = (0..=i)
         .filter(|j| e.l1.get_live(&format!("k{j}")).is_some())
         .count();
@@ -1544,8 +1514,8 @@ mod tests {
     let mut c = cfg();
     c.l1.max_bytes = Some(1000);
     let e = Engine::new(c).unwrap();
-    e.set_sync("k".into(), Val::Str("small".into()), None, None);
-    e.set_sync("k".into(), Val::Bytes(vec![0; 2000]), None, None);
+    e.set_sync("k", Val::Str("small".into()), None, None);
+    e.set_sync("k", Val::Bytes(vec![0; 2000]), None, None);
     assert!(e.l1.get_live("k").is_none());
   }
 
@@ -1553,7 +1523,7 @@ mod tests {
   fn a_fill_is_dropped_when_the_slot_moved_after_its_read() {
     let e = Engine::new(cfg()).unwrap();
     let ver = e.l1.versions().get(e.l1.slot("k"));
-    e.set_sync("k".into(), Val::Str("new".into()), None, None);
+    e.set_sync("k", Val::Str("new".into()), None, None);
     assert!(!e.fill("k", ver, Val::Str("old".into()), None));
     assert_eq!(e.l1.get_live("k").unwrap().val, Val::Str("new".into()));
     let ver = e.l1.versions().get(e.l1.slot("k"));

@@ -3,6 +3,7 @@
 //! `lib/cache.js` is the JS-facing class (per-thread front cache, value
 //! encoding, getOrSet).
 
+pub mod arg;
 pub mod codec;
 pub mod engine;
 pub mod invalidation;
@@ -21,6 +22,7 @@ use crate::error::{Code, HpError, HpResult};
 use crate::redis::{RedisConfig, RedisOptions};
 use crate::runtime::{self, now_ms};
 use crate::validate;
+use arg::{Payload, StrArg};
 use codec::*;
 use engine::{CacheConfig, Engine, FlightOutcome};
 use l1::{Entry, L1Config, Versions};
@@ -102,6 +104,19 @@ fn opt_ms(name: &str, v: Option<f64>) -> HpResult<Option<f64>> {
 /// A per-call `ttlMs` (absent: the cache's default).
 fn call_ttl(ttl_ms: Option<f64>) -> Result<Option<f64>, Code> {
   to_js(opt_ms("ttlMs", ttl_ms))
+}
+
+/// How many reads one sampled front-hit report counts in L1's TinyLFU sketch.
+const TOUCH_WEIGHT: u32 = 8;
+
+/// The clock reading `fill_scratch` needs for entry `e`: none (0) when it
+/// never expires, so a read of such an entry skips the clock.
+fn scratch_now(e: &Entry) -> f64 {
+  if e.stale_until.is_finite() {
+    now_ms()
+  } else {
+    0.0
+  }
 }
 
 /// Check the options once and turn them into the engine's configuration.
@@ -320,7 +335,7 @@ pub struct CacheStats {
   pub deletes: f64,
   /// Entries L1 dropped to stay within `maxEntries` / `maxBytes`.
   pub evictions: f64,
-  /// Entries in L1 now (moka's count: it may lag a write by a moment).
+  /// Entries in L1 now.
   pub l1_entries: f64,
   /// Weighed size of L1 now (key bytes + value bytes), in bytes.
   pub l1_bytes: f64,
@@ -540,25 +555,39 @@ impl NativeCache {
     }
   }
 
+  /// After a write: scratch for the JS front cache, `[slot, version or -1,
+  /// remainingMs or -1]`.
+  fn scratch_fill(&self, (slot, fill, expires_at): (usize, Option<u32>, f64)) {
+    let s = unsafe { &mut *self.scratch.0.get() };
+    s[0] = slot as f64;
+    s[1] = fill.map_or(-1.0, |v| v as f64);
+    s[2] = if expires_at.is_infinite() {
+      -1.0
+    } else {
+      (expires_at - now_ms()).max(0.0)
+    };
+  }
+
   /// L1 read. `countMiss`: count a miss here (false when L2 is asked next).
-  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
-  pub fn get_sync(&self, key: String, count_miss: bool) -> Result<Option<SyncVal>, Code> {
+  #[napi(
+    ts_args_type = "key: string, countMiss: boolean",
+    ts_return_type = "string | number | boolean | null | Buffer"
+  )]
+  pub fn get_sync(&self, key: StrArg, count_miss: bool) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let slot = inner.l1.slot(&key);
-    let ver = inner.l1.versions().get(slot);
-    let now = now_ms();
-    match inner.l1.get_live(&key) {
+    let l1::Read { slot, ver, entry } = inner.l1.read(key.as_str(), false);
+    match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
-        self.fill_scratch(slot, ver, Some(&e), now);
+        self.fill_scratch(slot, ver, Some(&e), scratch_now(&e));
         Ok(Some(SyncVal(e)))
       }
       None => {
         if count_miss {
           inner.c.misses.fetch_add(1, Ordering::Relaxed);
         }
-        self.fill_scratch(slot, ver, None, now);
+        self.fill_scratch(slot, ver, None, 0.0);
         Ok(None)
       }
     }
@@ -567,17 +596,18 @@ impl NativeCache {
 
   /// L1 read for getOrSet: also returns a value inside its stale window
   /// (scratch state 1) and flags one due for refresh-ahead (state 2).
-  #[napi(ts_return_type = "string | number | boolean | null | Buffer")]
-  pub fn peek(&self, key: String) -> Result<Option<SyncVal>, Code> {
+  #[napi(
+    ts_args_type = "key: string",
+    ts_return_type = "string | number | boolean | null | Buffer"
+  )]
+  pub fn peek(&self, key: StrArg) -> Result<Option<SyncVal>, Code> {
     guarded! { self,
     let inner = self.open()?;
-    let slot = inner.l1.slot(&key);
-    let ver = inner.l1.versions().get(slot);
-    let now = now_ms();
-    match inner.l1.get_any(&key) {
+    let l1::Read { slot, ver, entry } = inner.l1.read(key.as_str(), true);
+    match entry {
       Some(e) => {
         inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
-        self.fill_scratch(slot, ver, Some(&e), now);
+        self.fill_scratch(slot, ver, Some(&e), scratch_now(&e));
         Ok(Some(SyncVal(e)))
       }
       None => {
@@ -586,7 +616,7 @@ impl NativeCache {
           // (with L2, getL2 counts the hit or miss).
           inner.c.misses.fetch_add(1, Ordering::Relaxed);
         }
-        self.fill_scratch(slot, ver, None, now);
+        self.fill_scratch(slot, ver, None, 0.0);
         Ok(None)
       }
     }
@@ -595,15 +625,18 @@ impl NativeCache {
 
   /// A front-cache hit batch: record `hits` L1 hits and touch the key in L1
   /// (so TinyLFU/LRU see that it is hot).
-  #[napi]
-  pub fn touch(&self, key: String, hits: u32) -> Result<(), Code> {
+  #[napi(ts_args_type = "key: string, hits: number")]
+  pub fn touch(&self, key: StrArg, hits: u32) -> Result<(), Code> {
     guarded! { ok self,
     self
       .inner
       .c
       .l1_hits
       .fetch_add(hits as u64, Ordering::Relaxed);
-    let _ = self.inner.l1.cache.get(&key);
+    // A sample of `hits` front hits: TinyLFU sees it as several reads (a
+    // key read only from the front would otherwise look `hits` times colder
+    // than it is and lose its L1 place to keys read a few times natively).
+    self.inner.l1.touch(key.as_str(), TOUCH_WEIGHT);
     }
   }
 
@@ -618,10 +651,10 @@ impl NativeCache {
     }
   }
 
-  #[napi]
-  pub fn has(&self, key: String) -> Result<bool, Code> {
+  #[napi(ts_args_type = "key: string")]
+  pub fn has(&self, key: StrArg) -> Result<bool, Code> {
     guarded! { self,
-    Ok(self.open()?.l1.get_live(&key).is_some())
+    Ok(self.open()?.l1.get_live(key.as_str()).is_some())
     }
   }
 
@@ -631,35 +664,34 @@ impl NativeCache {
 
   /// L1 now, L2 in the background (write-behind). Leaves in the scratch
   /// array `[slot, version (-1: don't front-cache), remainingMs (-1: none)]`.
-  #[napi]
+  #[napi(
+    ts_args_type = "key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null"
+  )]
   pub fn set_sync(
     &self,
-    key: String,
+    key: StrArg,
     kind: u32,
-    payload: Either3<String, f64, Buffer>,
+    payload: Payload,
     ttl_ms: Option<f64>,
     tags: Option<Vec<String>>,
   ) -> Result<(), Code> {
     guarded! { self,
     let inner = self.open()?;
     let ttl_ms = call_ttl(ttl_ms)?;
-    let val = to_js(val_from_js(kind, payload))?;
-    let (slot, fill, expires_at) = inner.set_sync(key, val, ttl_ms, Self::tags(tags));
-    // Scratch for the JS front cache: [slot, version or -1, remainingMs or -1].
-    let s = unsafe { &mut *self.scratch.0.get() };
-    s[0] = slot as f64;
-    s[1] = fill.map_or(-1.0, |v| v as f64);
-    s[2] = if expires_at.is_infinite() {
-      -1.0
-    } else {
-      (expires_at - now_ms()).max(0.0)
-    };
+    let val = to_js(val_from_js(kind, match payload {
+      Payload::Str(s) => Either3::A(s),
+      Payload::Num(n) => Either3::B(n),
+      Payload::Bytes(b) => Either3::C(b),
+    }))?;
+    let fill = inner.set_sync(key.as_str(), val, ttl_ms, Self::tags(tags));
+    self.scratch_fill(fill);
     Ok(())
     }
   }
 
   /// L1 and L2 (write-through). Resolves `true` when L2 took it (or there is
-  /// no L2), `false` when L2 failed (counted in l2Errors).
+  /// no L2), `false` when L2 failed (counted in l2Errors). Leaves the same
+  /// scratch as `setSync`.
   #[napi(ts_return_type = "Promise<boolean>")]
   pub fn set<'e>(
     &self,
@@ -674,7 +706,8 @@ impl NativeCache {
     self.open()?;
     let ttl_ms = call_ttl(ttl_ms)?;
     let val = to_js(val_from_js(kind, payload))?;
-    let fut = self.inner.set(key, val, ttl_ms, Self::tags(tags));
+    let (fill, fut) = self.inner.set(key, val, ttl_ms, Self::tags(tags));
+    self.scratch_fill(fill);
     runtime::promise(env, async move { Ok(fut.await) }).map_err(crate::error::from_napi)
     }
   }
