@@ -508,6 +508,9 @@ impl Engine {
       self.l1.remove(k);
     }
     if let Some(p) = &m.p {
+      // Keys of the pattern this L1 does not hold may have an L2 read in
+      // flight: move every slot so that its fill is dropped.
+      self.l1.bump_all();
       for k in self
         .l1
         .keys_matching(|k, _| l1::glob_match(p.as_bytes(), k.as_bytes()))
@@ -1028,7 +1031,11 @@ impl Engine {
       local.into_iter().collect()
     };
     if let Some(l2) = &self.l2 {
-      match l2.del_pattern(&glob).await {
+      let deleted = l2.del_pattern(&glob).await;
+      // An L2 read of a matching key this L1 did not hold may be in flight
+      // (it may have read a value just deleted): drop its fill.
+      self.l1.bump_all();
+      match deleted {
         Ok(keys) => all.extend(keys),
         Err(e) => {
           self.c.l2_errors.fetch_add(1, Ordering::Relaxed);

@@ -708,6 +708,18 @@ impl L1 {
     }
   }
 
+  /// Bump every slot, dropping nothing: a change to keys that cannot be
+  /// listed (a glob delete in L2 of keys this L1 may not hold) so that no
+  /// fill or front-cache entry taken at an older version is kept. Each
+  /// shard's slots under its lock.
+  pub fn bump_all(&self) {
+    let per = SLOTS >> self.shard_bits;
+    for (k, sh) in self.shards.iter().enumerate() {
+      let _s = sh.0.lock();
+      self.versions.bump_range(k * per..(k + 1) * per);
+    }
+  }
+
   /// Drop every entry past its stale window or idle time (before counting).
   pub fn sweep(&self) {
     if !self.expiring.load(Ordering::Relaxed) {
