@@ -739,13 +739,16 @@ impl L1 {
     }
   }
 
+  /// Keys of the entries matching `pred`, but for those past their stale
+  /// window or idle time (gone, though not dropped yet).
   pub fn keys_matching(&self, mut pred: impl FnMut(&str, &Entry) -> bool) -> Vec<String> {
     let mut out = Vec::new();
+    let mut now = f64::NAN;
     for sh in self.shards.iter() {
       let s = sh.0.lock();
       for n in s.nodes.iter() {
         if let Some(e) = &n.entry {
-          if pred(&n.key, e) {
+          if !self.dead(n, &mut now) && pred(&n.key, e) {
             out.push(n.key.to_string());
           }
         }
