@@ -567,7 +567,10 @@ impl L1 {
         continue;
       }
       if let (Some(h), Some(sk)) = (admit, s.sketch.as_ref()) {
-        if sk.freq(h) <= sk.freq(s.nodes[v as usize].hash) {
+        // A candidate at the counters' ceiling ties a victim there for good
+        // (saturated reads do not age the sketch): admit it then.
+        let f = sk.freq(h);
+        if f <= sk.freq(s.nodes[v as usize].hash) && f < 15 {
           return false;
         }
       }
@@ -983,6 +986,38 @@ mod tests {
         .count(),
       0
     );
+  }
+
+  #[test]
+  fn tinylfu_admits_a_new_hot_key_once_the_old_ones_go_cold() {
+    // Keys read until their counters saturate (15), then never again; then
+    // a small new working set read over and over: each of its keys
+    // saturates at 15 too, and reads of saturated keys do not age the
+    // sketch, so "more frequent than the victim" alone never lets it in.
+    for (cap, old, new) in [(1u64, 1usize, 1usize), (50, 50, 3)] {
+      let l1 = L1::new(&cfg(cap, None, false));
+      for i in 0..old {
+        let k = format!("old{i}");
+        l1.insert(&k, entry("v", None));
+        for _ in 0..40 {
+          l1.get_live(&k);
+        }
+      }
+      let mut admitted = 0;
+      for r in 0..20_000 {
+        let k = format!("new{}", r % new);
+        if l1.get_live(&k).is_none() {
+          l1.insert(&k, entry("v", None));
+        }
+        if r >= 19_000 && l1.get_live(&k).is_some() {
+          admitted += 1;
+        }
+      }
+      assert!(
+        admitted > 0,
+        "cap {cap}: the new hot keys were never admitted"
+      );
+    }
   }
 
   #[test]
