@@ -1237,3 +1237,115 @@ mod hit_ratio {
     );
   }
 }
+
+#[cfg(test)]
+mod stress {
+  use super::*;
+  use rand::{Rng, SeedableRng};
+  use std::collections::HashMap;
+
+  fn ent(v: String) -> Entry {
+    Entry {
+      val: Val::Str(v),
+      expires_at: f64::INFINITY,
+      stale_until: f64::INFINITY,
+      tags: None,
+    }
+  }
+
+  fn check_counters(l1: &L1) {
+    let (mut n, mut b) = (0i64, 0i64);
+    for sh in l1.shards.iter() {
+      let s = sh.0.lock();
+      for x in s.nodes.iter().filter(|x| x.entry.is_some()) {
+        n += 1;
+        b += x.bytes as i64;
+      }
+    }
+    assert_eq!(l1.count.load(Ordering::Relaxed), n, "count drifted");
+    assert_eq!(l1.bytes.load(Ordering::Relaxed), b, "bytes drifted");
+  }
+
+  /// Many threads: replaces of other sizes, removes, clears, reads; a model
+  /// front cache per thread must never validate a value that changed.
+  #[test]
+  fn concurrent_churn_keeps_counters_bounds_and_versions() {
+    for (max_entries, max_bytes, lru) in [
+      (9000u64, Some(3000u64), false),
+      (9000, Some(3000), true),
+      (40_000, None, false),
+      (5, Some(400), false),
+    ] {
+      let l1 = Arc::new(L1::new(&L1Config {
+        max_entries,
+        max_bytes,
+        idle: None,
+        lru,
+      }));
+      let hs: Vec<_> = (0..8u64)
+        .map(|t| {
+          let l1 = l1.clone();
+          std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(42 + t);
+            let mut front: HashMap<String, (u32, String)> = HashMap::new();
+            for i in 0..60_000u64 {
+              let key = format!("k{}", rng.random_range(0..300u32));
+              let slot = l1.slot(&key);
+              match rng.random_range(0..100u32) {
+                0..=39 => {
+                  let v = format!("{t}:{i}:{}", "x".repeat(rng.random_range(0..120)));
+                  match l1.insert(&key, ent(v.clone())) {
+                    (_, Some(ver)) => {
+                      front.insert(key, (ver, v));
+                    }
+                    _ => {
+                      front.remove(&key);
+                    }
+                  }
+                }
+                40..=49 => {
+                  l1.remove(&key);
+                }
+                50 if t == 0 && i % 16 == 0 => l1.clear(),
+                _ => {
+                  let v1 = l1.versions.get(slot);
+                  let r = l1.read(&key, true);
+                  let v2 = l1.versions.get(slot);
+                  if let Some((fv, fval)) = front.get(&key) {
+                    if *fv == v1 && v1 == v2 {
+                      match &r.entry {
+                        Some(e) => assert!(
+                          matches!(&e.val, Val::Str(x) if x == fval),
+                          "front cache valid at {fv} but L1 changed"
+                        ),
+                        None => panic!("front cache valid at {fv} but key gone"),
+                      }
+                    }
+                  }
+                  match r.entry {
+                    Some(e) => {
+                      if let Val::Str(x) = &e.val {
+                        front.insert(key, (r.ver, x.clone()));
+                      }
+                    }
+                    None => {
+                      front.remove(&key);
+                    }
+                  }
+                }
+              }
+            }
+          })
+        })
+        .collect();
+      for h in hs {
+        h.join().unwrap();
+      }
+      check_counters(&l1);
+      assert!(l1.entry_count() <= max_entries, "{}", l1.entry_count());
+      if let Some(mb) = max_bytes {
+        assert!(l1.bytes() as u64 <= mb, "{}", l1.bytes());
+      }
+    }
+  }
+}
