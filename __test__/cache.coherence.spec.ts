@@ -412,6 +412,32 @@ describe('CacheManager coherence on Redis', () => {
     await b.close()
   })
 
+  // clear() empties L1 first and Redis after: a read started in between
+  // took its fill version after L1's bump and could read the value the
+  // clear was about to delete from Redis, then fill L1 with it for good.
+  test('#2 a read racing this instance\'s clear() does not keep a cleared value in L1', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('ck', 'v1')
+    assert.equal(await b.get('nothing'), undefined) // b subscribed
+    hooks.pauseFills(b)
+    const cleared = b.clear() // L1 now, then SCAN + DEL in Redis
+    const reached = hooks.fillReached(b)
+    const read = b.get('ck') // its GET goes out before the DEL does
+    await reached
+    await cleared
+    hooks.pauseFills(b, false)
+    hooks.releaseFill(b)
+    const got = await read
+    assert.equal(await raw.get(`${keyPrefix}c:ck`), null)
+    if (got === 'v1') assert.equal(b.getSync('ck'), undefined, 'L1 kept a value clear() deleted')
+    assert.equal(await b.get('ck'), undefined)
+    await a.close()
+    await b.close()
+  })
+
   // Found by the randomized test under load: an L2 read that overtakes this
   // instance's own queued DEL (the write path is its own task) read the old
   // value and filled L1 with it, under a version taken after the delete's own
