@@ -372,6 +372,72 @@ describe('CacheManager coherence on Redis', () => {
     await b.close()
   })
 
+  // deletePattern's message names a glob, not keys: a key the receiver did
+  // not hold in L1 (its L2 read in flight) had no slot bumped, so the read's
+  // fill passed its version check and kept the deleted value in L1.
+  test('#2 a fill that raced a remote deletePattern is dropped (the key was not in L1)', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('pk', 'v1')
+    await a.set('probe', 1)
+    assert.equal(await b.get('probe'), 1) // b subscribed and filled
+    hooks.pauseFills(b)
+    const reached = hooks.fillReached(b)
+    const read = b.get('pk') // reads v1 from Redis, then pauses before filling
+    await reached
+    hooks.pauseFills(b, false)
+    assert.equal(await a.deletePattern('pk*'), 1)
+    await a.set('probe', 2)
+    await eventually(() => b.getSync('probe') === undefined, 10_000, 'invalidation delivered')
+    hooks.releaseFill(b)
+    assert.equal(await read, 'v1') // what it read
+    assert.equal(b.getSync('pk'), undefined, 'L1 kept a value deletePattern deleted')
+    assert.equal(await b.get('pk'), undefined)
+    // The same on the instance that deletes.
+    await a.set('pk', 'v1')
+    hooks.pauseFills(b)
+    const reached2 = hooks.fillReached(b)
+    const read2 = b.get('pk')
+    await reached2
+    hooks.pauseFills(b, false)
+    assert.equal(await b.deletePattern('pk*'), 1)
+    hooks.releaseFill(b)
+    assert.equal(await read2, 'v1')
+    assert.equal(b.getSync('pk'), undefined, 'L1 kept a value its own deletePattern deleted')
+    assert.equal(await b.get('pk'), undefined)
+    await a.clear()
+    await a.close()
+    await b.close()
+  })
+
+  // clear() empties L1 first and Redis after: a read started in between
+  // took its fill version after L1's bump and could read the value the
+  // clear was about to delete from Redis, then fill L1 with it for good.
+  test('#2 a read racing this instance\'s clear() does not keep a cleared value in L1', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix } })
+    const b = new CacheManager({ redis: { url: url!, keyPrefix } })
+    await a.set('ck', 'v1')
+    assert.equal(await b.get('nothing'), undefined) // b subscribed
+    hooks.pauseFills(b)
+    const cleared = b.clear() // L1 now, then SCAN + DEL in Redis
+    const reached = hooks.fillReached(b)
+    const read = b.get('ck') // its GET goes out before the DEL does
+    await reached
+    await cleared
+    hooks.pauseFills(b, false)
+    hooks.releaseFill(b)
+    const got = await read
+    assert.equal(await raw.get(`${keyPrefix}c:ck`), null)
+    if (got === 'v1') assert.equal(b.getSync('ck'), undefined, 'L1 kept a value clear() deleted')
+    assert.equal(await b.get('ck'), undefined)
+    await a.close()
+    await b.close()
+  })
+
   // Found by the randomized test under load: an L2 read that overtakes this
   // instance's own queued DEL (the write path is its own task) read the old
   // value and filled L1 with it, under a version taken after the delete's own

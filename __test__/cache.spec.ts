@@ -198,6 +198,20 @@ describe('methods', () => {
     assert.equal(c.getSync('k'), 'w')
   })
 
+  test('deletePattern and deleteTag do not count entries that already expired', async () => {
+    const c = new CacheManager()
+    c.setSync('gone:1', 1, { ttlMs: 100, tags: ['t'] })
+    c.setSync('gone:2', 2, { ttlMs: 100, tags: ['t'] })
+    c.setSync('gone:3', 3, { tags: ['t'] })
+    __advanceClock(101)
+    assert.equal(c.getSync('gone:1'), undefined)
+    assert.equal(await c.deletePattern('gone:[12]'), 0)
+    c.setSync('gone:4', 4, { ttlMs: 100, tags: ['t'] })
+    __advanceClock(101)
+    assert.equal(await c.deleteTag('t'), 1) // gone:3
+    assert.equal(c.stats().l1Entries, 0)
+  })
+
   test('deletePattern, deleteTag, clear', async () => {
     const c = new CacheManager()
     for (let i = 0; i < 10; i++) c.setSync(`user:${i}`, i, { tags: i % 2 ? ['odd'] : ['even'] })

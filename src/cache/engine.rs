@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -152,6 +152,9 @@ pub struct Engine {
   /// invalidation message).
   key_waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
   closed: AtomicBool,
+  /// L2 deletes in flight that L1 cannot follow key by key (`clear`,
+  /// `deletePattern`): while any is, no L2 read fills L1 (see [`Fence`]).
+  fences: AtomicU32,
   /// Test hook: pause every L1 fill between its L2 read and the fill.
   pub fill_pause: FillPause,
   /// Test hook: pause the write path before it sends each batch.
@@ -174,6 +177,30 @@ impl FillPause {
       self.reached.notify_one();
       self.release.notified().await;
     }
+  }
+}
+
+/// Open while this instance deletes in L2 keys it cannot list (`clear`,
+/// `deletePattern`), from its L1 step until the L2 step is over: an L2 read
+/// in that window may read a value being deleted, and no slot version tells
+/// (L1 was emptied before the read took its version). No fill while it is
+/// open; closing it bumps every slot, so a read that started inside does
+/// not fill after.
+struct Fence<E: std::ops::Deref<Target = Engine>>(E);
+
+impl<E: std::ops::Deref<Target = Engine>> Fence<E> {
+  /// Call with `order` held.
+  fn open(e: E) -> Fence<E> {
+    e.fences.fetch_add(1, Ordering::SeqCst);
+    Fence(e)
+  }
+}
+
+impl<E: std::ops::Deref<Target = Engine>> Drop for Fence<E> {
+  fn drop(&mut self) {
+    let _g = self.0.order.lock();
+    self.0.l1.bump_all();
+    self.0.fences.fetch_sub(1, Ordering::SeqCst);
   }
 }
 
@@ -202,6 +229,7 @@ impl Engine {
       leases: Mutex::new(HashMap::new()),
       key_waiters: Mutex::new(HashMap::new()),
       closed: AtomicBool::new(false),
+      fences: AtomicU32::new(0),
       fill_pause: FillPause::default(),
       write_pause: FillPause::default(),
       cfg,
@@ -508,6 +536,9 @@ impl Engine {
       self.l1.remove(k);
     }
     if let Some(p) = &m.p {
+      // Keys of the pattern this L1 does not hold may have an L2 read in
+      // flight: move every slot so that its fill is dropped.
+      self.l1.bump_all();
       for k in self
         .l1
         .keys_matching(|k, _| l1::glob_match(p.as_bytes(), k.as_bytes()))
@@ -594,7 +625,7 @@ impl Engine {
   fn fill(&self, key: &str, ver: u32, val: Val, pttl: Option<u64>) -> bool {
     let _g = self.order.lock();
     let slot = self.l1.slot(key);
-    if self.l1.versions().get(slot) != ver {
+    if self.fences.load(Ordering::SeqCst) > 0 || self.l1.versions().get(slot) != ver {
       return false;
     }
     self.put_l1(key, val, pttl.map(|t| t as f64), None);
@@ -1017,8 +1048,12 @@ impl Engine {
   /// earlier writes landed).
   pub async fn delete_pattern(&self, glob: String) -> HpResult<u32> {
     self.earlier_writes_landed().await?;
+    let mut fence = None;
     let mut all: HashSet<String> = {
       let _g = self.order.lock();
+      if self.l2.is_some() {
+        fence = Some(Fence::open(self));
+      }
       let local = self
         .l1
         .keys_matching(|k, _| l1::glob_match(glob.as_bytes(), k.as_bytes()));
@@ -1028,7 +1063,9 @@ impl Engine {
       local.into_iter().collect()
     };
     if let Some(l2) = &self.l2 {
-      match l2.del_pattern(&glob).await {
+      let deleted = l2.del_pattern(&glob).await;
+      drop(fence);
+      match deleted {
         Ok(keys) => all.extend(keys),
         Err(e) => {
           self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
@@ -1153,12 +1190,14 @@ impl Engine {
   /// L1 now; the future clears this cache's keys in L2 (after this
   /// instance's earlier writes landed).
   pub fn clear(self: &Arc<Self>) -> impl Future<Output = HpResult<()>> + Send + 'static {
-    {
+    let fence = {
       let _g = self.order.lock();
       self.l1.clear();
-    }
+      self.l2.is_some().then(|| Fence::open(self.clone()))
+    };
     let inner = self.clone();
     async move {
+      let _fence = fence;
       if let Some(l2) = &inner.l2 {
         inner.earlier_writes_landed().await?;
         if let Err(e) = l2.clear().await {

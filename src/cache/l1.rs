@@ -567,7 +567,10 @@ impl L1 {
         continue;
       }
       if let (Some(h), Some(sk)) = (admit, s.sketch.as_ref()) {
-        if sk.freq(h) <= sk.freq(s.nodes[v as usize].hash) {
+        // A candidate at the counters' ceiling ties a victim there for good
+        // (saturated reads do not age the sketch): admit it then.
+        let f = sk.freq(h);
+        if f <= sk.freq(s.nodes[v as usize].hash) && f < 15 {
           return false;
         }
       }
@@ -708,6 +711,18 @@ impl L1 {
     }
   }
 
+  /// Bump every slot, dropping nothing: a change to keys that cannot be
+  /// listed (a glob delete in L2 of keys this L1 may not hold) so that no
+  /// fill or front-cache entry taken at an older version is kept. Each
+  /// shard's slots under its lock.
+  pub fn bump_all(&self) {
+    let per = SLOTS >> self.shard_bits;
+    for (k, sh) in self.shards.iter().enumerate() {
+      let _s = sh.0.lock();
+      self.versions.bump_range(k * per..(k + 1) * per);
+    }
+  }
+
   /// Drop every entry past its stale window or idle time (before counting).
   pub fn sweep(&self) {
     if !self.expiring.load(Ordering::Relaxed) {
@@ -727,13 +742,16 @@ impl L1 {
     }
   }
 
+  /// Keys of the entries matching `pred`, but for those past their stale
+  /// window or idle time (gone, though not dropped yet).
   pub fn keys_matching(&self, mut pred: impl FnMut(&str, &Entry) -> bool) -> Vec<String> {
     let mut out = Vec::new();
+    let mut now = f64::NAN;
     for sh in self.shards.iter() {
       let s = sh.0.lock();
       for n in s.nodes.iter() {
         if let Some(e) = &n.entry {
-          if pred(&n.key, e) {
+          if !self.dead(n, &mut now) && pred(&n.key, e) {
             out.push(n.key.to_string());
           }
         }
@@ -971,6 +989,38 @@ mod tests {
   }
 
   #[test]
+  fn tinylfu_admits_a_new_hot_key_once_the_old_ones_go_cold() {
+    // Keys read until their counters saturate (15), then never again; then
+    // a small new working set read over and over: each of its keys
+    // saturates at 15 too, and reads of saturated keys do not age the
+    // sketch, so "more frequent than the victim" alone never lets it in.
+    for (cap, old, new) in [(1u64, 1usize, 1usize), (50, 50, 3)] {
+      let l1 = L1::new(&cfg(cap, None, false));
+      for i in 0..old {
+        let k = format!("old{i}");
+        l1.insert(&k, entry("v", None));
+        for _ in 0..40 {
+          l1.get_live(&k);
+        }
+      }
+      let mut admitted = 0;
+      for r in 0..20_000 {
+        let k = format!("new{}", r % new);
+        if l1.get_live(&k).is_none() {
+          l1.insert(&k, entry("v", None));
+        }
+        if r >= 19_000 && l1.get_live(&k).is_some() {
+          admitted += 1;
+        }
+      }
+      assert!(
+        admitted > 0,
+        "cap {cap}: the new hot keys were never admitted"
+      );
+    }
+  }
+
+  #[test]
   fn expiry_follows_the_clock() {
     let l1 = L1::new(&cfg(10, None, false));
     l1.insert("t", entry("v", Some(60_000.0)));
@@ -1185,5 +1235,117 @@ mod hit_ratio {
       "moka: hit ratio {:.1}%",
       100.0 * hits as f64 / stream.len() as f64
     );
+  }
+}
+
+#[cfg(test)]
+mod stress {
+  use super::*;
+  use rand::{Rng, SeedableRng};
+  use std::collections::HashMap;
+
+  fn ent(v: String) -> Entry {
+    Entry {
+      val: Val::Str(v),
+      expires_at: f64::INFINITY,
+      stale_until: f64::INFINITY,
+      tags: None,
+    }
+  }
+
+  fn check_counters(l1: &L1) {
+    let (mut n, mut b) = (0i64, 0i64);
+    for sh in l1.shards.iter() {
+      let s = sh.0.lock();
+      for x in s.nodes.iter().filter(|x| x.entry.is_some()) {
+        n += 1;
+        b += x.bytes as i64;
+      }
+    }
+    assert_eq!(l1.count.load(Ordering::Relaxed), n, "count drifted");
+    assert_eq!(l1.bytes.load(Ordering::Relaxed), b, "bytes drifted");
+  }
+
+  /// Many threads: replaces of other sizes, removes, clears, reads; a model
+  /// front cache per thread must never validate a value that changed.
+  #[test]
+  fn concurrent_churn_keeps_counters_bounds_and_versions() {
+    for (max_entries, max_bytes, lru) in [
+      (9000u64, Some(3000u64), false),
+      (9000, Some(3000), true),
+      (40_000, None, false),
+      (5, Some(400), false),
+    ] {
+      let l1 = Arc::new(L1::new(&L1Config {
+        max_entries,
+        max_bytes,
+        idle: None,
+        lru,
+      }));
+      let hs: Vec<_> = (0..8u64)
+        .map(|t| {
+          let l1 = l1.clone();
+          std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(42 + t);
+            let mut front: HashMap<String, (u32, String)> = HashMap::new();
+            for i in 0..60_000u64 {
+              let key = format!("k{}", rng.random_range(0..300u32));
+              let slot = l1.slot(&key);
+              match rng.random_range(0..100u32) {
+                0..=39 => {
+                  let v = format!("{t}:{i}:{}", "x".repeat(rng.random_range(0..120)));
+                  match l1.insert(&key, ent(v.clone())) {
+                    (_, Some(ver)) => {
+                      front.insert(key, (ver, v));
+                    }
+                    _ => {
+                      front.remove(&key);
+                    }
+                  }
+                }
+                40..=49 => {
+                  l1.remove(&key);
+                }
+                50 if t == 0 && i % 16 == 0 => l1.clear(),
+                _ => {
+                  let v1 = l1.versions.get(slot);
+                  let r = l1.read(&key, true);
+                  let v2 = l1.versions.get(slot);
+                  if let Some((fv, fval)) = front.get(&key) {
+                    if *fv == v1 && v1 == v2 {
+                      match &r.entry {
+                        Some(e) => assert!(
+                          matches!(&e.val, Val::Str(x) if x == fval),
+                          "front cache valid at {fv} but L1 changed"
+                        ),
+                        None => panic!("front cache valid at {fv} but key gone"),
+                      }
+                    }
+                  }
+                  match r.entry {
+                    Some(e) => {
+                      if let Val::Str(x) = &e.val {
+                        front.insert(key, (r.ver, x.clone()));
+                      }
+                    }
+                    None => {
+                      front.remove(&key);
+                    }
+                  }
+                }
+              }
+            }
+          })
+        })
+        .collect();
+      for h in hs {
+        h.join().unwrap();
+      }
+      check_counters(&l1);
+      assert!(l1.entry_count() <= max_entries, "{}", l1.entry_count());
+      if let Some(mb) = max_bytes {
+        assert!(l1.bytes() as u64 <= mb, "{}", l1.bytes());
+      }
+    }
   }
 }
