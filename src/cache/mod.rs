@@ -427,8 +427,15 @@ fn flush_gets(
           Ok(v) => v,
           Err(e) => vec![Err(e); n],
         };
-        for (p, r) in batch.into_iter().zip(got) {
-          let v = inner2.got_l2(&p.key, p.ver, r);
+        // Filled together: two keys of one MGET may share a version slot.
+        let vals = inner2.got_l2_many(
+          batch
+            .iter()
+            .zip(got)
+            .map(|(p, r)| (p.key.as_str(), p.ver, r))
+            .collect(),
+        );
+        for (p, v) in batch.into_iter().zip(vals) {
           unsafe {
             match Out::to_napi_value(env, Out::Vals(vec![v])) {
               Ok(val) => sys::napi_resolve_deferred(env, p.deferred, val),
