@@ -89,6 +89,10 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 pub type FlightResult = std::result::Result<Val, String>;
 
+/// What an L2 read of one key gave: the value and its remaining TTL in
+/// Redis, nothing, or an error.
+pub type L2Read = HpResult<Option<(Val, Option<u64>)>>;
+
 /// One getOrSet flight: its result channel, its token (so only its leader
 /// ends it) and the liveness of the leader's thread.
 struct Flight {
@@ -720,21 +724,13 @@ impl Engine {
 
   /// An L2 read's result (from [`Engine::fast_l2`]'s connection): counted,
   /// and filled into L1 unless the key's slot moved since `ver`.
-  pub fn got_l2(
-    &self,
-    key: &str,
-    ver: u32,
-    r: HpResult<Option<(Val, Option<u64>)>>,
-  ) -> Option<Val> {
+  pub fn got_l2(&self, key: &str, ver: u32, r: L2Read) -> Option<Val> {
     self.got_l2_many(vec![(key, ver, r)]).pop().flatten()
   }
 
   /// [`Engine::got_l2`] for the reads of one L2 request, filled together
   /// (see [`Engine::fill_many`]).
-  pub fn got_l2_many(
-    &self,
-    reads: Vec<(&str, u32, HpResult<Option<(Val, Option<u64>)>>)>,
-  ) -> Vec<Option<Val>> {
+  pub fn got_l2_many(&self, reads: Vec<(&str, u32, L2Read)>) -> Vec<Option<Val>> {
     let mut out = Vec::with_capacity(reads.len());
     let mut fills: Vec<(&str, u32, Val, Option<u64>)> = Vec::new();
     for (key, ver, r) in reads {
