@@ -422,15 +422,26 @@ describe('CacheManager coherence on Redis', () => {
     const b = new CacheManager({ redis: { url: url!, keyPrefix } })
     await a.set('ck', 'v1')
     assert.equal(await b.get('nothing'), undefined) // b subscribed
+    // Deterministic: the write path holds clear()'s Redis step (it waits for
+    // earlier writes first), so the read's GET surely sees 'v1'; the fill is
+    // held until the clear landed. (Before, the test assumed the GET beat the
+    // DEL: when it did not, the read never reached the fill pause and the
+    // test hung.)
+    hooks.pauseWrites(b)
+    const writeHeld = hooks.writeReached(b)
     hooks.pauseFills(b)
-    const cleared = b.clear() // L1 now, then SCAN + DEL in Redis
-    const reached = hooks.fillReached(b)
-    const read = b.get('ck') // its GET goes out before the DEL does
-    await reached
+    const fillHeld = hooks.fillReached(b)
+    const cleared = b.clear() // L1 now; SCAN + DEL in Redis once the write path goes on
+    await writeHeld
+    const read = b.get('ck') // reads 'v1': the DEL is not sent yet
+    await fillHeld
+    hooks.pauseWrites(b, false)
+    hooks.releaseWrite(b)
     await cleared
     hooks.pauseFills(b, false)
     hooks.releaseFill(b)
     const got = await read
+    assert.equal(got, 'v1')
     assert.equal(await raw.get(`${keyPrefix}c:ck`), null)
     if (got === 'v1') assert.equal(b.getSync('ck'), undefined, 'L1 kept a value clear() deleted')
     assert.equal(await b.get('ck'), undefined)
