@@ -3,16 +3,7 @@ import assert from 'node:assert/strict'
 import { setImmediate as tick } from 'node:timers/promises'
 import DataLoader from 'dataloader'
 import { BatchProcessor } from 'hotpath'
-
-function deferred<T = void>() {
-  let resolve!: (v: T) => void
-  let reject!: (e: unknown) => void
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res
-    reject = rej
-  })
-  return { promise, resolve, reject }
-}
+import { deferred } from './helpers.ts'
 
 /** The settled state of each promise, without waiting for pending ones. */
 async function states<T>(ps: Promise<T>[]): Promise<string[]> {

@@ -184,3 +184,14 @@ export class OwnCluster {
     for (const n of this.nodes) await n.dispose()
   }
 }
+
+/** A promise with its resolve and reject, to settle from outside. */
+export function deferred<T = void>() {
+  let resolve!: (v: T) => void
+  let reject!: (e: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { CacheManager, RateLimiter, isHotpathError, type CacheValue } from 'hotpath'
 import { __advanceClock } from 'hotpath/testing'
-import { redisUrl } from './helpers.ts'
+import { redisUrl, deferred } from './helpers.ts'
 
 const root = join(__dirname, '..')
 // The key functions are internal (lib/wrap.js); tests pin their output.
@@ -20,16 +20,6 @@ const { defaultKey, serializeArgs, HASH_ABOVE } = require('../lib/wrap.js') as {
 }
 
 const code = (c: string) => ({ code: c })
-
-function deferred<T = void>() {
-  let resolve!: (v: T) => void
-  let reject!: (e: unknown) => void
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res
-    reject = rej
-  })
-  return { promise, resolve, reject }
-}
 
 // A seeded PRNG (mulberry32): randomized tests are reproducible.
 function rng(seed: number) {

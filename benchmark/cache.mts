@@ -6,8 +6,7 @@ import { BentoCache, bentostore } from 'bentocache'
 import { memoryDriver } from 'bentocache/drivers/memory'
 import { Redis as IORedis } from 'ioredis'
 import { CacheManager } from 'hotpath'
-import { compare, gc, interleavedRounds, record, throughput, type Row } from './harness.mts'
-import { OwnRedis, freePort } from '../__test__/helpers.ts'
+import { compare, gc, inFlight, interleavedRounds, record, startRedis, throughput, type Row } from './harness.mts'
 
 // Interleaved rounds: every task runs `rounds` times for `msPerRound`, in
 // alternating order, and its ops/s is the median of its rounds, so drift on a
@@ -406,24 +405,8 @@ async function redisGetMany() {
   await reader.close()
 }
 
-/** REDIS_URL, or a throwaway redis-server of the benchmark's own. */
-async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } | null> {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {} }
-  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) return null
-  const own = new OwnRedis(await freePort())
-  await own.start()
-  return { url: own.url, stop: () => own.dispose() }
-}
 
 
-/** `total` operations, `n` in flight at a time. */
-async function inFlight(total: number, n: number, op: (i: number) => Promise<unknown>) {
-  let next = 0
-  const lane = async () => {
-    while (next < total) await op(next++)
-  }
-  await Promise.all(Array.from({ length: n }, lane))
-}
 
 // L2 reads that miss L1, against ioredis GET + JSON.parse on the same
 // redis-server: one at a time, and 64 in flight.

@@ -8,6 +8,8 @@
 import { Bench } from 'tinybench'
 import { writeFileSync, readFileSync, existsSync } from 'node:fs'
 import os from 'node:os'
+import { spawnSync } from 'node:child_process'
+import { OwnRedis, freePort } from '../__test__/helpers.ts'
 
 export interface Row {
   name: string
@@ -154,4 +156,22 @@ export async function interleavedRounds(title: string, fns: Record<string, () =>
     return { name, opsPerSec: median, meanNs: 1e9 / median, p99Ns: NaN, samples: rs.length, ratio: null }
   })
   record({ title, note: `${note} Median of ${rounds} interleaved rounds.`, rows })
+}
+
+/** REDIS_URL, or a throwaway redis-server of the benchmark's own. */
+export async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } | null> {
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {} }
+  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) return null
+  const own = new OwnRedis(await freePort())
+  await own.start()
+  return { url: own.url, stop: () => own.dispose() }
+}
+
+/** `total` operations, `n` in flight at a time. */
+export async function inFlight(total: number, n: number, op: (i: number) => Promise<unknown>) {
+  let next = 0
+  const lane = async () => {
+    while (next < total) await op(next++)
+  }
+  await Promise.all(Array.from({ length: n }, lane))
 }

@@ -5,8 +5,7 @@ import { spawnSync } from 'node:child_process'
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible'
 import { Redis as IORedis } from 'ioredis'
 import { RateLimiter } from 'hotpath'
-import { interleavedRounds, record, type Row } from './harness.mts'
-import { OwnRedis, freePort } from '../__test__/helpers.ts'
+import { inFlight, interleavedRounds, record, startRedis, type Row } from './harness.mts'
 
 const HUGE = 1e12 // never limited: every op is a full admission
 const B = 1000
@@ -114,23 +113,7 @@ async function manyKeys() {
 
 // ------------------------------------------------------------------ Redis
 
-/** REDIS_URL, or a throwaway redis-server of the benchmark's own. */
-async function startRedis(): Promise<{ url: string; stop: () => Promise<void> } | null> {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {} }
-  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) return null
-  const own = new OwnRedis(await freePort())
-  await own.start()
-  return { url: own.url, stop: () => own.dispose() }
-}
 
-/** `total` operations, `inFlight` at a time. */
-async function inFlight(total: number, n: number, op: (i: number) => Promise<unknown>) {
-  let next = 0
-  const lane = async () => {
-    while (next < total) await op(next++)
-  }
-  await Promise.all(Array.from({ length: n }, lane))
-}
 
 async function redis() {
   const server = await startRedis()
