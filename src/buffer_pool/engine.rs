@@ -398,16 +398,21 @@ impl Shared {
     }
   }
 
-  /// Undo `take` when no Buffer could be made of the record.
-  pub fn untake(self: &Arc<Self>, rec: &Arc<Record>) {
-    if rec
+  /// Move an outstanding record to released (once: None if it already was)
+  /// and take its block.
+  fn claim(rec: &Record) -> Option<Option<Block>> {
+    rec
       .state
       .compare_exchange(OUT, RELEASED, Ordering::AcqRel, Ordering::Acquire)
-      .is_err()
-    {
+      .ok()?;
+    Some(rec.block.lock().take())
+  }
+
+  /// Undo `take` when no Buffer could be made of the record.
+  pub fn untake(self: &Arc<Self>, rec: &Arc<Record>) {
+    let Some(block) = Self::claim(rec) else {
       return;
-    }
-    let block = rec.block.lock().take();
+    };
     let mut st = self.st.lock();
     if st.live.get(&rec.ptr).is_some_and(|r| Arc::ptr_eq(r, rec)) {
       st.live.remove(&rec.ptr);
@@ -442,14 +447,9 @@ impl Shared {
 
   /// `release` of a looked-up record, after its Buffer was detached.
   pub fn released(self: &Arc<Self>, rec: &Arc<Record>) {
-    if rec
-      .state
-      .compare_exchange(OUT, RELEASED, Ordering::AcqRel, Ordering::Acquire)
-      .is_err()
-    {
+    let Some(block) = Self::claim(rec) else {
       return;
-    }
-    let block = rec.block.lock().take();
+    };
     let mut st = self.st.lock();
     st.c.releases += 1;
     self.retire(&mut st, rec, block);

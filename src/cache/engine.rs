@@ -627,7 +627,7 @@ impl Engine {
   /// `ver` was read (before the L2 request): then a write, delete or
   /// invalidation came meanwhile and the value read may be older.
   fn fill(&self, key: &str, ver: u32, val: Val, pttl: Option<u64>) -> bool {
-    self.fill_many(&[(key, ver, &val, pttl)]) == 1
+    self.fill_many(&[(key, ver, val, pttl)]) == 1
   }
 
   /// [`Engine::fill`] for the values of one L2 request (an MGET): every
@@ -635,7 +635,7 @@ impl Engine {
   /// one, the put of a key would move the version of another key of the
   /// request that shares its slot (two of 100 keys do about one time in
   /// thirteen), dropping that fill for nothing. Returns how many were filled.
-  fn fill_many(&self, fills: &[(&str, u32, &Val, Option<u64>)]) -> usize {
+  fn fill_many(&self, fills: &[(&str, u32, Val, Option<u64>)]) -> usize {
     let _g = self.order.lock();
     if self.fences.load(Ordering::SeqCst) > 0 {
       return 0;
@@ -648,7 +648,7 @@ impl Engine {
     let mut n = 0;
     for ((k, _, v, pttl), ok) in fills.iter().zip(ok) {
       if ok {
-        self.put_l1(k, (*v).clone(), pttl.map(|t| t as f64), None);
+        self.put_l1(k, v.clone(), pttl.map(|t| t as f64), None);
         n += 1;
       }
     }
@@ -751,11 +751,7 @@ impl Engine {
         }
       }
     }
-    let refs: Vec<(&str, u32, &Val, Option<u64>)> = fills
-      .iter()
-      .map(|(k, ver, v, p)| (*k, *ver, v, *p))
-      .collect();
-    self.fill_many(&refs);
+    self.fill_many(&fills);
     out
   }
 
@@ -1066,11 +1062,7 @@ impl Engine {
               }
             }
           }
-          let refs: Vec<(&str, u32, &Val, Option<u64>)> = fills
-            .iter()
-            .map(|(k, ver, v, p)| (*k, *ver, v, *p))
-            .collect();
-          inner.fill_many(&refs);
+          inner.fill_many(&fills);
         }
         Err(_) => {
           inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
@@ -1633,7 +1625,10 @@ mod tests {
     let va = e.l1.versions().get(e.l1.slot(&a));
     let vb = e.l1.versions().get(e.l1.slot(&b));
     let (x, y) = (Val::Str("x".into()), Val::Str("y".into()));
-    assert_eq!(e.fill_many(&[(&a, va, &x, None), (&b, vb, &y, None)]), 2);
+    assert_eq!(
+      e.fill_many(&[(&a, va, x.clone(), None), (&b, vb, y.clone(), None)]),
+      2
+    );
     assert_eq!(e.l1.get_live(&a).unwrap().val, x);
     assert_eq!(e.l1.get_live(&b).unwrap().val, y);
   }
