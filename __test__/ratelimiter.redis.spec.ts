@@ -172,15 +172,25 @@ describe('RateLimiter on Redis', () => {
       `${keyPrefix}rl:sliding-window:5:60000:{user:1}`,
       `${keyPrefix}rl:sliding-window:5:60000:{user:1}:log`,
     ])
-    for (const k of keys) {
-      const ttl = await io.pttl(k)
-      assert.ok(ttl > 0 && ttl <= 60_001, `${k} ttl ${ttl}`)
+    const ttls = await Promise.all(keys.map((k) => io.pttl(k)))
+    for (const [i, k] of keys.entries()) {
+      // The log outlives the state beside it, by a window at most.
+      const max = k.endsWith(':log') ? 120_001 : 60_001
+      assert.ok(ttls[i] > 0 && ttls[i] <= max, `${k} ttl ${ttls[i]}`)
     }
+    assert.ok(ttls[2] > ttls[1], `the log (${ttls[2]} ms) must outlive its state (${ttls[1]} ms)`)
     // The log is readable by any client: "<time ms> <cost>".
     const log = await io.lrange(`${keyPrefix}rl:sliding-window:5:60000:{user:1}:log`, 0, -1)
     assert.equal(log.length, 1)
     assert.match(log[0], /^\d+(\.\d+)? 1$/)
-    assert.equal(await io.get(`${keyPrefix}rl:sliding-window:5:60000:{user:1}`), '1')
+    // The state beside it: 7 little-endian doubles, the sum first, then the
+    // oldest and newest entries (time, cost), the length, the log's expiry.
+    const state = (await io.getBuffer(`${keyPrefix}rl:sliding-window:5:60000:{user:1}`))!
+    assert.equal(state.length, 56)
+    const [at, cost] = log[0].split(' ').map(Number)
+    const d = (i: number) => state.readDoubleLE(8 * i)
+    assert.deepEqual([d(0), d(1), d(2), d(3), d(4), d(5)], [1, at, cost, at, cost, 1])
+    assert.ok(d(6) > at + 60_000, `log expiry ${d(6)}`)
     // A limiter with other settings never shares (or misreads) this state.
     const other = new RateLimiter({ limit: 6, windowMs: 60_000, redis: { url, keyPrefix } })
     assert.equal((await other.check('user:1')).remaining, 5)

@@ -425,4 +425,189 @@ mod tests {
       r.reset("e").await.unwrap();
     });
   }
+
+  /// The sliding window's state key, decoded: sum, oldest (time, cost),
+  /// newest (time, cost), length, the log's expiry (7 little-endian f64).
+  async fn sliding_state(r: &Remote, key: &str) -> Option<[f64; 7]> {
+    let k = r.keys(key)[0].clone();
+    let raw: Option<Vec<u8>> = r.redis.query(redis::cmd("GET").arg(&k)).await.unwrap();
+    let raw = raw?;
+    assert_eq!(raw.len(), 56, "{raw:?}");
+    let mut out = [0.0; 7];
+    for (i, o) in out.iter_mut().enumerate() {
+      *o = f64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
+    }
+    Some(out)
+  }
+
+  async fn pttl(r: &Remote, k: &str) -> i64 {
+    r.redis.query(redis::cmd("PTTL").arg(k)).await.unwrap()
+  }
+
+  /// A steady flow costs a GET, an RPUSH and a SET per admission: the
+  /// log's PEXPIRE is sent only when the log would expire before the state
+  /// key, and then a window past it.
+  #[test]
+  fn sliding_window_moves_the_logs_expiry_once_per_window() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let window = 60_000.0;
+      let r = remote(&url, Algo::SlidingWindow, 100.0, window);
+      let ks = r.keys("x");
+      assert!(r.check("x", 1.0, true).await.unwrap().allowed);
+      let (state, log) = (pttl(&r, &ks[0]).await, pttl(&r, &ks[1]).await);
+      assert!(state > 0 && state <= window as i64 + 1, "{state}");
+      assert!(log > state && log <= 2 * window as i64 + 1, "{state} {log}");
+      tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+      assert!(r.check("x", 1.0, true).await.unwrap().allowed);
+      let (state2, log2) = (pttl(&r, &ks[0]).await, pttl(&r, &ks[1]).await);
+      // The state key moved on with the newest entry; the log did not.
+      assert!(state2 > 0 && log2 > state2, "{state2} {log2}");
+      assert!(log2 < log, "the log's expiry moved: {log} then {log2}");
+      r.reset("x").await.unwrap();
+    });
+  }
+
+  /// The state key agrees with the log after every check of a random run
+  /// (fixed seed) with fractional costs, peeks, denials and entries that
+  /// leave a short window while it runs.
+  #[test]
+  fn sliding_window_state_matches_its_log_over_a_random_run() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let r = remote(&url, Algo::SlidingWindow, 4.0, 100.0);
+      let ks = r.keys("k");
+      let mut seed: u64 = 0x5EED_1234_ABCD_0042;
+      let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+      };
+      let (mut allowed, mut denied, mut absent) = (0, 0, 0);
+      for step in 0..300 {
+        let cost = [0.25, 0.5, 1.0, 1.0, 1.0, 2.0, 3.0][(next() % 7) as usize];
+        let consume = next() % 5 != 0;
+        let d = r.check("k", cost, consume).await.unwrap();
+        if d.allowed {
+          allowed += 1
+        } else {
+          denied += 1
+        }
+        // Expiry only moves one way: read the TTLs first, then the log, then
+        // the state; if the state is there, it was there for the others.
+        let (state, log) = (pttl(&r, &ks[0]).await, pttl(&r, &ks[1]).await);
+        let entries: Vec<String> = r
+          .redis
+          .query(redis::cmd("LRANGE").arg(&ks[1]).arg(0).arg(-1))
+          .await
+          .unwrap();
+        let parsed: Vec<(f64, f64)> = entries
+          .iter()
+          .map(|e| {
+            let (t, c) = e.split_once(' ').unwrap();
+            (t.parse().unwrap(), c.parse().unwrap())
+          })
+          .collect();
+        match sliding_state(&r, "k").await {
+          // No state: the newest entry has left the window (a leftover log
+          // may stay until it expires).
+          None => absent += 1,
+          Some([sum, ot, oc, bt, bc, len, lexp]) => {
+            let total: f64 = parsed.iter().map(|e| e.1).sum();
+            assert!(
+              (sum - total).abs() < 1e-9,
+              "{step}: sum {sum} log {parsed:?}"
+            );
+            assert_eq!(len as usize, parsed.len(), "{step}: {parsed:?}");
+            assert_eq!((ot, oc), parsed[0], "{step}");
+            assert_eq!((bt, bc), *parsed.last().unwrap(), "{step}");
+            assert!(
+              parsed.windows(2).all(|w| w[0].0 <= w[1].0),
+              "{step}: {parsed:?}"
+            );
+            assert!(
+              parsed.len() <= 4,
+              "{step}: at most ceil(limit) entries: {parsed:?}"
+            );
+            assert!(sum <= 4.0 + 1e-6, "{step}: over the limit: {sum}");
+            assert!(
+              d.remaining == (4.0 - sum + 1e-6).floor().max(0.0),
+              "{step}: {d:?} sum {sum}"
+            );
+            assert!(state > 0 && log >= state, "{step}: state {state} log {log}");
+            assert!(lexp > bt, "{step}");
+          }
+        }
+        // Now and then the whole window passes (the state key expires; the
+        // log stays a while: a later check finds it left over).
+        let pause = match next() % 30 {
+          0 => 110,
+          1..=10 => next() % 40,
+          _ => 0,
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+      }
+      assert!(
+        allowed > 50 && denied > 50,
+        "{allowed} allowed, {denied} denied"
+      );
+      eprintln!("{allowed} allowed, {denied} denied, no state {absent} times");
+      r.reset("k").await.unwrap();
+    });
+  }
+
+  /// A log left without its state key (it may outlive it by up to a
+  /// window) holds only entries that have left the window: it is dropped,
+  /// not counted. And the older layout (the state key holding the sum as
+  /// text) is still read.
+  #[test]
+  fn sliding_window_reads_leftover_logs_and_the_older_layout() {
+    let Some(url) = redis_url() else { return };
+    crate::runtime::handle().block_on(async {
+      let r = remote(&url, Algo::SlidingWindow, 5.0, 60_000.0);
+      let ks = r.keys("k");
+      let old = |t: f64| format!("{} 1", t);
+      let _: i64 = r
+        .redis
+        .query(
+          redis::cmd("RPUSH")
+            .arg(&ks[1])
+            .arg(old(1.0))
+            .arg(old(2.0))
+            .arg(old(3.0)),
+        )
+        .await
+        .unwrap();
+      let d = r.check("k", 1.0, true).await.unwrap();
+      assert!(d.allowed && d.remaining == 4.0, "{d:?}");
+      let len: i64 = r.redis.query(redis::cmd("LLEN").arg(&ks[1])).await.unwrap();
+      assert_eq!(len, 1);
+      r.reset("k").await.unwrap();
+      // The older layout: two live entries and their sum as text.
+      let t: Vec<String> = r.redis.query(&redis::cmd("TIME")).await.unwrap();
+      let now = t[0].parse::<f64>().unwrap() * 1000.0 + t[1].parse::<f64>().unwrap() / 1000.0;
+      let _: i64 = r
+        .redis
+        .query(
+          redis::cmd("RPUSH")
+            .arg(&ks[1])
+            .arg(old(now - 10.0))
+            .arg(format!("{} 2", now - 5.0)),
+        )
+        .await
+        .unwrap();
+      let _: () = r
+        .redis
+        .query(redis::cmd("SET").arg(&ks[0]).arg("3"))
+        .await
+        .unwrap();
+      let d = r.check("k", 1.0, true).await.unwrap();
+      assert!(d.allowed && d.remaining == 1.0, "{d:?}");
+      let s = sliding_state(&r, "k").await.expect("the new layout");
+      assert_eq!((s[0], s[2], s[5]), (4.0, 1.0, 3.0), "{s:?}");
+      assert!(!r.check("k", 2.0, true).await.unwrap().allowed);
+      r.reset("k").await.unwrap();
+    });
+  }
 }
