@@ -39,9 +39,11 @@ async function measure(ports: { tls: number; plain: number }) {
   const ioAuto = new IORedis({ ...ioOpts, enableAutoPipelining: true })
   const keyPrefix = `hp-bench-tls-${process.pid}:`
   const K = 10_000
-  const make = (i: number) => ({ id: i, name: `user-${i}`, email: `user${i}@example.com`, roles: ['reader', 'writer'], active: true })
+  const shapes = {
+    '~100 B object': (i: number) => ({ id: i, name: `user-${i}`, email: `user${i}@example.com`, roles: ['reader', 'writer'], active: true }),
+    '~1 KB object': (i: number) => ({ id: i, items: Array.from({ length: 12 }, (_, j) => ({ sku: `sku-${i}-${j}`, qty: j, price: 9.99 + j, note: 'lorem ipsum dolor' })) }),
+  }
   const writer = new CacheManager({ redis: { url: plainUrl, keyPrefix }, invalidation: 'none' })
-  await writer.setMany(Array.from({ length: K }, (_, i) => [`s${i}`, make(i)] as [string, ReturnType<typeof make>]))
   // As in cache.mts: an L1 of 1,000 (LRU), no front cache, 10,000 keys
   // round-robin: every read misses L1 and goes to Redis.
   const reader = (url: string) => new CacheManager({ redis: { url, keyPrefix }, maxEntries: 1000, policy: 'lru', invalidation: 'none', frontCacheEntries: 0 })
@@ -51,35 +53,39 @@ async function measure(ports: { tls: number; plain: number }) {
   let p = 0
   let i = 0
   const B = 50
-  const shape = `~100 B object (${JSON.stringify(make(1)).length} B of JSON)`
-  await interleavedRounds(
-    `rediss:// L2 get (L1 miss), one at a time, ${shape} [${path}]`,
-    {
-      'hotpath get over rediss://': async () => {
-        for (let j = 0; j < B; j++) await rTls.get(`s${h++ % K}`)
-      },
-      'ioredis (tls) GET + JSON.parse': async () => {
-        for (let j = 0; j < B; j++) JSON.parse((await io.get(`${keyPrefix}c:s${i++ % K}`))!)
-      },
-      'hotpath get over redis:// (same server, no TLS)': async () => {
-        for (let j = 0; j < B; j++) await rPlain.get(`s${p++ % K}`)
-      },
-    },
-    B,
-    '10,000 keys round-robin, L1 of 1,000 entries (LRU): every read misses L1. One local redis-server serving TLS and plain TCP.',
-  )
   const N = 1024
-  await interleavedRounds(
-    `rediss:// L2 get (L1 miss), 64 in flight, ${shape} [${path}]`,
-    {
-      'hotpath get over rediss://': () => inFlight(N, 64, () => rTls.get(`s${h++ % K}`)),
-      'ioredis (tls) GET + JSON.parse': () => inFlight(N, 64, async () => JSON.parse((await io.get(`${keyPrefix}c:s${i++ % K}`))!)),
-      'ioredis (tls) GET + JSON.parse (auto-pipelining)': () => inFlight(N, 64, async () => JSON.parse((await ioAuto.get(`${keyPrefix}c:s${i++ % K}`))!)),
-      'hotpath get over redis:// (same server, no TLS)': () => inFlight(N, 64, () => rPlain.get(`s${p++ % K}`)),
-    },
-    N,
-    `${N} reads per round, 64 outstanding at a time.`,
-  )
+  for (const [name, make] of Object.entries(shapes)) {
+    const tag = name.startsWith('~1 KB') ? 'b' : 's'
+    await writer.setMany(Array.from({ length: K }, (_, j) => [`${tag}${j}`, make(j)] as [string, ReturnType<typeof make>]))
+    const shape = `${name} (${JSON.stringify(make(1)).length} B of JSON)`
+    await interleavedRounds(
+      `rediss:// L2 get (L1 miss), one at a time, ${shape} [${path}]`,
+      {
+        'hotpath get over rediss://': async () => {
+          for (let j = 0; j < B; j++) await rTls.get(`${tag}${h++ % K}`)
+        },
+        'ioredis (tls) GET + JSON.parse': async () => {
+          for (let j = 0; j < B; j++) JSON.parse((await io.get(`${keyPrefix}c:${tag}${i++ % K}`))!)
+        },
+        'hotpath get over redis:// (same server, no TLS)': async () => {
+          for (let j = 0; j < B; j++) await rPlain.get(`${tag}${p++ % K}`)
+        },
+      },
+      B,
+      '10,000 keys round-robin, L1 of 1,000 entries (LRU): every read misses L1. One local redis-server serving TLS and plain TCP.',
+    )
+    await interleavedRounds(
+      `rediss:// L2 get (L1 miss), 64 in flight, ${shape} [${path}]`,
+      {
+        'hotpath get over rediss://': () => inFlight(N, 64, () => rTls.get(`${tag}${h++ % K}`)),
+        'ioredis (tls) GET + JSON.parse': () => inFlight(N, 64, async () => JSON.parse((await io.get(`${keyPrefix}c:${tag}${i++ % K}`))!)),
+        'ioredis (tls) GET + JSON.parse (auto-pipelining)': () => inFlight(N, 64, async () => JSON.parse((await ioAuto.get(`${keyPrefix}c:${tag}${i++ % K}`))!)),
+        'hotpath get over redis:// (same server, no TLS)': () => inFlight(N, 64, () => rPlain.get(`${tag}${p++ % K}`)),
+      },
+      N,
+      `${N} reads per round, 64 outstanding at a time.`,
+    )
+  }
   for (const r of [rTls, rPlain]) {
     const st = r.stats()
     if (st.l1Hits !== 0 || st.l2Errors !== 0) throw new Error(`L2 benchmark: l1Hits ${st.l1Hits}, l2Errors ${st.l2Errors}`)
