@@ -283,6 +283,42 @@ describe('TLS', () => {
     }
   })
 
+  test('rediss:// blackholed (SIGSTOP) with calls in flight: they fail after commandTimeoutMs; after SIGCONT the probe over TLS heals it (breaker phases: src/redis/tls.rs tests)', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnTlsRedis(await freePort())
+    await own.start()
+    const timeout = 400
+    const redis = { url: own.url, keyPrefix: `tlsbh-${process.pid}:`, commandTimeoutMs: timeout, connectTimeoutMs: timeout }
+    const cache = new CacheManager({ redis, maxEntries: 10, invalidation: 'none' })
+    const limiter = new RateLimiter({ limit: 1e9, windowMs: 60_000, algorithm: 'fixed-window', onRedisError: 'deny', redis })
+    try {
+      await eventually(async () => (await limiter.check('up')).allowed, 10_000, 'TLS redis-server up')
+      await cache.set('warm', 1)
+      own.pause()
+      const stoppedAt = performance.now()
+      const keys = Array.from({ length: 40 }, (_, i) => `miss${i}`)
+      const first = await Promise.all([...keys.slice(0, 20).map((k) => cache.get(k)), ...keys.slice(20).map((k) => limiter.check(k))])
+      const firstMs = performance.now() - stoppedAt
+      assert.ok(firstMs >= timeout, `settled before commandTimeoutMs: ${firstMs}`)
+      assert.ok(first.slice(0, 20).every((v) => v === undefined))
+      assert.ok(first.slice(20).every((r) => (r as { allowed: boolean }).allowed === false), "onRedisError 'deny'")
+      const errors = limiter.stats().redisErrors
+      assert.ok(errors >= 20, `${errors}`)
+      own.resume()
+      const resumedAt = performance.now()
+      await eventually(async () => {
+        const r = await limiter.check('b')
+        return r.allowed && (await new CacheManager({ redis, invalidation: 'none' }).get('warm')) === 1
+      }, 5000, 'heal after SIGCONT')
+      t.diagnostic(`first wave ${firstMs.toFixed(0)} ms; healed ${(performance.now() - resumedAt).toFixed(0)} ms after SIGCONT`)
+    } finally {
+      own.resume()
+      await cache.close()
+      await limiter.close()
+      await own.dispose()
+    }
+  })
+
   test('rediss:// to a server that never answers the TLS handshake: a connect that timed out, then the breaker (no password in the log)', async (t) => {
     if (!redisUrl(t)) return
     const secret = `tls-s3cret-${process.pid}`
