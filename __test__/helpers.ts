@@ -1,5 +1,5 @@
 // Shared test helpers.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createServer, connect } from 'node:net'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -126,6 +126,57 @@ export class OwnRedis {
   async dispose() {
     this.resume()
     await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+/** A TLS-only redis-server of the test's own (`--tls-port`, no plain port)
+ *  with a throwaway self-signed certificate for IP:127.0.0.1, made with
+ *  openssl. `url` has `#insecure` (the certificate is in no root store);
+ *  `ioredis` gives ioredis options for the same server. */
+export class OwnTlsRedis {
+  proc: ChildProcess | null = null
+  dir = mkdtempSync(join(tmpdir(), 'hotpath-tls-'))
+  /** `plainPort`: also serve plain TCP there (0: TLS only). */
+  constructor(public port: number, public plainPort = 0) {}
+  get url() {
+    return `rediss://127.0.0.1:${this.port}/#insecure`
+  }
+  get ioredis() {
+    return { host: '127.0.0.1', port: this.port, tls: { rejectUnauthorized: false } }
+  }
+  async start(extraArgs: string[] = []) {
+    const gen = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(this.dir, 'key.pem'), '-out', join(this.dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' })
+    if (gen.status !== 0) throw new Error(`openssl: ${gen.stderr}`)
+    const args = ['--port', String(this.plainPort), '--tls-port', String(this.port), '--bind', '127.0.0.1', '--tls-cert-file', join(this.dir, 'cert.pem'), '--tls-key-file', join(this.dir, 'key.pem'), '--tls-ca-cert-file', join(this.dir, 'cert.pem'), '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...extraArgs]
+    this.proc = spawn(OwnRedis.bin(), args, { stdio: 'ignore' })
+    // Up when it accepts TCP (the TLS handshake is the client's business).
+    const deadline = Date.now() + 10_000
+    while (!(await new Promise<boolean>((resolve) => {
+      const c = connect(this.port, '127.0.0.1')
+      c.on('connect', () => (c.destroy(), resolve(true)))
+      c.on('error', () => resolve(false))
+    }))) {
+      if (this.proc.exitCode !== null) throw new Error(`TLS redis-server on ${this.port} exited (${this.proc.exitCode})`)
+      if (Date.now() > deadline) throw new Error(`TLS redis-server on ${this.port} did not start`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  pause() {
+    this.proc?.kill('SIGSTOP')
+  }
+  resume() {
+    this.proc?.kill('SIGCONT')
+  }
+  async dispose() {
+    const p = this.proc
+    this.proc = null
+    if (p && p.exitCode === null && p.signalCode === null) {
+      p.kill('SIGCONT')
+      const exited = new Promise((r) => p.once('exit', r))
+      p.kill('SIGKILL')
+      await exited
+    }
     rmSync(this.dir, { recursive: true, force: true })
   }
 }

@@ -5,13 +5,11 @@ import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import os from 'node:os'
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
-import { spawnSync, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { Redis as IORedis } from 'ioredis'
 import { CacheManager, RateLimiter } from 'hotpath'
-import { redisUrl, eventually, OwnRedis, freePort } from './helpers.ts'
+import { redisUrl, eventually, OwnRedis, OwnTlsRedis, freePort } from './helpers.ts'
 
 /** Client connections other than `self` (CLIENT LIST). */
 async function clients(io: IORedis): Promise<string[]> {
@@ -187,16 +185,13 @@ describe('Secrets', () => {
 describe('TLS', () => {
   test('rediss:// against a redis-server with a throwaway certificate', async (t) => {
     if (!redisUrl(t)) return
-    const dir = mkdtempSync(join(tmpdir(), 'hotpath-tls-'))
-    const gen = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' })
-    assert.equal(gen.status, 0, `openssl: ${gen.stderr}`)
-    const port = await freePort()
-    const bin = OwnRedis.bin()
-    const proc = spawn(bin, ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--tls-cert-file', join(dir, 'cert.pem'), '--tls-key-file', join(dir, 'key.pem'), '--tls-ca-cert-file', join(dir, 'cert.pem'), '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
+    const own = new OwnTlsRedis(await freePort())
+    await own.start()
+    const port = own.port
     try {
       // `#insecure`: the certificate is self-signed (not in the webpki roots).
-      const url = `rediss://127.0.0.1:${port}/#insecure`
-      const io = new IORedis({ host: '127.0.0.1', port, tls: { rejectUnauthorized: false }, lazyConnect: true, retryStrategy: () => null })
+      const url = own.url
+      const io = new IORedis({ ...own.ioredis, lazyConnect: true, retryStrategy: () => null })
       await eventually(async () => {
         try {
           await io.connect()
@@ -206,6 +201,7 @@ describe('TLS', () => {
           return false
         }
       }, 10_000, 'TLS redis-server up')
+      assert.equal(url, `rediss://127.0.0.1:${port}/#insecure`)
       const redis = { url, keyPrefix: `tls-${process.pid}:`, commandTimeoutMs: 3000 }
       const a = new CacheManager({ redis })
       const b = new CacheManager({ redis, invalidation: 'none' })
@@ -221,8 +217,136 @@ describe('TLS', () => {
       await l.close()
       io.disconnect()
     } finally {
-      proc.kill('SIGKILL')
-      rmSync(dir, { recursive: true, force: true })
+      await own.dispose()
     }
+  })
+
+  /** Calls per command since the server started (INFO commandstats). */
+  async function commandCalls(io: IORedis): Promise<Record<string, number>> {
+    const info = (await io.info('commandstats')) as string
+    const out: Record<string, number> = {}
+    for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) out[m[1]] = Number(m[2])
+    return out
+  }
+
+  test('rediss:// takes the JS-thread path: 64 gets in flight are one MGET, 64 limiter checks a few script calls, all answered in order', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnTlsRedis(await freePort())
+    await own.start()
+    const io = new IORedis({ ...own.ioredis, lazyConnect: true, retryStrategy: () => null })
+    try {
+      await io.connect()
+      const redis = { url: own.url, keyPrefix: `tls64-${process.pid}:`, commandTimeoutMs: 3000 }
+      const value = (i: number) => ({ i, pad: 'x'.repeat(i * 300) }) // up to ~19 KB: replies span TLS records
+      const writer = new CacheManager({ redis, invalidation: 'none' })
+      await writer.setMany(Array.from({ length: 64 }, (_, i) => [`k${i}`, value(i)] as [string, ReturnType<typeof value>]))
+      const reader = new CacheManager({ redis, invalidation: 'none' })
+      const before = await commandCalls(io)
+      const got = await Promise.all(Array.from({ length: 64 }, (_, i) => reader.get(`k${i}`)))
+      const after = await commandCalls(io)
+      assert.deepEqual(got, Array.from({ length: 64 }, (_, i) => value(i)))
+      assert.equal(reader.stats().l2Errors, 0)
+      const delta = (a: Record<string, number>, b: Record<string, number>, cmd: string) => (a[cmd] ?? 0) - (b[cmd] ?? 0)
+      t.diagnostic(`64 gets: MGET ${delta(after, before, 'mget')}, GET ${delta(after, before, 'get')}, PTTL ${delta(after, before, 'pttl')}`)
+      // The JS-thread path sends the reads of one tick as one MGET; the
+      // Tokio path (rediss:// before, or HOTPATH_REDIS_NO_FAST=1) sends a
+      // GET + PTTL for each.
+      assert.equal(delta(after, before, 'mget'), 1, 'one MGET for the tick')
+      assert.equal(delta(after, before, 'get'), 0, 'no GET per read')
+      // The limiter: 64 checks of one key in one tick, limit 50.
+      const l = new RateLimiter({ limit: 50, windowMs: 60_000, algorithm: 'fixed-window', onRedisError: 'deny', redis })
+      const b2 = await commandCalls(io)
+      const rs = await Promise.all(Array.from({ length: 64 }, () => l.check('same')))
+      const a2 = await commandCalls(io)
+      assert.equal(l.stats().redisErrors, 0)
+      assert.deepEqual(rs.map((r) => r.allowed), Array.from({ length: 64 }, (_, i) => i < 50), 'answered in order')
+      const scripts = delta(a2, b2, 'evalsha') + delta(a2, b2, 'eval')
+      t.diagnostic(`64 checks: ${scripts} script calls`)
+      // 4 calls of 16 (a call leaves as soon as 16 are queued), each sent
+      // once more whole on this fresh server (NOSCRIPT); the Tokio path
+      // makes one call per check.
+      assert.ok(scripts >= 1 && scripts <= 8, `checks batched into a few script calls, got ${scripts}`)
+      // 64 in flight, many rounds, a mix of both.
+      for (let round = 0; round < 20; round++) {
+        const fresh = new CacheManager({ redis, invalidation: 'none', maxEntries: 10 })
+        const mixed = await Promise.all(Array.from({ length: 64 }, (_, i) => (i % 2 ? fresh.get(`k${i}`) : l.check(`r${round}:${i}`))))
+        mixed.forEach((v, i) => (i % 2 ? assert.deepEqual(v, value(i)) : assert.equal((v as { allowed: boolean }).allowed, true)))
+        await fresh.close()
+      }
+      assert.equal(l.stats().redisErrors, 0)
+      await writer.close()
+      await reader.close()
+      await l.close()
+    } finally {
+      io.disconnect()
+      await own.dispose()
+    }
+  })
+
+  test('rediss:// blackholed (SIGSTOP) with calls in flight: they fail after commandTimeoutMs; after SIGCONT the probe over TLS heals it (breaker phases: src/redis/tls.rs tests)', async (t) => {
+    if (!redisUrl(t)) return
+    const own = new OwnTlsRedis(await freePort())
+    await own.start()
+    const timeout = 400
+    const redis = { url: own.url, keyPrefix: `tlsbh-${process.pid}:`, commandTimeoutMs: timeout, connectTimeoutMs: timeout }
+    const cache = new CacheManager({ redis, maxEntries: 10, invalidation: 'none' })
+    const limiter = new RateLimiter({ limit: 1e9, windowMs: 60_000, algorithm: 'fixed-window', onRedisError: 'deny', redis })
+    try {
+      await eventually(async () => (await limiter.check('up')).allowed, 10_000, 'TLS redis-server up')
+      await cache.set('warm', 1)
+      own.pause()
+      const stoppedAt = performance.now()
+      const keys = Array.from({ length: 40 }, (_, i) => `miss${i}`)
+      const first = await Promise.all([...keys.slice(0, 20).map((k) => cache.get(k)), ...keys.slice(20).map((k) => limiter.check(k))])
+      const firstMs = performance.now() - stoppedAt
+      assert.ok(firstMs >= timeout, `settled before commandTimeoutMs: ${firstMs}`)
+      assert.ok(first.slice(0, 20).every((v) => v === undefined))
+      assert.ok(first.slice(20).every((r) => (r as { allowed: boolean }).allowed === false), "onRedisError 'deny'")
+      const errors = limiter.stats().redisErrors
+      assert.ok(errors >= 20, `${errors}`)
+      own.resume()
+      const resumedAt = performance.now()
+      await eventually(async () => {
+        const r = await limiter.check('b')
+        return r.allowed && (await new CacheManager({ redis, invalidation: 'none' }).get('warm')) === 1
+      }, 5000, 'heal after SIGCONT')
+      t.diagnostic(`first wave ${firstMs.toFixed(0)} ms; healed ${(performance.now() - resumedAt).toFixed(0)} ms after SIGCONT`)
+    } finally {
+      own.resume()
+      await cache.close()
+      await limiter.close()
+      await own.dispose()
+    }
+  })
+
+  test('rediss:// to a server that never answers the TLS handshake: a connect that timed out, then the breaker (no password in the log)', async (t) => {
+    if (!redisUrl(t)) return
+    const secret = `tls-s3cret-${process.pid}`
+    // In a child with HOTPATH_DEBUG=1: its stderr shows why calls failed.
+    const script = `
+      const net = require('node:net')
+      const { CacheManager, RateLimiter } = require(${JSON.stringify(join(process.cwd(), 'lib/hotpath.js'))})
+      const srv = net.createServer(() => {}) // takes the connection, never answers
+      srv.listen(0, '127.0.0.1', async () => {
+        const redis = { url: 'rediss://:${secret}@127.0.0.1:' + srv.address().port + '/#insecure', connectTimeoutMs: 300, commandTimeoutMs: 300, keyPrefix: 'x:' }
+        const c = new CacheManager({ redis, invalidation: 'none' })
+        const l = new RateLimiter({ limit: 5, windowMs: 60000, onRedisError: 'deny', redis })
+        const t0 = performance.now()
+        const first = await Promise.all([c.get('a'), l.check('a')])
+        const firstMs = performance.now() - t0
+        const second = await Promise.all([c.get('b'), l.check('b')])
+        console.log(JSON.stringify({ firstMs, first: [first[0], first[1].allowed], second: [second[0], second[1].allowed], l2Errors: c.stats().l2Errors, redisErrors: l.stats().redisErrors }))
+        await c.close(); await l.close(); process.exit(0)
+      })`
+    const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, HOTPATH_DEBUG: '1' }, encoding: 'utf8', timeout: 20_000 })
+    assert.equal(r.status, 0, r.stderr)
+    const out = JSON.parse(r.stdout)
+    t.diagnostic(`${r.stdout.trim()}\n${r.stderr.trim()}`)
+    assert.ok(out.firstMs >= 300, `settled before connectTimeoutMs: ${out.firstMs}`)
+    assert.deepEqual(out.first, [null, false])
+    assert.deepEqual(out.second, [null, false])
+    assert.ok(out.l2Errors >= 2 && out.redisErrors >= 2, r.stdout)
+    assert.match(r.stderr, /TLS handshake with 127\.0\.0\.1:\d+ timed out after 300 ms/)
+    assert.ok(!r.stderr.includes(secret) && !r.stdout.includes(secret), `leaked: ${r.stderr}`)
   })
 })

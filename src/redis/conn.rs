@@ -10,10 +10,20 @@
 //! command it queues the handshake (`AUTH`, `SELECT`), so nothing waits for
 //! the connect: the whole first tick goes out in one write behind it.
 //!
+//! Over TLS (`rediss://`, see `tls.rs`) a rustls `ClientConnection` sits
+//! between the buffers and the socket: the tick's commands go into its
+//! `writer()` and leave as one `write_tls`; what the socket gives goes
+//! through `read_tls` and `process_new_packets`, and the plaintext from its
+//! `reader()` is parsed as on plain TCP. The TLS handshake is part of
+//! connecting: the connection is connected (and the handshake's `AUTH` /
+//! `SELECT` and the queued commands leave) once it is done, and a handshake
+//! that stalls past `connectTimeoutMs` is a connect that timed out.
+//!
 //! Failures (see `breaker.rs`): a refused or reset connection, a connect
-//! that timed out, or a connection silent for `commandTimeoutMs` while
-//! replies are owed closes the socket, fails every owed command with
-//! `ERR_REDIS` and opens the endpoint's breaker. A command that times out
+//! (TLS handshake included) that timed out or failed, or a connection
+//! silent for `commandTimeoutMs` while replies are owed closes the socket,
+//! fails every owed command with `ERR_REDIS` and opens the endpoint's
+//! breaker. A command that times out
 //! while other replies keep arriving fails alone (its reply, when it comes,
 //! is dropped) and the connection stays.
 
@@ -40,6 +50,8 @@ pub struct Target {
   pub username: Option<String>,
   pub password: Option<String>,
   pub db: i64,
+  /// `rediss://`: TLS settings (verification, server name).
+  pub tls: Option<super::tls::Tls>,
   pub connect_timeout_ms: f64,
   pub command_timeout_ms: f64,
   pub breaker: Arc<Breaker>,
@@ -64,6 +76,11 @@ struct Pending {
 pub struct Conn {
   pub target: Arc<Target>,
   sock: Option<TcpStream>,
+  /// TLS over `sock` (`rediss://`).
+  tls: Option<rustls::ClientConnection>,
+  /// The TCP connect finished (for TLS, the handshake may still run).
+  tcp_up: bool,
+  /// Ready for commands: TCP up and, over TLS, the handshake done.
   connected: bool,
   connect_deadline: f64,
   /// Half-open: this connection is the breaker's probe.
@@ -87,6 +104,8 @@ impl Conn {
     Conn {
       target,
       sock: None,
+      tls: None,
+      tcp_up: false,
       connected: false,
       connect_deadline: 0.0,
       probing: false,
@@ -109,7 +128,10 @@ impl Conn {
   }
 
   pub fn want_write(&self) -> bool {
-    self.sock.is_some() && (!self.connected || self.wpos < self.wbuf.len())
+    self.sock.is_some()
+      && (!self.tcp_up
+        || (self.connected && self.wpos < self.wbuf.len())
+        || self.tls.as_ref().is_some_and(|t| t.wants_write()))
   }
 
   /// Replies owed to callers (the driver keeps the event loop alive then).
@@ -121,7 +143,7 @@ impl Conn {
   }
 
   pub fn has_unflushed(&self) -> bool {
-    self.wpos < self.wbuf.len()
+    self.wpos < self.wbuf.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
   }
 
   pub fn is_probing(&self) -> bool {
@@ -250,7 +272,18 @@ impl Conn {
       Err(e) if e.kind() == ErrorKind::WouldBlock => {}
       Err(e) => return Err(io(e)),
     }
+    self.tls = match &t.tls {
+      Some(tls) => {
+        let mut c = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+          .map_err(|e| format!("redis: TLS to {}: {e}", t.name))?;
+        // The tick's commands go in whole (they are in `wbuf` already).
+        c.set_buffer_limit(None);
+        Some(c)
+      }
+      None => None,
+    };
     self.sock = Some(s.into());
+    self.tcp_up = false;
     self.connected = false;
     self.connect_deadline = now + t.connect_timeout_ms;
     self.last_read = now;
@@ -276,6 +309,8 @@ impl Conn {
     if self.sock.take().is_some() {
       self.generation += 1;
     }
+    self.tls = None;
+    self.tcp_up = false;
     self.connected = false;
     self.wbuf.clear();
     self.wpos = 0;
@@ -306,7 +341,22 @@ impl Conn {
 
   /// Write what the buffer holds (one `write` for the whole tick).
   pub fn flush(&mut self, now: f64, out: &mut Out) {
-    if !self.connected || self.wpos >= self.wbuf.len() {
+    if !self.connected {
+      return;
+    }
+    if let Some(tls) = self.tls.as_mut() {
+      if self.wpos < self.wbuf.len() {
+        // No buffer limit: rustls takes (and encrypts) it all.
+        if let Err(e) = tls.writer().write_all(&self.wbuf[self.wpos..]) {
+          let msg = format!("redis: TLS write to {}: {e}", self.target.name);
+          return self.fail(now, msg, true, out);
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+      }
+      return self.write_tls(now, out);
+    }
+    if self.wpos >= self.wbuf.len() {
       return;
     }
     let Some(s) = self.sock.as_mut() else { return };
@@ -332,12 +382,39 @@ impl Conn {
     }
   }
 
+  /// Write what rustls holds (handshake messages, encrypted commands).
+  fn write_tls(&mut self, now: f64, out: &mut Out) {
+    loop {
+      let (Some(s), Some(tls)) = (self.sock.as_mut(), self.tls.as_mut()) else {
+        return;
+      };
+      if !tls.wants_write() {
+        return;
+      }
+      let mut s: &TcpStream = s;
+      match tls.write_tls(&mut s) {
+        Ok(0) => return,
+        Ok(_) => {
+          if self.connected {
+            self.writes += 1;
+          }
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+        Err(e) => {
+          let msg = format!("redis: write to {}: {e}", self.target.name);
+          return self.fail(now, msg, true, out);
+        }
+      }
+    }
+  }
+
   /// The socket is readable and/or writable (or in error).
   pub fn on_io(&mut self, now: f64, readable: bool, writable: bool, out: &mut Out) {
     if self.sock.is_none() {
       return;
     }
-    if !self.connected && (writable || readable) {
+    if !self.tcp_up && (writable || readable) {
       let err = self
         .sock
         .as_ref()
@@ -348,11 +425,26 @@ impl Conn {
       }
       // Writable without error: connected (a peer check confirms it).
       if self.sock.as_ref().is_some_and(|s| s.peer_addr().is_ok()) {
-        self.connected = true;
+        self.tcp_up = true;
+        // Over TLS, connected once the handshake is done (in `read_tls`).
+        self.connected = self.tls.is_none();
       } else if writable {
         let msg = format!("redis: connect to {}: connection refused", self.target.name);
         return self.fail(now, msg, true, out);
       }
+    }
+    if self.tls.is_some() {
+      // Read first: the handshake may finish, and then the queued commands
+      // (and the client's Finished) leave in the flush after it.
+      if readable {
+        self.read(now, out);
+      }
+      if self.connected {
+        self.flush(now, out);
+      } else if self.tcp_up {
+        self.write_tls(now, out);
+      }
+      return;
     }
     if self.connected {
       self.flush(now, out);
@@ -362,10 +454,12 @@ impl Conn {
     }
   }
 
-  fn read(&mut self, now: f64, out: &mut Out) {
-    let mut eof = false;
+  /// Read from the socket into `rbuf`: `Ok(true)` at EOF.
+  fn fill_plain(&mut self, now: f64) -> Result<bool, String> {
     loop {
-      let Some(s) = self.sock.as_mut() else { return };
+      let Some(s) = self.sock.as_mut() else {
+        return Ok(false);
+      };
       let mut s: &TcpStream = s;
       let len = self.rbuf.len();
       if self.rbuf.capacity() - len < 16 * 1024 {
@@ -376,25 +470,84 @@ impl Conn {
       let spare =
         unsafe { std::slice::from_raw_parts_mut(self.rbuf.as_mut_ptr().add(len), cap - len) };
       match s.read(spare) {
-        Ok(0) => {
-          eof = true;
-          break;
-        }
+        Ok(0) => return Ok(true),
         Ok(n) => {
           unsafe { self.rbuf.set_len(len + n) };
           self.last_read = now;
           if n < cap - len {
-            break;
+            return Ok(false);
           }
         }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
         Err(e) if e.kind() == ErrorKind::Interrupted => {}
-        Err(e) => {
-          let msg = format!("redis: read from {}: {e}", self.target.name);
-          return self.fail(now, msg, true, out);
-        }
+        Err(e) => return Err(format!("redis: read from {}: {e}", self.target.name)),
       }
     }
+  }
+
+  /// Read TLS records from the socket, process them (the handshake, too)
+  /// and move the plaintext into `rbuf`: `Ok(true)` at EOF.
+  fn fill_tls(&mut self, now: f64) -> Result<bool, String> {
+    let name = &self.target.name;
+    loop {
+      let (Some(s), Some(tls)) = (self.sock.as_mut(), self.tls.as_mut()) else {
+        return Ok(false);
+      };
+      let mut s: &TcpStream = s;
+      let mut eof = false;
+      match tls.read_tls(&mut s) {
+        Ok(0) => eof = true,
+        Ok(_) => self.last_read = now,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+        Err(e) => return Err(format!("redis: read from {name}: {e}")),
+      }
+      if let Err(e) = tls.process_new_packets() {
+        // Tell the server why (the alert rustls queued), then give up.
+        let _ = tls.write_tls(&mut s);
+        let what = if self.connected {
+          "TLS error from"
+        } else {
+          "TLS handshake failed with"
+        };
+        return Err(format!("redis: {what} {name}: {e}"));
+      }
+      if !self.connected && !tls.is_handshaking() {
+        self.connected = true;
+      }
+      loop {
+        let len = self.rbuf.len();
+        if self.rbuf.capacity() - len < 16 * 1024 {
+          self.rbuf.reserve(64 * 1024);
+        }
+        let cap = self.rbuf.capacity();
+        let spare =
+          unsafe { std::slice::from_raw_parts_mut(self.rbuf.as_mut_ptr().add(len), cap - len) };
+        match tls.reader().read(spare) {
+          Ok(0) => return Ok(true),
+          Ok(n) => unsafe { self.rbuf.set_len(len + n) },
+          Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+          Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+          Err(e) if e.kind() == ErrorKind::Interrupted => {}
+          Err(e) => return Err(format!("redis: TLS read from {name}: {e}")),
+        }
+      }
+      if eof {
+        return Ok(true);
+      }
+    }
+  }
+
+  fn read(&mut self, now: f64, out: &mut Out) {
+    let filled = if self.tls.is_some() {
+      self.fill_tls(now)
+    } else {
+      self.fill_plain(now)
+    };
+    let eof = match filled {
+      Ok(eof) => eof,
+      Err(msg) => return self.fail(now, msg, true, out),
+    };
     self.parse_replies(now, out);
     if eof && self.sock.is_some() {
       let owed = !self.pending.is_empty();
@@ -461,8 +614,13 @@ impl Conn {
   /// Deadlines: a connect that took too long, replies that did not come.
   pub fn on_timer(&mut self, now: f64, out: &mut Out) {
     if self.sock.is_some() && !self.connected && now >= self.connect_deadline {
+      let what = if self.tcp_up {
+        "TLS handshake with"
+      } else {
+        "connect to"
+      };
       let msg = format!(
-        "redis: connect to {} timed out after {} ms",
+        "redis: {what} {} timed out after {} ms",
         self.target.name, self.target.connect_timeout_ms
       );
       return self.fail(now, msg, true, out);
@@ -518,7 +676,7 @@ pub fn first(r: Result<Vec<Reply>, HpError>) -> Result<redis::Value, HpError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
   use super::*;
   use crate::redis::breaker::Phase;
   use crate::redis::uv::real_ms;
@@ -529,7 +687,7 @@ mod tests {
 
   /// A stand-in for the libuv driver: poll(2) on the socket, then the
   /// connection's events and deadlines, until `done()` or `ms` pass.
-  fn drive(c: &mut Conn, ms: f64, done: &dyn Fn() -> bool) {
+  pub(crate) fn drive(c: &mut Conn, ms: f64, done: &dyn Fn() -> bool) {
     let end = real_ms() + ms;
     while !done() && real_ms() < end {
       let mut out = Vec::new();
@@ -565,6 +723,7 @@ mod tests {
       username: None,
       password: None,
       db: 0,
+      tls: None,
       connect_timeout_ms: 500.0,
       command_timeout_ms: cmd_ms,
       breaker: Arc::new(Breaker::default()),
@@ -594,15 +753,15 @@ mod tests {
 
   /// Send one command now (one reply); returns what failed at once, in the
   /// call (the breaker failing fast).
-  fn send_now(c: &mut Conn, args: &[&[u8]], done: Done) -> Out {
+  pub(crate) fn send_now(c: &mut Conn, args: &[&[u8]], done: Done) -> Out {
     let mut out = Vec::new();
     c.send(real_ms(), &|b| resp::encode(b, args), 1, done, &mut out);
     out
   }
 
-  type Log = Rc<RefCell<Vec<(usize, Result<Vec<Reply>, HpError>)>>>;
+  pub(crate) type Log = Rc<RefCell<Vec<(usize, Result<Vec<Reply>, HpError>)>>>;
 
-  fn recorder(log: &Log, i: usize) -> Done {
+  pub(crate) fn recorder(log: &Log, i: usize) -> Done {
     let log = log.clone();
     Box::new(move |r| log.borrow_mut().push((i, r)))
   }

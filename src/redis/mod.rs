@@ -10,8 +10,10 @@
 //!   backoff). While it is open, calls fail fast with `ERR_REDIS`.
 //! - This file: options, URL redaction, and the process-wide endpoint
 //!   registry with the Tokio-side connection (redis-rs) used by background
-//!   work (write-behind, SCAN, tag deletes, `acquire`'s waits), by Cluster and
-//!   by `rediss://`; scripts (EVALSHA, re-sent on NOSCRIPT).
+//!   work (write-behind, SCAN, tag deletes, `acquire`'s waits) and by
+//!   Cluster; scripts (EVALSHA, re-sent on NOSCRIPT).
+//! - [`tls`]: the rustls settings of `rediss://` on the JS-thread path (the
+//!   same verification as the Tokio side's).
 //! - [`pubsub`]: one subscriber connection per endpoint for every channel,
 //!   with PING health checks and reconnect backoff; on a Cluster it fails
 //!   over to the next seed.
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod conn;
 pub mod pubsub;
 pub mod resp;
+pub mod tls;
 pub mod uv;
 
 use std::collections::HashMap;
@@ -255,7 +258,7 @@ pub struct Endpoint {
   cluster: Option<redis::cluster::ClusterClient>,
   conn: OnceCell<Conn>,
   pub breaker: Arc<Breaker>,
-  /// Single node over plain TCP: the JS-thread core can drive it.
+  /// Single node (plain TCP or TLS): the JS-thread core can drive it.
   target: Option<Arc<conn::Target>>,
   hub: Mutex<Weak<pubsub::Hub>>,
 }
@@ -281,10 +284,29 @@ impl Endpoint {
     let (single, cluster, target) = if cfg.cluster.is_empty() {
       let client = redis::Client::open(cfg.url.as_str())
         .map_err(|e| HpError::invalid(cfg.scrub(&format!("redis.url: {e}"))))?;
-      let target = match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port) => {
+      // Plain TCP, or TLS as the URL gives it (`rediss://`, `#insecure`);
+      // TLS settings the URL cannot give (client certificates, own roots)
+      // stay on the Tokio side.
+      let (host_port, tls) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (Some((host, *port)), None),
+        redis::ConnectionAddr::TcpTls {
+          host,
+          port,
+          insecure,
+          tls_params: None,
+        } => match tls::Tls::new(host, *insecure) {
+          Ok(t) => (Some((host, *port)), Some(t)),
+          Err(e) => {
+            debug_log(&HpError::redis(e));
+            (None, None)
+          }
+        },
+        _ => (None, None),
+      };
+      let target = match host_port {
+        Some((host, port)) => {
           use std::net::ToSocketAddrs;
-          let addrs: Vec<std::net::SocketAddr> = (host.as_str(), *port)
+          let addrs: Vec<std::net::SocketAddr> = (host.as_str(), port)
             .to_socket_addrs()
             .map(|a| a.collect())
             .unwrap_or_default();
@@ -296,13 +318,14 @@ impl Endpoint {
               username: r.username().map(str::to_string),
               password: r.password().map(str::to_string),
               db: r.db(),
+              tls,
               connect_timeout_ms: cfg.connect_timeout.as_secs_f64() * 1000.0,
               command_timeout_ms: cfg.command_timeout.as_secs_f64() * 1000.0,
               breaker: breaker.clone(),
             })
           })
         }
-        _ => None,
+        None => None,
       };
       (Some(client), None, target)
     } else {
@@ -380,7 +403,8 @@ impl Redis {
   }
 
   /// This JS thread's connection to the endpoint, when the endpoint is a
-  /// single node over plain TCP and the thread runs a Node event loop.
+  /// single node (`redis://` or `rediss://`) and the thread runs a Node
+  /// event loop.
   pub fn fast(&self, env: napi::sys::napi_env) -> Option<Fast> {
     let target = self.ep.target.as_ref()?;
     // HOTPATH_REDIS_NO_FAST=1: everything through the Tokio side (for
@@ -844,6 +868,45 @@ mod sharing_tests {
       .unwrap_err();
       assert!(!e.message.contains("hunter2secret"), "{}", e.message);
     }
+  }
+
+  /// `rediss://` takes the JS-thread path: the endpoint has a target, over
+  /// TLS, with what the URL says (`#insecure`: no verification and no SNI,
+  /// as redis-rs does; credentials; database). Before, only `redis://` had
+  /// one and `Redis::fast()` answered None for `rediss://`.
+  #[test]
+  fn rediss_urls_have_a_js_thread_target() {
+    let r = Redis::new(cfg(
+      "rediss://user:pw-s3cret@127.0.0.1:6390/2#insecure",
+      "t:",
+      1000.0,
+    ))
+    .unwrap();
+    let t = r
+      .ep
+      .target
+      .as_ref()
+      .expect("rediss:// takes the JS-thread path");
+    let tls = t.tls.as_ref().expect("over TLS");
+    assert!(!tls.config.enable_sni, "#insecure: no SNI, like redis-rs");
+    assert_eq!(t.username.as_deref(), Some("user"));
+    assert_eq!(t.password.as_deref(), Some("pw-s3cret"));
+    assert_eq!(t.db, 2);
+    assert!(!t.name.contains("s3cret"), "{}", t.name);
+    let r = Redis::new(cfg("rediss://localhost:6390", "t:", 1000.0)).unwrap();
+    let t = r
+      .ep
+      .target
+      .as_ref()
+      .expect("rediss:// takes the JS-thread path");
+    let tls = t.tls.as_ref().expect("over TLS");
+    assert!(tls.config.enable_sni, "verified: SNI is the host name");
+    assert_eq!(
+      tls.server_name,
+      rustls::pki_types::ServerName::try_from("localhost").unwrap()
+    );
+    let r = Redis::new(cfg("redis://127.0.0.1:6390", "t:", 1000.0)).unwrap();
+    assert!(r.ep.target.as_ref().unwrap().tls.is_none());
   }
 
   #[test]
