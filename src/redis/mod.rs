@@ -10,8 +10,11 @@
 //!   backoff). While it is open, calls fail fast with `ERR_REDIS`.
 //! - This file: options, URL redaction, and the process-wide endpoint
 //!   registry with the Tokio-side connection (redis-rs) used by background
-//!   work (write-behind, SCAN, tag deletes, `acquire`'s waits) and by
-//!   Cluster; scripts (EVALSHA, re-sent on NOSCRIPT).
+//!   work (write-behind, writes, SCAN, tag deletes, `acquire`'s waits, and
+//!   on a Cluster whatever is not routed per slot); scripts (EVALSHA,
+//!   re-sent on NOSCRIPT).
+//! - [`route`]: Redis Cluster on the JS-thread path: a slot map and one
+//!   connection per node per thread, following MOVED / ASK.
 //! - [`tls`]: the rustls settings of `rediss://` on the JS-thread path (the
 //!   same verification as the Tokio side's).
 //! - [`pubsub`]: one subscriber connection per endpoint for every channel,
