@@ -1134,6 +1134,13 @@ export declare function testLiveDeleteLaterTasks(): number
  */
 export declare function testPanicNextCall(): void
 
+/**
+ * Test hook (lib/testing.js): this thread's Redis Cluster routing on the
+ * JS-thread path, `[sends, MOVED followed, ASK followed, retried after
+ * TRYAGAIN/CLUSTERDOWN, CLUSTER SLOTS reads]`.
+ */
+export declare function testRedisClusterRoutes(): Array<number>
+
 /** Options of `new WorkerQueue(options)`. */
 export interface WorkerQueueOptions {
   /**

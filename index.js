@@ -845,3 +845,4 @@ module.exports.rateLimiterCheckSync = nativeBinding.rateLimiterCheckSync
 module.exports.testCacheHandles = nativeBinding.testCacheHandles
 module.exports.testLiveDeleteLaterTasks = nativeBinding.testLiveDeleteLaterTasks
 module.exports.testPanicNextCall = nativeBinding.testPanicNextCall
+module.exports.testRedisClusterRoutes = nativeBinding.testRedisClusterRoutes

@@ -2,7 +2,7 @@
 // ones), one process, then benchmark/results.json.
 import { save } from './harness.mts'
 
-const all = ['cache', 'wrap', 'ratelimiter', 'redis-tls', 'batch', 'bufferpool', 'workerqueue']
+const all = ['cache', 'wrap', 'ratelimiter', 'redis-tls', 'redis-cluster', 'batch', 'bufferpool', 'workerqueue']
 const want = process.argv.slice(2).length ? process.argv.slice(2) : all
 for (const name of want) {
   let mod: { default: () => Promise<void> }

@@ -52,4 +52,9 @@ module.exports = {
   liveDeleteLaterTasks() {
     return native.testLiveDeleteLaterTasks()
   },
+  /** This thread's Redis Cluster routing on the JS-thread path (counts). */
+  clusterRoutes() {
+    const [sent, moved, ask, retried, refreshes] = native.testRedisClusterRoutes()
+    return { sent, moved, ask, retried, refreshes }
+  },
 }

@@ -2,5 +2,5 @@
 import { createRequire } from 'node:module'
 const require = createRequire(import.meta.url)
 const testing = require('./testing.js')
-export const { __advanceClock, __native, pauseFills, fillReached, releaseFill, pauseWrites, writeReached, releaseWrite, deafen, cacheHandles, panicNextCall, liveDeleteLaterTasks } = testing
+export const { __advanceClock, __native, pauseFills, fillReached, releaseFill, pauseWrites, writeReached, releaseWrite, deafen, cacheHandles, panicNextCall, liveDeleteLaterTasks, clusterRoutes } = testing
 export default testing

@@ -33,3 +33,15 @@ pub fn test_panic_next_call() {
 pub fn test_live_delete_later_tasks() -> f64 {
   cache::engine::LATER_TASKS.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
+
+/// Test hook (lib/testing.js): this thread's Redis Cluster routing on the
+/// JS-thread path, `[sends, MOVED followed, ASK followed, retried after
+/// TRYAGAIN/CLUSTERDOWN, CLUSTER SLOTS reads]`.
+#[napi]
+pub fn test_redis_cluster_routes() -> Vec<f64> {
+  let c = redis::route::counts();
+  [c.sent, c.moved, c.ask, c.retried, c.refreshes]
+    .iter()
+    .map(|&n| n as f64)
+    .collect()
+}

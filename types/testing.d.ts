@@ -25,3 +25,5 @@ export declare function cacheHandles(name: string): number
 export declare function panicNextCall(): void
 /** CacheManager deleteLater tasks alive in the process (close() ends them). */
 export declare function liveDeleteLaterTasks(): number
+/** This thread's Redis Cluster routing on the JS-thread path: sends routed, MOVED and ASK followed, sends retried after TRYAGAIN/CLUSTERDOWN, CLUSTER SLOTS reads. */
+export declare function clusterRoutes(): { sent: number; moved: number; ask: number; retried: number; refreshes: number }

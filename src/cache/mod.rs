@@ -391,23 +391,55 @@ const MGET_MAX: usize = 512;
 /// Send the L2 reads gathered in this tick: per [`MGET_MAX`] keys one MGET
 /// and a PTTL per key, in one send (one reply set); each read's Promise
 /// settles when it comes back, its fill guarded by the version read when it
-/// was asked.
+/// was asked. On a Cluster the keys are grouped by hash slot first (an MGET
+/// may not cross slots): one such send per slot, and the sends to one node
+/// still leave in the tick's one write to it.
 fn flush_gets(
   env: sys::napi_env,
   inner: &Arc<Engine>,
   gets: &std::cell::RefCell<GetBatch>,
   fast: &crate::redis::Fast,
 ) {
-  let mut items = {
+  let items = {
     let mut b = gets.borrow_mut();
     b.scheduled = false;
     std::mem::take(&mut b.items)
   };
   let Some(l2) = inner.l2.as_ref() else { return };
+  let keyed: Vec<(String, Pending)> = items
+    .into_iter()
+    .map(|p| (l2.value_key(&p.key), p))
+    .collect();
+  if !fast.is_cluster() {
+    return send_gets(env, inner, fast, 0, keyed);
+  }
+  let mut groups: Vec<(u16, Vec<(String, Pending)>)> = Vec::new();
+  let mut at: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
+  for (k, p) in keyed {
+    let slot = crate::redis::cluster::slot(k.as_bytes());
+    let i = *at.entry(slot).or_insert_with(|| {
+      groups.push((slot, Vec::new()));
+      groups.len() - 1
+    });
+    groups[i].1.push((k, p));
+  }
+  for (slot, g) in groups {
+    send_gets(env, inner, fast, slot, g);
+  }
+}
+
+/// [`flush_gets`] for reads of one hash slot (any, on a single node).
+fn send_gets(
+  env: sys::napi_env,
+  inner: &Arc<Engine>,
+  fast: &crate::redis::Fast,
+  hash_slot: u16,
+  mut items: Vec<(String, Pending)>,
+) {
   while !items.is_empty() {
     let rest = items.split_off(items.len().min(MGET_MAX));
     let n = items.len();
-    let keys: Vec<String> = items.iter().map(|p| l2.value_key(&p.key)).collect();
+    let (keys, batch): (Vec<String>, Vec<Pending>) = items.into_iter().unzip();
     let encode = |b: &mut Vec<u8>| {
       let mut args: Vec<&[u8]> = Vec::with_capacity(n + 1);
       args.push(b"MGET");
@@ -418,8 +450,8 @@ fn flush_gets(
       }
     };
     let inner2 = inner.clone();
-    let batch = items;
     fast.send(
+      hash_slot,
       &encode,
       n + 1,
       Box::new(move |r| {

@@ -405,7 +405,8 @@ impl Direct {
       b.push(job);
       b.len()
     };
-    if queued >= EAGER_BATCH && self.limiter.redis_up() {
+    // (On a Cluster the tick's checks are split by slot at its end.)
+    if queued >= EAGER_BATCH && !self.fast.is_cluster() && self.limiter.redis_up() {
       // Enough for one call: it leaves now, so Redis runs it while this
       // thread settles and issues the rest of the tick's checks.
       let jobs = std::mem::take(&mut *self.batch.borrow_mut());
@@ -413,8 +414,8 @@ impl Direct {
         let remote = self.limiter.remote().expect("remote");
         remote.call_args(&Limiter::checks(&jobs))
       };
-      self.call(jobs, Rc::new((keys, args)), false);
-      self.fast.core.write_now(&self.fast.slot);
+      self.call(jobs, Rc::new((keys, args)), false, 0);
+      self.fast.write_now();
       return;
     }
     if !self.scheduled.replace(true) {
@@ -425,7 +426,7 @@ impl Direct {
 
   fn flush(self: &Rc<Self>) {
     self.scheduled.set(false);
-    let mut jobs = std::mem::take(&mut *self.batch.borrow_mut());
+    let jobs = std::mem::take(&mut *self.batch.borrow_mut());
     if !self.limiter.redis_up() {
       // The endpoint's breaker is open: `onRedisError` decides at once.
       self
@@ -434,18 +435,47 @@ impl Direct {
       let me = self.clone();
       return self.fast.core.run_js(Box::new(move || me.deliver()));
     }
+    if !self.fast.is_cluster() {
+      return self.send_calls(0, jobs);
+    }
+    // A script call touches one slot: the checks grouped by slot, in order.
+    let remote = self.limiter.remote().expect("remote");
+    let mut groups: Vec<(u16, Vec<Job>)> = Vec::new();
+    let mut at: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
+    for j in jobs {
+      let slot = remote.slot_of(j.key());
+      let i = *at.entry(slot).or_insert_with(|| {
+        groups.push((slot, Vec::new()));
+        groups.len() - 1
+      });
+      groups[i].1.push(j);
+    }
+    for (slot, g) in groups {
+      self.send_calls(slot, g);
+    }
+  }
+
+  /// Script calls of up to [`MAX_BATCH`] checks each (all in `hash_slot`
+  /// on a Cluster).
+  fn send_calls(self: &Rc<Self>, hash_slot: u16, mut jobs: Vec<Job>) {
     while !jobs.is_empty() {
       let rest = jobs.split_off(jobs.len().min(MAX_BATCH));
       let (keys, args) = {
         let remote = self.limiter.remote().expect("remote");
         remote.call_args(&Limiter::checks(&jobs))
       };
-      self.call(jobs, Rc::new((keys, args)), false);
+      self.call(jobs, Rc::new((keys, args)), false, hash_slot);
       jobs = rest;
     }
   }
 
-  fn call(self: &Rc<Self>, jobs: Vec<Job>, ka: Rc<(Vec<String>, Vec<String>)>, full: bool) {
+  fn call(
+    self: &Rc<Self>,
+    jobs: Vec<Job>,
+    ka: Rc<(Vec<String>, Vec<String>)>,
+    full: bool,
+    hash_slot: u16,
+  ) {
     let me = self.clone();
     let ka2 = ka.clone();
     let encode = move |b: &mut Vec<u8>| {
@@ -456,6 +486,7 @@ impl Direct {
     };
     let me = self.clone();
     self.fast.send(
+      hash_slot,
       &encode,
       1,
       Box::new(move |r| {
@@ -464,7 +495,7 @@ impl Direct {
         let d = match crate::redis::conn::first(r) {
           Err(e) if !full && e.message.contains("NOSCRIPT") => {
             // Not loaded on this server yet: send it whole, once.
-            return me.call(jobs, ka, true);
+            return me.call(jobs, ka, true, hash_slot);
           }
           Err(e) => Err(e),
           Ok(redis::Value::Array(v)) => remote.decisions(v, n),

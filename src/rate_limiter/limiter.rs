@@ -203,6 +203,13 @@ pub struct Job {
   reply: Reply,
 }
 
+impl Job {
+  /// The limited key (unprefixed).
+  pub fn key(&self) -> &str {
+    &self.key
+  }
+}
+
 /// One limiter's shared state (per name, or per unnamed instance).
 pub struct Limiter {
   pub cfg: Config,

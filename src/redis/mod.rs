@@ -10,8 +10,11 @@
 //!   backoff). While it is open, calls fail fast with `ERR_REDIS`.
 //! - This file: options, URL redaction, and the process-wide endpoint
 //!   registry with the Tokio-side connection (redis-rs) used by background
-//!   work (write-behind, SCAN, tag deletes, `acquire`'s waits) and by
-//!   Cluster; scripts (EVALSHA, re-sent on NOSCRIPT).
+//!   work (write-behind, writes, SCAN, tag deletes, `acquire`'s waits, and
+//!   on a Cluster whatever is not routed per slot); scripts (EVALSHA,
+//!   re-sent on NOSCRIPT).
+//! - [`route`]: Redis Cluster on the JS-thread path: a slot map and one
+//!   connection per node per thread, following MOVED / ASK.
 //! - [`tls`]: the rustls settings of `rediss://` on the JS-thread path (the
 //!   same verification as the Tokio side's).
 //! - [`pubsub`]: one subscriber connection per endpoint for every channel,
@@ -25,6 +28,7 @@ pub mod cluster;
 pub mod conn;
 pub mod pubsub;
 pub mod resp;
+pub mod route;
 pub mod tls;
 pub mod uv;
 
@@ -260,6 +264,8 @@ pub struct Endpoint {
   pub breaker: Arc<Breaker>,
   /// Single node (plain TCP or TLS): the JS-thread core can drive it.
   target: Option<Arc<conn::Target>>,
+  /// Cluster: what the JS-thread routers need (see `route.rs`).
+  seeds: Option<Arc<route::Seeds>>,
   hub: Mutex<Weak<pubsub::Hub>>,
 }
 
@@ -281,6 +287,11 @@ impl Endpoint {
 
   fn new(cfg: RedisConfig, key: String) -> HpResult<Endpoint> {
     let breaker = Arc::new(Breaker::default());
+    let seeds = if cfg.cluster.is_empty() {
+      None
+    } else {
+      route::Seeds::new(&cfg).map(Arc::new)
+    };
     let (single, cluster, target) = if cfg.cluster.is_empty() {
       let client = redis::Client::open(cfg.url.as_str())
         .map_err(|e| HpError::invalid(cfg.scrub(&format!("redis.url: {e}"))))?;
@@ -345,6 +356,7 @@ impl Endpoint {
       conn: OnceCell::new(),
       breaker,
       target,
+      seeds,
       hub: Mutex::new(Weak::new()),
     })
   }
@@ -375,16 +387,47 @@ pub fn debug_log(e: &HpError) {
   }
 }
 
-/// The JS-thread connection of one endpoint, for hot paths.
+/// The JS-thread connection(s) of one endpoint, for hot paths: one
+/// connection for a single node; for a Cluster, a router over one
+/// connection per node (see `route.rs`).
 pub struct Fast {
   pub core: std::rc::Rc<uv::Core>,
-  pub slot: std::rc::Rc<uv::Slot>,
+  route: Route,
+}
+
+enum Route {
+  Node(std::rc::Rc<uv::Slot>),
+  Cluster(std::rc::Rc<route::Router>),
 }
 
 impl Fast {
-  /// Send `replies` commands written by `encode`; `done` runs on this thread.
-  pub fn send(&self, encode: &dyn Fn(&mut Vec<u8>), replies: usize, done: conn::Done) {
-    self.core.send(&self.slot, encode, replies, done)
+  /// A Cluster: sends must keep to one hash slot each (and name it).
+  pub fn is_cluster(&self) -> bool {
+    matches!(self.route, Route::Cluster(_))
+  }
+
+  /// Send `replies` commands written by `encode`; `done` runs on this
+  /// thread. On a Cluster every key of them is in `hash_slot` (ignored on
+  /// a single node).
+  pub fn send(
+    &self,
+    hash_slot: u16,
+    encode: &dyn Fn(&mut Vec<u8>),
+    replies: usize,
+    done: conn::Done,
+  ) {
+    match &self.route {
+      Route::Node(slot) => self.core.send(slot, encode, replies, done),
+      Route::Cluster(r) => r.send(hash_slot, encode, replies, done),
+    }
+  }
+
+  /// Write what is queued now (see [`uv::Core::write_now`]).
+  pub fn write_now(&self) {
+    match &self.route {
+      Route::Node(slot) => self.core.write_now(slot),
+      Route::Cluster(r) => r.write_now(),
+    }
   }
 }
 
@@ -402,11 +445,13 @@ impl Redis {
     &self.ep.breaker
   }
 
-  /// This JS thread's connection to the endpoint, when the endpoint is a
-  /// single node (`redis://` or `rediss://`) and the thread runs a Node
-  /// event loop.
+  /// This JS thread's connection(s) to the endpoint (a single node over
+  /// `redis://` or `rediss://`, or a Cluster whose seeds it can reach),
+  /// when the thread runs a Node event loop.
   pub fn fast(&self, env: napi::sys::napi_env) -> Option<Fast> {
-    let target = self.ep.target.as_ref()?;
+    if self.ep.target.is_none() && self.ep.seeds.is_none() {
+      return None;
+    }
     // HOTPATH_REDIS_NO_FAST=1: everything through the Tokio side (for
     // comparisons and as an escape hatch).
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -414,8 +459,12 @@ impl Redis {
       return None;
     }
     let core = uv::core(env)?;
-    let slot = core.slot(&self.ep.key, || target.clone());
-    Some(Fast { core, slot })
+    let route = match (&self.ep.target, &self.ep.seeds) {
+      (Some(target), _) => Route::Node(core.slot(&self.ep.key, || target.clone())),
+      (None, Some(seeds)) => Route::Cluster(route::Router::get(&core, &self.ep.key, seeds)),
+      (None, None) => return None,
+    };
+    Some(Fast { core, route })
   }
 
   /// The prefixed key.

@@ -147,6 +147,14 @@ pub struct Core {
   out: RefCell<Out>,
   async_ctx: Cell<sys::napi_async_context>,
   closed: Cell<bool>,
+  /// Redis Cluster routers, per endpoint (see `route.rs`).
+  routers: RefCell<HashMap<String, Rc<super::route::Router>>>,
+}
+
+/// Work for [`Core::after`]: the core and what to run.
+struct Later {
+  core: *const Core,
+  f: Option<Box<dyn FnOnce()>>,
 }
 
 thread_local! {
@@ -178,6 +186,7 @@ pub fn core(env: sys::napi_env) -> Option<Rc<Core>> {
     out: RefCell::new(Vec::new()),
     async_ctx: Cell::new(std::ptr::null_mut()),
     closed: Cell::new(false),
+    routers: RefCell::new(HashMap::new()),
   });
   unsafe {
     let me = Rc::as_ptr(&core) as *const c_void;
@@ -211,6 +220,9 @@ unsafe extern "C" fn cleanup(_arg: *mut c_void) {
     return;
   };
   core.closed.set(true);
+  // Routers hold slots (forgotten below) and nothing owed to JS but
+  // through them.
+  std::mem::forget(core.routers.take());
   let a = core.api;
   unsafe {
     for (_, s) in core.slots.borrow_mut().drain() {
@@ -314,6 +326,32 @@ impl Core {
     }
     self.sync(slot);
     self.complete(out);
+  }
+
+  /// This thread's Redis Cluster router for endpoint `key`, if made.
+  pub fn router(&self, key: &str) -> Option<Rc<super::route::Router>> {
+    self.routers.borrow().get(key).cloned()
+  }
+
+  pub fn set_router(&self, key: &str, r: Rc<super::route::Router>) {
+    self.routers.borrow_mut().insert(key.to_string(), r);
+  }
+
+  /// Run `f` on this thread after `ms` (as a libuv callback); `keep`: the
+  /// timer keeps the loop alive (something owed to JS waits on it).
+  pub fn after(&self, ms: f64, keep: bool, f: Box<dyn FnOnce()>) {
+    let job = Box::into_raw(Box::new(Later {
+      core: self as *const Core,
+      f: Some(f),
+    }));
+    unsafe {
+      let t = alloc_handle(self.api, UV_TIMER, job as *const c_void);
+      (self.api.timer_init)(self.lp, t);
+      if !keep {
+        (self.api.uv_unref)(t);
+      }
+      (self.api.timer_start)(t, on_later, ms.max(0.0).ceil() as u64, 0);
+    }
   }
 
   /// Run `f` just before this tick's writes (to batch work per tick).
@@ -497,6 +535,20 @@ unsafe extern "C" fn on_tick(h: *mut c_void) {
     // without blocking in poll first.
     unsafe { (core.api.timer_start)(core.kick.get(), on_tick, 0, 0) };
   }
+}
+
+unsafe extern "C" fn on_later(h: *mut c_void) {
+  let mut job = unsafe { Box::from_raw(data::<Later>(h) as *mut Later) };
+  let a = api().expect("libuv");
+  unsafe { (a.close)(h, Some(free_handle)) };
+  let core = unsafe { &*job.core };
+  let Some(f) = job.f.take() else { return };
+  if core.closed.get() {
+    // The env is going away: what `f` would settle goes with it.
+    std::mem::forget(f);
+    return;
+  }
+  core.hook(f);
 }
 
 unsafe extern "C" fn on_poll(h: *mut c_void, status: c_int, events: c_int) {
