@@ -314,7 +314,8 @@ impl ToNapiValue for SyncVal {
 
 /// A per-handle scratch array the JS layer reads after a sync read:
 /// `[slot, version, remainingMs (-1 = no expiry), kind, state]` where state is
-/// 0 fresh, 1 stale (past expiry, inside staleMs), 2 due for refresh-ahead.
+/// 0 fresh, 1 stale (past expiry, inside staleMs), 2 due for refresh-ahead;
+/// after `getL2`, `scratch[5]` is the read's index in its batch's results.
 struct Scratch(std::cell::UnsafeCell<[f64; 8]>);
 unsafe impl Sync for Scratch {}
 unsafe impl Send for Scratch {}
@@ -371,13 +372,27 @@ struct Pending {
   key: String,
   /// The key's L1 slot version when the read was asked.
   ver: u32,
-  deferred: sys::napi_deferred,
 }
 
-#[derive(Default)]
+/// The L2 reads of one tick (at most [`MGET_MAX`]): one MGET, and one
+/// Promise for all of them, resolved once with their results in order
+/// (`[kind0, payload0, kind1, ...]`, see [`Out`]); each read's index in it
+/// goes to the scratch array (see `get_l2`).
 struct GetBatch {
   items: Vec<Pending>,
+  /// The batch's Promise (null while `items` is empty).
+  deferred: sys::napi_deferred,
   scheduled: bool,
+}
+
+impl Default for GetBatch {
+  fn default() -> Self {
+    GetBatch {
+      items: Vec::new(),
+      deferred: std::ptr::null_mut(),
+      scheduled: false,
+    }
+  }
 }
 
 /// Only touched on the handle's own JS thread (like `Scratch`).
@@ -388,69 +403,77 @@ unsafe impl Send for Gets {}
 /// Most keys in one MGET.
 const MGET_MAX: usize = 512;
 
-/// Send the L2 reads gathered in this tick: per [`MGET_MAX`] keys one MGET
-/// and a PTTL per key, in one send (one reply set); each read's Promise
-/// settles when it comes back, its fill guarded by the version read when it
-/// was asked.
+/// Send the L2 reads gathered in this tick (see [`send_gets`]).
 fn flush_gets(
   env: sys::napi_env,
   inner: &Arc<Engine>,
   gets: &std::cell::RefCell<GetBatch>,
   fast: &crate::redis::Fast,
 ) {
-  let mut items = {
+  let (items, deferred) = {
     let mut b = gets.borrow_mut();
     b.scheduled = false;
-    std::mem::take(&mut b.items)
+    (
+      std::mem::take(&mut b.items),
+      std::mem::replace(&mut b.deferred, std::ptr::null_mut()),
+    )
   };
-  let Some(l2) = inner.l2.as_ref() else { return };
-  while !items.is_empty() {
-    let rest = items.split_off(items.len().min(MGET_MAX));
-    let n = items.len();
-    let keys: Vec<String> = items.iter().map(|p| l2.value_key(&p.key)).collect();
-    let encode = |b: &mut Vec<u8>| {
-      let mut args: Vec<&[u8]> = Vec::with_capacity(n + 1);
-      args.push(b"MGET");
-      args.extend(keys.iter().map(|k| k.as_bytes()));
-      crate::redis::resp::encode(b, &args);
-      for k in &keys {
-        crate::redis::resp::encode(b, &[b"PTTL", k.as_bytes()]);
-      }
-    };
-    let inner2 = inner.clone();
-    let batch = items;
-    fast.send(
-      &encode,
-      n + 1,
-      Box::new(move |r| {
-        let got: Vec<HpResult<_>> = match l2::L2::got_many(r, n) {
-          Ok(v) => v,
-          Err(e) => vec![Err(e); n],
-        };
-        // Filled together: two keys of one MGET may share a version slot.
-        let vals = inner2.got_l2_many(
-          batch
-            .iter()
-            .zip(got)
-            .map(|(p, r)| (p.key.as_str(), p.ver, r))
-            .collect(),
-        );
-        for (p, v) in batch.into_iter().zip(vals) {
-          unsafe {
-            match Out::to_napi_value(env, Out::Vals(vec![v])) {
-              Ok(val) => sys::napi_resolve_deferred(env, p.deferred, val),
-              Err(e) => sys::napi_reject_deferred(
-                env,
-                p.deferred,
-                crate::redis::uv::js_error(env, HpError::redis(e.reason.clone())),
-              ),
-            };
-          }
-        }
-      }),
-    );
-    items = rest;
+  if !items.is_empty() {
+    send_gets(env, inner, items, deferred, fast);
   }
+}
+
+/// Send one batch of L2 reads: one MGET and a PTTL per key, in one send (one
+/// reply set). Its Promise settles when the replies come back, each fill
+/// guarded by the version read when its read was asked.
+fn send_gets(
+  env: sys::napi_env,
+  inner: &Arc<Engine>,
+  batch: Vec<Pending>,
+  deferred: sys::napi_deferred,
+  fast: &crate::redis::Fast,
+) {
+  let Some(l2) = inner.l2.as_ref() else { return };
+  let n = batch.len();
+  let keys: Vec<String> = batch.iter().map(|p| l2.value_key(&p.key)).collect();
+  let encode = |b: &mut Vec<u8>| {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(n + 1);
+    args.push(b"MGET");
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    crate::redis::resp::encode(b, &args);
+    for k in &keys {
+      crate::redis::resp::encode(b, &[b"PTTL", k.as_bytes()]);
+    }
+  };
+  let inner2 = inner.clone();
+  fast.send(
+    &encode,
+    n + 1,
+    Box::new(move |r| {
+      let got: Vec<HpResult<_>> = match l2::L2::got_many(r, n) {
+        Ok(v) => v,
+        Err(e) => vec![Err(e); n],
+      };
+      // Filled together: two keys of one MGET may share a version slot.
+      let vals = inner2.got_l2_many(
+        batch
+          .iter()
+          .zip(got)
+          .map(|(p, r)| (p.key.as_str(), p.ver, r))
+          .collect(),
+      );
+      unsafe {
+        match Out::to_napi_value(env, Out::Vals(vals)) {
+          Ok(val) => sys::napi_resolve_deferred(env, deferred, val),
+          Err(e) => sys::napi_reject_deferred(
+            env,
+            deferred,
+            crate::redis::uv::js_error(env, HpError::redis(e.reason.clone())),
+          ),
+        };
+      }
+    }),
+  );
 }
 
 const CLASS: &str = "CacheManager";
@@ -560,6 +583,11 @@ impl NativeCache {
     } else {
       s[3] = 0.0;
     }
+  }
+
+  /// `get_l2`'s index of a read in its batch's results (scratch[5]).
+  fn set_read_index(&self, i: f64) {
+    unsafe { (*self.scratch.0.get())[5] = i };
   }
 
   /// After a write: scratch for the JS front cache, `[slot, version or -1,
@@ -745,37 +773,59 @@ impl NativeCache {
     }
   }
 
-  /// L2 read of one key that missed L1 (fills L1 on a hit).
-  #[napi(ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>>")]
-  pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Object<'e>, Code> {
+  /// L2 read of one key that missed L1 (fills L1 on a hit). Its results
+  /// are `[kind, payload]` at index `2 * i` of what the returned Promise
+  /// resolves to, where `i` is left in the scratch array (`scratch[5]`):
+  /// `-1` (read as `0`) when the read has a Promise of its own; `0` when it
+  /// opened a new batch, whose Promise it returns; `i > 0` when it joined
+  /// the batch of the last read that returned one (nothing returned). So
+  /// the reads of one tick cost one Promise, settled once.
+  #[napi(
+    ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined"
+  )]
+  pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Option<Object<'e>>, Code> {
     guarded! { self,
     self.open()?;
     let inner = self.inner.clone();
-    if let Some((_, fast, ver)) = inner.fast_l2(env.raw(), &key) {
+    let raw = env.raw();
+    if let Some((_, fast, ver)) = inner.fast_l2(raw, &key) {
       // This thread's connection: the L2 reads of one tick go out together
       // at its end, as one MGET (see `GetBatch`), and are answered on this
       // thread (no thread hop either way).
-      let raw = env.raw();
-      let mut deferred = std::ptr::null_mut();
-      let mut promise = std::ptr::null_mut();
-      check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })
-        .map_err(crate::error::from_napi)?;
+      let mut b = self.gets.0.borrow_mut();
+      let mut promise = None;
+      if b.items.is_empty() {
+        let mut deferred = std::ptr::null_mut();
+        let mut p = std::ptr::null_mut();
+        check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut p) })
+          .map_err(crate::error::from_napi)?;
+        b.deferred = deferred;
+        promise = Some(unsafe { Object::from_napi_value(raw, p) }.map_err(crate::error::from_napi)?);
+      }
+      self.set_read_index(b.items.len() as f64);
       // `ver`: the slot version before the request, taken with the check
       // for queued writes; a fill is dropped if it moved.
-      let mut b = self.gets.0.borrow_mut();
-      b.items.push(Pending { key, ver, deferred });
-      if !b.scheduled {
+      b.items.push(Pending { key, ver });
+      if b.items.len() >= MGET_MAX {
+        // Full: it leaves with this tick's write; later reads start a new one.
+        let items = std::mem::take(&mut b.items);
+        let deferred = std::mem::replace(&mut b.deferred, std::ptr::null_mut());
+        drop(b);
+        send_gets(raw, &inner, items, deferred, &fast);
+      } else if !b.scheduled {
         b.scheduled = true;
         let gets = self.gets.0.clone();
         let core = fast.core.clone();
         core.defer(Box::new(move || flush_gets(raw, &inner, &gets, &fast)));
       }
-      return unsafe { Object::from_napi_value(raw, promise) }.map_err(crate::error::from_napi);
+      return Ok(promise);
     }
+    self.set_read_index(-1.0);
     runtime::promise(
       env,
       async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
     )
+    .map(Some)
     .map_err(crate::error::from_napi)
     }
   }
