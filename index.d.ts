@@ -572,6 +572,14 @@ export declare class NativeCache {
   /** Many writes; one pipeline to L2. */
   setMany(keys: Array<string>, kinds: Array<number>, payloads: Array<string | number | Buffer>, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): Promise<boolean>
   /**
+   * `getSync` and, on an L1 miss with L2, `getL2` in one call: what JS
+   * `get` does on a front-cache miss. `scratch[3]` (the kind) says which
+   * came back: > 0 an L1 hit (the value, with the scratch of `getSync`); 0
+   * a miss: without L2 nothing (counted as a miss), with L2 what `getL2`
+   * returns, its index in `scratch[5]`.
+   */
+  get(key: string): string | number | boolean | null | Buffer | Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined
+  /**
    * L2 read of one key that missed L1 (fills L1 on a hit). Its results
    * are `[kind, payload]` at index `2 * i` of what the returned Promise
    * resolves to, where `i` is left in the scratch array (`scratch[5]`):

@@ -366,23 +366,32 @@ class CacheManager {
         return Promise.resolve(this._front.value(e))
       }
       checkKey(key)
-      const v = this._load(key, !this._hasL2, true)
-      if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._getL2(key)
+      if (!this._hasL2) return Promise.resolve(this._load(key, true, true))
+      // L1, then (on a miss) L2, in one native call.
+      let v
+      try {
+        v = this._n.get(key)
+      } catch (err) {
+        rethrow(err)
+      }
+      const kind = this._sc[3]
+      if (kind !== 0) return Promise.resolve(this._keep(key, kind, v, undefined))
+      const p = this._batch(v)
+      return p.then(picker(!this._copy, this._l2i), rejected)
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
-  _getL2(key) {
-    const p = this._l2(key)
-    return p.then(picker(!this._copy, this._l2i), rejected)
-  }
-
   // Native getL2: the Promise of the read's batch results, the read's index
   // in them left in `_l2i` (see NativeCache#getL2).
   _l2(key) {
-    const p = this._n.getL2(key)
+    return this._batch(this._n.getL2(key))
+  }
+
+  // What native getL2 (or get, on an L1 miss) returned, `p`: the Promise of
+  // the read's batch results; its index in them is left in `_l2i`.
+  _batch(p) {
     const i = this._sc[5]
     if (i < 0) {
       this._l2i = 0

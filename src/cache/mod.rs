@@ -277,28 +277,33 @@ impl ToNapiValue for Out {
     unsafe {
       match val {
         Out::Err(s) => String::to_napi_value(env, s),
-        Out::Vals(vs) => {
-          let mut arr = std::ptr::null_mut();
-          check_status!(sys::napi_create_array_with_length(
-            env,
-            vs.len() * 2,
-            &mut arr
-          ))?;
-          for (i, v) in vs.iter().enumerate() {
-            let (k, p) = match v {
-              None => (
-                u32::to_napi_value(env, 0)?,
-                Undefined::to_napi_value(env, ())?,
-              ),
-              Some(v) => (u32::to_napi_value(env, v.kind())?, val_to_js(env, v)?),
-            };
-            check_status!(sys::napi_set_element(env, arr, (2 * i) as u32, k))?;
-            check_status!(sys::napi_set_element(env, arr, (2 * i + 1) as u32, p))?;
-          }
-          Ok(arr)
-        }
+        Out::Vals(vs) => vals_to_js(env, vs.iter().map(Option::as_ref), vs.len()),
       }
     }
+  }
+}
+
+/// `Out::Vals` of `n` values, from references.
+unsafe fn vals_to_js<'v>(
+  env: sys::napi_env,
+  vs: impl Iterator<Item = Option<&'v Val>>,
+  n: usize,
+) -> Result<sys::napi_value> {
+  unsafe {
+    let mut arr = std::ptr::null_mut();
+    check_status!(sys::napi_create_array_with_length(env, n * 2, &mut arr))?;
+    for (i, v) in vs.enumerate() {
+      let (k, p) = match v {
+        None => (
+          u32::to_napi_value(env, 0)?,
+          Undefined::to_napi_value(env, ())?,
+        ),
+        Some(v) => (u32::to_napi_value(env, v.kind())?, val_to_js(env, v)?),
+      };
+      check_status!(sys::napi_set_element(env, arr, (2 * i) as u32, k))?;
+      check_status!(sys::napi_set_element(env, arr, (2 * i + 1) as u32, p))?;
+    }
+    Ok(arr)
   }
 }
 
@@ -454,8 +459,19 @@ fn send_gets(
         Ok(v) => v,
         Err(e) => vec![Err(e); n],
       };
+      // The JS values first, from references: then the values move into L1.
+      let js = unsafe {
+        vals_to_js(
+          env,
+          got.iter().map(|r| match r {
+            Ok(Some((v, _))) => Some(v),
+            _ => None,
+          }),
+          n,
+        )
+      };
       // Filled together: two keys of one MGET may share a version slot.
-      let vals = inner2.got_l2_many(
+      inner2.got_l2_fill(
         batch
           .iter()
           .zip(got)
@@ -463,7 +479,7 @@ fn send_gets(
           .collect(),
       );
       unsafe {
-        match Out::to_napi_value(env, Out::Vals(vals)) {
+        match js {
           Ok(val) => sys::napi_resolve_deferred(env, deferred, val),
           Err(e) => sys::napi_reject_deferred(
             env,
@@ -773,6 +789,37 @@ impl NativeCache {
     }
   }
 
+  /// `getSync` and, on an L1 miss with L2, `getL2` in one call: what JS
+  /// `get` does on a front-cache miss. `scratch[3]` (the kind) says which
+  /// came back: > 0 an L1 hit (the value, with the scratch of `getSync`); 0
+  /// a miss: without L2 nothing (counted as a miss), with L2 what `getL2`
+  /// returns, its index in `scratch[5]`.
+  #[napi(
+    ts_args_type = "key: string",
+    ts_return_type = "string | number | boolean | null | Buffer | Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined"
+  )]
+  pub fn get<'e>(
+    &self,
+    env: &'e Env,
+    key: StrArg,
+  ) -> Result<Either<SyncVal, Option<Object<'e>>>, Code> {
+    guarded! { self,
+    let inner = self.open()?;
+    let l1::Read { slot, ver, entry } = inner.l1.read(key.as_str(), false);
+    if let Some(e) = entry {
+      inner.c.l1_hits.fetch_add(1, Ordering::Relaxed);
+      self.fill_scratch(slot, ver, Some(&e), scratch_now(&e));
+      return Ok(Either::A(SyncVal(e)));
+    }
+    self.fill_scratch(slot, ver, None, 0.0);
+    if inner.l2.is_none() {
+      inner.c.misses.fetch_add(1, Ordering::Relaxed);
+      return Ok(Either::B(None));
+    }
+    self.l2_read(env, key.as_str().to_string()).map(Either::B)
+    }
+  }
+
   /// L2 read of one key that missed L1 (fills L1 on a hit). Its results
   /// are `[kind, payload]` at index `2 * i` of what the returned Promise
   /// resolves to, where `i` is left in the scratch array (`scratch[5]`):
@@ -781,52 +828,13 @@ impl NativeCache {
   /// the batch of the last read that returned one (nothing returned). So
   /// the reads of one tick cost one Promise, settled once.
   #[napi(
+    ts_args_type = "key: string",
     ts_return_type = "Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined"
   )]
-  pub fn get_l2<'e>(&self, env: &'e Env, key: String) -> Result<Option<Object<'e>>, Code> {
+  pub fn get_l2<'e>(&self, env: &'e Env, key: StrArg) -> Result<Option<Object<'e>>, Code> {
     guarded! { self,
     self.open()?;
-    let inner = self.inner.clone();
-    let raw = env.raw();
-    if let Some((_, fast, ver)) = inner.fast_l2(raw, &key) {
-      // This thread's connection: the L2 reads of one tick go out together
-      // at its end, as one MGET (see `GetBatch`), and are answered on this
-      // thread (no thread hop either way).
-      let mut b = self.gets.0.borrow_mut();
-      let mut promise = None;
-      if b.items.is_empty() {
-        let mut deferred = std::ptr::null_mut();
-        let mut p = std::ptr::null_mut();
-        check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut p) })
-          .map_err(crate::error::from_napi)?;
-        b.deferred = deferred;
-        promise = Some(unsafe { Object::from_napi_value(raw, p) }.map_err(crate::error::from_napi)?);
-      }
-      self.set_read_index(b.items.len() as f64);
-      // `ver`: the slot version before the request, taken with the check
-      // for queued writes; a fill is dropped if it moved.
-      b.items.push(Pending { key, ver });
-      if b.items.len() >= MGET_MAX {
-        // Full: it leaves with this tick's write; later reads start a new one.
-        let items = std::mem::take(&mut b.items);
-        let deferred = std::mem::replace(&mut b.deferred, std::ptr::null_mut());
-        drop(b);
-        send_gets(raw, &inner, items, deferred, &fast);
-      } else if !b.scheduled {
-        b.scheduled = true;
-        let gets = self.gets.0.clone();
-        let core = fast.core.clone();
-        core.defer(Box::new(move || flush_gets(raw, &inner, &gets, &fast)));
-      }
-      return Ok(promise);
-    }
-    self.set_read_index(-1.0);
-    runtime::promise(
-      env,
-      async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
-    )
-    .map(Some)
-    .map_err(crate::error::from_napi)
+    self.l2_read(env, key.as_str().to_string())
     }
   }
 
@@ -1179,5 +1187,53 @@ impl Drop for NativeCache {
       let inner = self.inner.clone();
       runtime::spawn(async move { inner.shutdown().await });
     }
+  }
+}
+
+impl NativeCache {
+  /// The L2 read of `getL2` (see there).
+  fn l2_read<'e>(&self, env: &'e Env, key: String) -> Result<Option<Object<'e>>, Code> {
+    let inner = self.inner.clone();
+    let raw = env.raw();
+    if let Some((_, fast, ver)) = inner.fast_l2(raw, &key) {
+      // This thread's connection: the L2 reads of one tick go out together
+      // at its end, as one MGET (see `GetBatch`), and are answered on this
+      // thread (no thread hop either way).
+      let mut b = self.gets.0.borrow_mut();
+      let mut promise = None;
+      if b.items.is_empty() {
+        let mut deferred = std::ptr::null_mut();
+        let mut p = std::ptr::null_mut();
+        check_status!(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut p) })
+          .map_err(crate::error::from_napi)?;
+        b.deferred = deferred;
+        promise =
+          Some(unsafe { Object::from_napi_value(raw, p) }.map_err(crate::error::from_napi)?);
+      }
+      self.set_read_index(b.items.len() as f64);
+      // `ver`: the slot version before the request, taken with the check
+      // for queued writes; a fill is dropped if it moved.
+      b.items.push(Pending { key, ver });
+      if b.items.len() >= MGET_MAX {
+        // Full: it leaves with this tick's write; later reads start a new one.
+        let items = std::mem::take(&mut b.items);
+        let deferred = std::mem::replace(&mut b.deferred, std::ptr::null_mut());
+        drop(b);
+        send_gets(raw, &inner, items, deferred, &fast);
+      } else if !b.scheduled {
+        b.scheduled = true;
+        let gets = self.gets.0.clone();
+        let core = fast.core.clone();
+        core.defer(Box::new(move || flush_gets(raw, &inner, &gets, &fast)));
+      }
+      return Ok(promise);
+    }
+    self.set_read_index(-1.0);
+    runtime::promise(
+      env,
+      async move { Ok(Out::Vals(vec![inner.get_l2(&key).await])) },
+    )
+    .map(Some)
+    .map_err(crate::error::from_napi)
   }
 }
