@@ -145,6 +145,31 @@ describe('CacheManager on Redis', () => {
     await a.close()
   })
 
+  test('gets of large values leave 16 at a time as they are asked (Redis works while the tick goes on); small ones wait for the end of the tick', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const big = (i: number) => ({ i, pad: 'x'.repeat(2000) })
+    await a.setMany(Array.from({ length: 200 }, (_, i) => [`big${i}`, big(i)] as [string, ReturnType<typeof big>]))
+    await a.setMany(Array.from({ length: 200 }, (_, i) => [`small${i}`, i] as [string, number]))
+    const b = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none', frontCacheEntries: 0 })
+    // The first tick's reads teach the handle how large the values are.
+    assert.deepEqual(await Promise.all([0, 1, 2].map((i) => b.get(`big${i}`))), [0, 1, 2].map(big))
+    let before = await commandCalls(raw, ['mget'])
+    const got = await Promise.all(Array.from({ length: 64 }, (_, i) => b.get(`big${i + 10}`)))
+    assert.deepEqual(got, Array.from({ length: 64 }, (_, i) => big(i + 10)))
+    assert.equal((await commandCalls(raw, ['mget'])).mget - before.mget, 4)
+    const c = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none', frontCacheEntries: 0 })
+    assert.equal(await c.get('small0'), 0)
+    before = await commandCalls(raw, ['mget'])
+    assert.deepEqual(await Promise.all(Array.from({ length: 64 }, (_, i) => c.get(`small${i + 10}`))), Array.from({ length: 64 }, (_, i) => i + 10))
+    assert.equal((await commandCalls(raw, ['mget'])).mget - before.mget, 1)
+    await b.close()
+    await c.close()
+    await a.clear()
+    await a.close()
+  })
+
   test('many gets in one tick (more than one MGET, some taking the Tokio path while a write is queued) each get their own value', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = prefix()

@@ -388,6 +388,9 @@ struct GetBatch {
   /// The batch's Promise (null while `items` is empty).
   deferred: sys::napi_deferred,
   scheduled: bool,
+  /// Bytes of a value read from L2, on average (a moving average over the
+  /// replies so far): how much work a batch is for Redis (see [`EAGER_BYTES`]).
+  value_bytes: f64,
 }
 
 impl Default for GetBatch {
@@ -396,6 +399,7 @@ impl Default for GetBatch {
       items: Vec::new(),
       deferred: std::ptr::null_mut(),
       scheduled: false,
+      value_bytes: 0.0,
     }
   }
 }
@@ -408,11 +412,23 @@ unsafe impl Send for Gets {}
 /// Most keys in one MGET.
 const MGET_MAX: usize = 512;
 
+/// A batch whose values are expected to weigh this much leaves at once
+/// (when it has at least [`EAGER_GETS`] reads), not at the end of the tick:
+/// Redis works on it while this thread goes on with the tick (parsing the
+/// replies of the batch before, asking the next reads). Below it, the cost
+/// of another round trip (a write, a wake-up and a read on each side) is
+/// more than Redis' work that would overlap: measured at 64 in flight on
+/// a 2-core VM shared with other work, batches of 16 made ~1 KB objects
+/// -12% to +29% faster (median about +7%) and ~100 B objects 9-23% slower.
+/// The overlap needs a free core: on a loaded machine it buys little.
+const EAGER_BYTES: f64 = 8.0 * 1024.0;
+const EAGER_GETS: usize = 16;
+
 /// Send the L2 reads gathered in this tick (see [`send_gets`]).
 fn flush_gets(
   env: sys::napi_env,
   inner: &Arc<Engine>,
-  gets: &std::cell::RefCell<GetBatch>,
+  gets: &std::rc::Rc<std::cell::RefCell<GetBatch>>,
   fast: &crate::redis::Fast,
 ) {
   let (items, deferred) = {
@@ -424,7 +440,7 @@ fn flush_gets(
     )
   };
   if !items.is_empty() {
-    send_gets(env, inner, items, deferred, fast);
+    send_gets(env, inner, gets, items, deferred, fast);
   }
 }
 
@@ -434,6 +450,7 @@ fn flush_gets(
 fn send_gets(
   env: sys::napi_env,
   inner: &Arc<Engine>,
+  gets: &std::rc::Rc<std::cell::RefCell<GetBatch>>,
   batch: Vec<Pending>,
   deferred: sys::napi_deferred,
   fast: &crate::redis::Fast,
@@ -451,6 +468,7 @@ fn send_gets(
     }
   };
   let inner2 = inner.clone();
+  let gets = gets.clone();
   fast.send(
     &encode,
     n + 1,
@@ -459,6 +477,20 @@ fn send_gets(
         Ok(v) => v,
         Err(e) => vec![Err(e); n],
       };
+      let (bytes, vals) = got.iter().fold((0, 0), |(b, c), r| match r {
+        Ok(Some((v, _))) => (b + v.weight(), c + 1),
+        _ => (b, c),
+      });
+      if vals > 0 {
+        if let Ok(mut g) = gets.try_borrow_mut() {
+          let mean = bytes as f64 / vals as f64;
+          g.value_bytes = if g.value_bytes == 0.0 {
+            mean
+          } else {
+            0.75 * g.value_bytes + 0.25 * mean
+          };
+        }
+      }
       // The JS values first, from references: then the values move into L1.
       let js = unsafe {
         vals_to_js(
@@ -1214,12 +1246,15 @@ impl NativeCache {
       // `ver`: the slot version before the request, taken with the check
       // for queued writes; a fill is dropped if it moved.
       b.items.push(Pending { key, ver });
-      if b.items.len() >= MGET_MAX {
-        // Full: it leaves with this tick's write; later reads start a new one.
+      let n = b.items.len();
+      if n >= MGET_MAX || (n >= EAGER_GETS && n as f64 * b.value_bytes >= EAGER_BYTES) {
+        // Full, or enough work for Redis: it leaves now; later reads start
+        // a new batch.
         let items = std::mem::take(&mut b.items);
         let deferred = std::mem::replace(&mut b.deferred, std::ptr::null_mut());
         drop(b);
-        send_gets(raw, &inner, items, deferred, &fast);
+        send_gets(raw, &inner, &self.gets.0, items, deferred, &fast);
+        fast.core.write_now(&fast.slot);
       } else if !b.scheduled {
         b.scheduled = true;
         let gets = self.gets.0.clone();
