@@ -571,8 +571,24 @@ export declare class NativeCache {
   set(key: string, kind: number, payload: string | number | Buffer, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): Promise<boolean>
   /** Many writes; one pipeline to L2. */
   setMany(keys: Array<string>, kinds: Array<number>, payloads: Array<string | number | Buffer>, ttlMs?: number | undefined | null, tags?: Array<string> | undefined | null): Promise<boolean>
-  /** L2 read of one key that missed L1 (fills L1 on a hit). */
-  getL2(key: string): Promise<Array<number | string | boolean | null | Buffer | undefined>>
+  /**
+   * `getSync` and, on an L1 miss with L2, `getL2` in one call: what JS
+   * `get` does on a front-cache miss. `scratch[3]` (the kind) says which
+   * came back: > 0 an L1 hit (the value, with the scratch of `getSync`); 0
+   * a miss: without L2 nothing (counted as a miss), with L2 what `getL2`
+   * returns, its index in `scratch[5]`.
+   */
+  get(key: string): string | number | boolean | null | Buffer | Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined
+  /**
+   * L2 read of one key that missed L1 (fills L1 on a hit). Its results
+   * are `[kind, payload]` at index `2 * i` of what the returned Promise
+   * resolves to, where `i` is left in the scratch array (`scratch[5]`):
+   * `-1` (read as `0`) when the read has a Promise of its own; `0` when it
+   * opened a new batch, whose Promise it returns; `i > 0` when it joined
+   * the batch of the last read that returned one (nothing returned). So
+   * the reads of one tick cost one Promise, settled once.
+   */
+  getL2(key: string): Promise<Array<number | string | boolean | null | Buffer | undefined>> | undefined
   /** L1 for each key, then one MGET for all misses. */
   getMany(keys: Array<string>): Promise<Array<number | string | boolean | null | Buffer | undefined>>
   deleteMany(keys: Array<string>): Promise<number>

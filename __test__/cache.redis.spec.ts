@@ -145,6 +145,56 @@ describe('CacheManager on Redis', () => {
     await a.close()
   })
 
+  test('gets of large values leave 16 at a time as they are asked (Redis works while the tick goes on); small ones wait for the end of the tick', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const big = (i: number) => ({ i, pad: 'x'.repeat(2000) })
+    await a.setMany(Array.from({ length: 200 }, (_, i) => [`big${i}`, big(i)] as [string, ReturnType<typeof big>]))
+    await a.setMany(Array.from({ length: 200 }, (_, i) => [`small${i}`, i] as [string, number]))
+    const b = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none', frontCacheEntries: 0 })
+    // The first tick's reads teach the handle how large the values are.
+    assert.deepEqual(await Promise.all([0, 1, 2].map((i) => b.get(`big${i}`))), [0, 1, 2].map(big))
+    let before = await commandCalls(raw, ['mget'])
+    const got = await Promise.all(Array.from({ length: 64 }, (_, i) => b.get(`big${i + 10}`)))
+    assert.deepEqual(got, Array.from({ length: 64 }, (_, i) => big(i + 10)))
+    assert.equal((await commandCalls(raw, ['mget'])).mget - before.mget, 4)
+    const c = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none', frontCacheEntries: 0 })
+    assert.equal(await c.get('small0'), 0)
+    before = await commandCalls(raw, ['mget'])
+    assert.deepEqual(await Promise.all(Array.from({ length: 64 }, (_, i) => c.get(`small${i + 10}`))), Array.from({ length: 64 }, (_, i) => i + 10))
+    assert.equal((await commandCalls(raw, ['mget'])).mget - before.mget, 1)
+    await b.close()
+    await c.close()
+    await a.clear()
+    await a.close()
+  })
+
+  test('many gets in one tick (more than one MGET, some taking the Tokio path while a write is queued) each get their own value', async (t) => {
+    if (!redisUrl(t)) return
+    const keyPrefix = prefix()
+    const a = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none' })
+    const values = (i: number) => (i % 3 === 0 ? { i } : i % 3 === 1 ? `s${i}` : i)
+    const keys = Array.from({ length: 1300 }, (_, i) => `t${i}`)
+    await a.setMany(keys.map((k, i) => [k, values(i)] as [string, ReturnType<typeof values>]))
+    for (let round = 0; round < 3; round++) {
+      // A fresh reader: every read misses L1.
+      const b = new CacheManager({ redis: { url: url!, keyPrefix }, invalidation: 'none', frontCacheEntries: 0 })
+      const reads: Promise<unknown>[] = []
+      for (let i = 0; i < keys.length; i++) {
+        // A write queued mid-tick sends the reads after it to the Tokio
+        // side until it lands (which may be within this very tick).
+        if (i % 200 === 100) b.setSync(`w${round}-${i}`, i)
+        reads.push(i % 97 === 5 ? b.get(`absent${i}`) : b.get(keys[i]))
+      }
+      const got = await Promise.all(reads)
+      got.forEach((v, i) => assert.deepEqual(v, i % 97 === 5 ? undefined : values(i), `read ${i} of round ${round}`))
+      await b.close()
+    }
+    await a.clear()
+    await a.close()
+  })
+
   test('deletePattern uses SCAN, never KEYS, and clear touches only this cache', async (t) => {
     if (!redisUrl(t)) return
     const keyPrefix = prefix()

@@ -11,7 +11,7 @@
 // one typed-array compare.
 
 const { NativeCache } = require('./native.js')
-const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, detached, show, MAX_COUNT, MAX_BYTES } = require('./errors')
+const { CODES, HotpathError, hpError, invalidArg, checkKey, checkOptions, optNumber, optDuration, optTtl: ttlOption, optName, oneOf, checkRedisOptions, fromNative, settled, restack, detached, show, MAX_COUNT, MAX_BYTES } = require('./errors')
 const { FrontCache, deepFreeze } = require('./front_cache')
 const { cacheWrap, cacheWarm } = require('./wrap')
 
@@ -136,6 +136,27 @@ function decoders(frozen) {
   return {
     one: (arr) => one(arr[0], arr[1]),
   }
+}
+
+// The reads of one tick share one native Promise, resolved with all their
+// results (`[kind0, payload0, kind1, ...]`); read `i` takes `[kind, payload]`
+// at `2 * i`. One function per index and read mode, made once, so a read
+// costs no closure.
+const PICKS = [[], []]
+function picker(frozen, i) {
+  const picks = PICKS[frozen ? 1 : 0]
+  let f = picks[i]
+  if (f === undefined) {
+    const one = frozen ? decodeFrozen : decode
+    const k = 2 * i
+    f = picks[i] = (r) => one(r[k], r[k + 1])
+  }
+  return f
+}
+
+// A rejection of a native read, as `settled` would rethrow it.
+function rejected(err) {
+  throw restack(err)
 }
 
 function setOptions(options) {
@@ -271,6 +292,8 @@ class CacheManager {
     this._decodeOne = d.one
     this._hasL2 = this._n.hasL2()
     this._flights = new Map()
+    this._l2p = null // the Promise of this tick's L2 reads (see _l2)
+    this._l2i = 0
     this._closed = false
     this._hits = 0 // front hits; every 256th is reported (see TOUCH_EVERY)
     this._ra = options?.refreshAheadMs > 0 ? options.refreshAheadMs : 0
@@ -343,16 +366,47 @@ class CacheManager {
         return Promise.resolve(this._front.value(e))
       }
       checkKey(key)
-      const v = this._load(key, !this._hasL2, true)
-      if (v !== undefined || !this._hasL2) return Promise.resolve(v)
-      return this._getL2(key)
+      if (!this._hasL2) return Promise.resolve(this._load(key, true, true))
+      // L1, then (on a miss) L2, in one native call.
+      let v
+      try {
+        v = this._n.get(key)
+      } catch (err) {
+        rethrow(err)
+      }
+      const kind = this._sc[3]
+      if (kind !== 0) return Promise.resolve(this._keep(key, kind, v, undefined))
+      const p = this._batch(v)
+      return p.then(picker(!this._copy, this._l2i), rejected)
     } catch (err) {
       return Promise.reject(err)
     }
   }
 
-  async _getL2(key) {
-    return this._decodeOne(await settled(this._n.getL2(key)))
+  // Native getL2: the Promise of the read's batch results, the read's index
+  // in them left in `_l2i` (see NativeCache#getL2).
+  _l2(key) {
+    return this._batch(this._n.getL2(key))
+  }
+
+  // What native getL2 (or get, on an L1 miss) returned, `p`: the Promise of
+  // the read's batch results; its index in them is left in `_l2i`.
+  _batch(p) {
+    const i = this._sc[5]
+    if (i < 0) {
+      this._l2i = 0
+      return p
+    }
+    this._l2i = i
+    if (i === 0) this._l2p = p
+    return this._l2p
+  }
+
+  // One L2 read's `[kind, payload]` (getOrSet).
+  _l2Pair(key) {
+    const p = this._l2(key)
+    const k = 2 * this._l2i
+    return k === 0 ? p : p.then((r) => [r[k], r[k + 1]])
   }
 
   // Front hits first; one native call (and at most one L2 round trip) for
@@ -543,7 +597,7 @@ class CacheManager {
   async _fly(key, factory, options, wait, acrossProcesses) {
     try {
       if (this._hasL2) {
-        const r = await race(this._n.getL2(key), wait)
+        const r = await race(this._l2Pair(key), wait)
         if (r[0] !== 0) return this._decodeOne(r)
       }
       for (;;) {
@@ -593,7 +647,7 @@ class CacheManager {
           taking = null
           // Double check after taking it: the last holder may just have
           // written the value and released.
-          const r = leased ? await race(this._n.getL2(key), wait) : await race(this._n.leaseWait(key, LEASE_POLL_MS), wait)
+          const r = leased ? await race(this._l2Pair(key), wait) : await race(this._n.leaseWait(key, LEASE_POLL_MS), wait)
           if (r.length > 0 && r[0] !== 0) {
             const value = this._decodeOne(r)
             encode(value)

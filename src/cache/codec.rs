@@ -94,6 +94,17 @@ impl Val {
   }
 
   /// Decode what [`encode`] wrote (or any JSON text another client wrote).
+  /// [`Val::decode`] of bytes it may keep: JSON text of an object or array
+  /// becomes the value without a copy.
+  pub fn decode_owned(raw: Vec<u8>) -> HpResult<Val> {
+    if matches!(raw.first(), Some(b'{') | Some(b'[')) {
+      return String::from_utf8(raw)
+        .map(Val::Json)
+        .map_err(|_| HpError::redis("cache: Redis value is neither JSON nor a tagged Buffer"));
+    }
+    Val::decode(&raw)
+  }
+
   pub fn decode(raw: &[u8]) -> HpResult<Val> {
     if raw.first() == Some(&0) {
       return match raw.get(1) {

@@ -627,7 +627,7 @@ impl Engine {
   /// `ver` was read (before the L2 request): then a write, delete or
   /// invalidation came meanwhile and the value read may be older.
   fn fill(&self, key: &str, ver: u32, val: Val, pttl: Option<u64>) -> bool {
-    self.fill_many(&[(key, ver, val, pttl)]) == 1
+    self.fill_many(vec![(key, ver, val, pttl)]) == 1
   }
 
   /// [`Engine::fill`] for the values of one L2 request (an MGET): every
@@ -635,7 +635,7 @@ impl Engine {
   /// one, the put of a key would move the version of another key of the
   /// request that shares its slot (two of 100 keys do about one time in
   /// thirteen), dropping that fill for nothing. Returns how many were filled.
-  fn fill_many(&self, fills: &[(&str, u32, Val, Option<u64>)]) -> usize {
+  fn fill_many(&self, fills: Vec<(&str, u32, Val, Option<u64>)>) -> usize {
     let _g = self.order.lock();
     if self.fences.load(Ordering::SeqCst) > 0 {
       return 0;
@@ -646,9 +646,9 @@ impl Engine {
       .map(|(k, ver, _, _)| versions.get(self.l1.slot(k)) == *ver)
       .collect();
     let mut n = 0;
-    for ((k, _, v, pttl), ok) in fills.iter().zip(ok) {
+    for ((k, _, v, pttl), ok) in fills.into_iter().zip(ok) {
       if ok {
-        self.put_l1(k, v.clone(), pttl.map(|t| t as f64), None);
+        self.put_l1(k, v, pttl.map(|t| t as f64), None);
         n += 1;
       }
     }
@@ -731,28 +731,37 @@ impl Engine {
   /// [`Engine::got_l2`] for the reads of one L2 request, filled together
   /// (see [`Engine::fill_many`]).
   pub fn got_l2_many(&self, reads: Vec<(&str, u32, L2Read)>) -> Vec<Option<Val>> {
-    let mut out = Vec::with_capacity(reads.len());
-    let mut fills: Vec<(&str, u32, Val, Option<u64>)> = Vec::new();
+    let out = reads
+      .iter()
+      .map(|(_, _, r)| match r {
+        Ok(Some((v, _))) => Some(v.clone()),
+        _ => None,
+      })
+      .collect();
+    self.got_l2_fill(reads);
+    out
+  }
+
+  /// [`Engine::got_l2_many`] for a caller that already took what it needs
+  /// from the values: they move into L1 (no copy).
+  pub fn got_l2_fill(&self, reads: Vec<(&str, u32, L2Read)>) {
+    let mut fills: Vec<(&str, u32, Val, Option<u64>)> = Vec::with_capacity(reads.len());
     for (key, ver, r) in reads {
       match r {
         Ok(Some((v, pttl))) => {
           self.c.l2_hits.fetch_add(1, Ordering::Relaxed);
-          out.push(Some(v.clone()));
           fills.push((key, ver, v, pttl));
         }
         Ok(None) => {
           self.c.misses.fetch_add(1, Ordering::Relaxed);
-          out.push(None);
         }
         Err(_) => {
           self.c.l2_errors.fetch_add(1, Ordering::Relaxed);
           self.c.misses.fetch_add(1, Ordering::Relaxed);
-          out.push(None);
         }
       }
     }
-    self.fill_many(&fills);
-    out
+    self.fill_many(fills);
   }
 
   pub async fn get_l2(&self, key: &str) -> Option<Val> {
@@ -1062,7 +1071,7 @@ impl Engine {
               }
             }
           }
-          inner.fill_many(&fills);
+          inner.fill_many(fills);
         }
         Err(_) => {
           inner.c.l2_errors.fetch_add(1, Ordering::Relaxed);
@@ -1626,7 +1635,7 @@ mod tests {
     let vb = e.l1.versions().get(e.l1.slot(&b));
     let (x, y) = (Val::Str("x".into()), Val::Str("y".into()));
     assert_eq!(
-      e.fill_many(&[(&a, va, x.clone(), None), (&b, vb, y.clone(), None)]),
+      e.fill_many(vec![(&a, va, x.clone(), None), (&b, vb, y.clone(), None)]),
       2
     );
     assert_eq!(e.l1.get_live(&a).unwrap().val, x);

@@ -237,7 +237,7 @@ impl L2 {
             _ => None,
           };
           match raw {
-            Value::BulkString(b) => Val::decode(&b).map(|x| Some((x, pttl))),
+            Value::BulkString(b) => Val::decode_owned(b).map(|x| Some((x, pttl))),
             Value::Nil => Ok(None),
             other => Err(crate::error::HpError::redis(format!(
               "redis: MGET returned {other:?}"
