@@ -502,10 +502,9 @@ fn send_gets(
     });
     groups[g].1.push(i);
   }
-  type Got = HpResult<Option<(Val, Option<u64>)>>;
   struct Joint {
     batch: Vec<Pending>,
-    got: Vec<Option<Got>>,
+    got: Vec<Option<engine::L2Read>>,
     left: usize,
   }
   let joint = std::rc::Rc::new(std::cell::RefCell::new(Joint {
@@ -552,7 +551,7 @@ fn got_gets(
   inner: &Arc<Engine>,
   gets: &std::rc::Rc<std::cell::RefCell<GetBatch>>,
   batch: Vec<Pending>,
-  got: Vec<HpResult<Option<(Val, Option<u64>)>>>,
+  got: Vec<engine::L2Read>,
   deferred: sys::napi_deferred,
 ) {
   let n = batch.len();
