@@ -96,7 +96,7 @@ try {
         .filter((f) => f.endsWith('.spec.ts'))
         .sort()
         .map((f) => join('__test__', f))
-  failed |= await run(process.execPath, ['--expose-gc', '--import', 'tsx', '--test', '--test-concurrency=1', ...specs])
+  failed |= await run(process.execPath, ['--expose-gc', '--import', 'tsx', '--test', '--test-force-exit', '--test-concurrency=1', ...specs])
 } finally {
   if (redis) {
     redis.kill('SIGTERM')
